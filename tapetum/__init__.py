@@ -1,0 +1,63 @@
+"""Tapetum: real-time video analytics — decode, detect, track, measure.
+
+The public API is re-exported here but imported lazily, so ``import tapetum`` stays fast
+(no onnxruntime, PyAV or OpenCV until first use).
+
+Example:
+    >>> import tapetum
+    >>> pipe = tapetum.Pipeline(
+    ...     [tapetum.open_source("crowd.mp4")],
+    ...     tapetum.YoloxDetector("yolox_nano.onnx"),
+    ...     sinks=[tapetum.JsonlSink("tracks.jsonl")],
+    ... )  # doctest: +SKIP
+    >>> stats = pipe.run()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "Detections": "tapetum.core",
+    "Frame": "tapetum.core",
+    "FrameResult": "tapetum.core",
+    "NO_TRACK": "tapetum.core",
+    "DetectorConfig": "tapetum.detect",
+    "YoloxDetector": "tapetum.detect",
+    "RuntimeOptions": "tapetum.detect",
+    "LetterboxTransform": "tapetum.detect",
+    "open_source": "tapetum.sources",
+    "VideoSource": "tapetum.sources",
+    "ImageFolderSource": "tapetum.sources",
+    "ByteTracker": "tapetum.track",
+    "ByteTrackConfig": "tapetum.track",
+    "make_tracker": "tapetum.track",
+    "Pipeline": "tapetum.pipeline",
+    "PipelineConfig": "tapetum.pipeline",
+    "DropPolicy": "tapetum.pipeline",
+    "JsonlSink": "tapetum.sinks",
+    "AnnotatedVideoSink": "tapetum.sinks",
+    "CallbackSink": "tapetum.sinks",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+if TYPE_CHECKING:
+    from tapetum.core import NO_TRACK, Detections, Frame, FrameResult
+    from tapetum.detect import DetectorConfig, LetterboxTransform, RuntimeOptions, YoloxDetector
+    from tapetum.pipeline import DropPolicy, Pipeline, PipelineConfig
+    from tapetum.sinks import AnnotatedVideoSink, CallbackSink, JsonlSink
+    from tapetum.sources import ImageFolderSource, VideoSource, open_source
+    from tapetum.track import ByteTrackConfig, ByteTracker, make_tracker
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tapetum' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

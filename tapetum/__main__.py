@@ -1,0 +1,5 @@
+"""``python -m tapetum`` runs the command line."""
+
+from tapetum.cli.app import main
+
+main()

@@ -1,0 +1,220 @@
+"""The ``tapetum`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from tapetum.errors import TapetumError
+
+if TYPE_CHECKING:
+    from tapetum.pipeline import Pipeline, PipelineStats
+
+app = typer.Typer(
+    name="tapetum",
+    help="Real-time video analytics: decode, detect, track, measure.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """Tapetum command line."""
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def run(
+    sources: Annotated[list[str], typer.Argument(help="Video files, stream URLs or image folders.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="YOLOX ONNX model file.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default runs/<time>).")
+    ] = None,
+    conf: Annotated[float, typer.Option(help="Detection confidence threshold.")] = 0.3,
+    nms_iou: Annotated[float, typer.Option("--nms", help="NMS IoU threshold.")] = 0.45,
+    classes: Annotated[
+        str | None, typer.Option(help="Comma-separated class names or ids to keep.")
+    ] = None,
+    tracker: Annotated[str, typer.Option(help="Tracker: bytetrack.")] = "bytetrack",
+    imgsz: Annotated[
+        int | None, typer.Option(help="Model input size (must match a fixed-size model).")
+    ] = None,
+    realtime: Annotated[
+        bool, typer.Option("--realtime", help="Pace files at their native frame rate.")
+    ] = False,
+    video: Annotated[bool, typer.Option("--video/--no-video", help="Write annotated video.")] = True,
+    trail: Annotated[int, typer.Option(help="Trail length in frames (0: none).")] = 30,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0: all cores).")] = 0,
+    max_batch: Annotated[
+        int | None, typer.Option(help="Frames per inference (default: one per source).")
+    ] = None,
+    max_wait_ms: Annotated[float, typer.Option(help="Max wait of a frame for a batch.")] = 5.0,
+    drop_policy: Annotated[
+        str | None,
+        typer.Option(help="block | drop_oldest | drop_newest (default: by source kind)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Detect and track objects in SOURCES; write tracks (JSONL), annotated video and a summary."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        pipeline, out_dir = _build(
+            sources, model, out, conf, nms_iou, classes, tracker, imgsz, realtime, video, trail,
+            threads, max_batch, max_wait_ms, drop_policy,
+        )
+    except TapetumError as exc:
+        raise _fail(str(exc)) from None
+    stats = _run_with_progress(pipeline, quiet)
+    summary = stats.as_dict()
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _print_summary(stats, out_dir)
+    failed = [s for s in stats.streams if s.error and s.frames_processed == 0]
+    if len(failed) == len(stats.streams):
+        raise _fail("; ".join(s.error or "" for s in failed))
+
+
+def _build(
+    sources: list[str], model: Path, out: Path | None, conf: float, nms_iou: float,
+    classes: str | None, tracker: str, imgsz: int | None, realtime: bool, video: bool,
+    trail: int, threads: int, max_batch: int | None, max_wait_ms: float, drop_policy: str | None,
+) -> tuple[Pipeline, Path]:
+    from tapetum.detect import DetectorConfig, RuntimeOptions, YoloxDetector
+    from tapetum.detect.classes import COCO80, resolve_class_filter
+    from tapetum.pipeline import DropPolicy, Pipeline, PipelineConfig
+    from tapetum.sinks import AnnotatedVideoSink, JsonlSink, Sink
+    from tapetum.sources import Source, open_source
+    from tapetum.track import Tracker, make_tracker
+
+    make_tracker(tracker, 30.0)  # unknown names fail before anything is opened
+    opened: list[Source] = []
+    seen: dict[str, int] = {}
+    for uri in sources:
+        src = open_source(uri, realtime=realtime)
+        n = seen.get(src.source_id, 0)
+        seen[src.source_id] = n + 1
+        if n:  # two sources with one name (a.mp4 in two folders): number the later ones
+            src = open_source(uri, realtime=realtime, source_id=f"{src.source_id}-{n}")
+        opened.append(src)
+    config = DetectorConfig(
+        conf_threshold=conf,
+        nms_iou=nms_iou,
+        class_ids=resolve_class_filter(COCO80, classes.split(",") if classes else None),
+    )
+    detector = YoloxDetector(
+        model, config, RuntimeOptions(intra_op_threads=threads),
+        input_hw=(imgsz, imgsz) if imgsz else None,
+    )
+    out_dir = out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+    sinks: list[Sink] = [JsonlSink(out_dir / "tracks.jsonl")]
+    if video:
+        sinks += [
+            AnnotatedVideoSink(out_dir / f"{s.source_id}.mp4", fps=s.fps or 30.0,
+                               source_id=s.source_id, trail_length=trail)
+            for s in opened
+        ]
+
+    def tracker_for(src: Source) -> Tracker:
+        return make_tracker(tracker, frame_rate=src.fps or 30.0)
+
+    pipe = Pipeline(
+        opened,
+        detector,
+        tracker_factory=tracker_for,
+        sinks=sinks,
+        config=PipelineConfig(
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            drop_policy=DropPolicy.parse(drop_policy) if drop_policy else None,
+        ),
+    )
+    return pipe, out_dir
+
+
+def _run_with_progress(pipeline: Pipeline, quiet: bool) -> PipelineStats:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    interrupts = 0
+    pipeline.start()
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.fields[line]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("tracking", line="starting…")
+        while True:
+            try:
+                if pipeline.join(0.25):
+                    break
+            except KeyboardInterrupt:
+                interrupts += 1
+                drain = interrupts == 1
+                progress.update(task, description="draining" if drain else "stopping")
+                pipeline.stop(drain=drain)
+                continue
+            s = pipeline.stats()
+            p99 = pipeline.recent_latency_ms("end_to_end").p99_ms
+            progress.update(
+                task,
+                line=(
+                    f"frames {s.frames_processed}/{s.frames_read}  fps {s.fps:5.1f}  "
+                    f"dropped {s.frames_dropped}  corrupt {s.frames_corrupt}  "
+                    f"p99 {p99:5.1f} ms"
+                ),
+            )
+    return pipeline.stats()
+
+
+def _print_summary(stats: PipelineStats, out_dir: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title="Tapetum run", title_justify="left")
+    for col in ("stream", "read", "processed", "dropped", "corrupt", "failed", "fps"):
+        table.add_column(col, justify="right" if col != "stream" else "left")
+    for s in stats.streams:
+        table.add_row(s.source_id, str(s.frames_read), str(s.frames_processed),
+                      str(s.frames_dropped), str(s.frames_corrupt), str(s.frames_failed),
+                      f"{s.fps:.1f}")
+    lat = Table(title="latency (ms)", title_justify="left")
+    for col in ("stage", "p50", "p95", "p99", "max"):
+        lat.add_column(col, justify="right" if col != "stage" else "left")
+    for name, summary in stats.latency_ms.items():
+        lat.add_row(name, f"{summary.p50_ms:.1f}", f"{summary.p95_ms:.1f}",
+                    f"{summary.p99_ms:.1f}", f"{summary.max_ms:.1f}")
+    out = Console()
+    out.print(table)
+    out.print(lat)
+    out.print(
+        f"{stats.frames_processed} frames in {stats.elapsed_s:.1f} s ({stats.fps:.1f} FPS); "
+        f"outputs in {out_dir}"
+    )
+
+
+def main() -> None:
+    """Console entry point: user errors are one line and exit code 2, never a traceback."""
+    try:
+        app()
+    except TapetumError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,9 @@
+"""Core data types: array-backed detections, decoded frames, per-frame results.
+
+Depends on nothing else in Tapetum."""
+
+from tapetum.core.detections import NO_TRACK, Detections
+from tapetum.core.frame import Frame
+from tapetum.core.result import FrameResult
+
+__all__ = ["NO_TRACK", "Detections", "Frame", "FrameResult"]

@@ -1,0 +1,54 @@
+"""What the pipeline emits for every processed frame."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tapetum.core.detections import Detections
+from tapetum.core.frame import Frame
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    """One processed frame.
+
+    Attributes:
+        frame: the decoded frame (image included, for sinks that draw).
+        detections: tracked objects (``tracker_id`` set) in source pixels.
+        class_names: names for ``detections.class_id``.
+        timings_ms: per-stage latency of this frame (``preprocess``, ``batch_wait``,
+            ``infer``, ``postprocess``, ``track``, ``end_to_end``) in milliseconds.
+    """
+
+    frame: Frame
+    detections: Detections
+    class_names: tuple[str, ...] = ()
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def source_id(self) -> str:
+        return self.frame.source_id
+
+    def to_record(self) -> dict[str, object]:
+        """A JSON-ready dict: one line of the JSONL output."""
+        det = self.detections
+        names = self.class_names
+        ids = det.class_id.tolist()
+        return {
+            "source_id": self.frame.source_id,
+            "frame_index": self.frame.index,
+            "timestamp_s": round(self.frame.timestamp_s, 6),
+            "tracks": [
+                {
+                    "track_id": tid,
+                    "class_id": cid,
+                    "class_name": names[cid] if 0 <= cid < len(names) else str(cid),
+                    "confidence": round(conf, 4),
+                    "xyxy": [round(v, 2) for v in box],
+                }
+                for tid, cid, conf, box in zip(
+                    det.tracker_id.tolist(), ids, det.confidence.tolist(), det.xyxy.tolist(),
+                    strict=True,
+                )
+            ],
+        }

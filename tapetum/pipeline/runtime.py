@@ -1,0 +1,520 @@
+"""The stream runtime: sources → batched detection → per-stream tracking → sinks.
+
+Threads and queues (every queue bounded, every drop counted)::
+
+    reader[s] ──(source queue, policy per source)──┐
+    reader[t] ──(source queue)──────────────────────┤→ detector (one, batches across
+                                                    │   streams, ≤ max_wait_ms)
+    tracker[s] ←──(post queue)──────────────────────┤
+    tracker[t] ←──(post queue)──────────────────────┘
+    tracker[*] ──→ sink workers (own queue + thread each) and the result iterator
+
+Readers decode and letterbox (so preprocessing overlaps inference); trackers decode the
+model output, run NMS and the tracker (so post-processing overlaps the next batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tapetum.core.frame import Frame
+from tapetum.core.result import FrameResult
+from tapetum.detect.base import StagedDetector
+from tapetum.detect.letterbox import LetterboxMeta
+from tapetum.errors import ConfigError, TapetumError
+from tapetum.pipeline.queues import BoundedQueue, DropPolicy, QueueClosed
+from tapetum.pipeline.sink_worker import SinkWorker
+from tapetum.pipeline.stats import LatencySummary, StageTimers
+from tapetum.sinks.base import Sink
+from tapetum.sources.base import Source
+from tapetum.track.base import Tracker
+
+log = logging.getLogger(__name__)
+
+#: Stages timed for every frame, in pipeline order.
+STAGES = ("preprocess", "queue_wait", "infer", "postprocess", "track", "end_to_end")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """Runtime knobs.
+
+    Attributes:
+        max_batch: frames per inference call; None = one per source, capped by the model.
+        max_wait_ms: how long the first frame of a batch waits for others.
+        source_queue_size: decoded frames buffered per source before the policy applies.
+        post_queue_size: inferred frames buffered per stream before tracking.
+        sink_queue_size: results buffered per sink.
+        result_queue_size: results buffered for the Python iterator.
+        drop_policy: policy of every source queue; None = ``DROP_OLDEST`` for live sources,
+            ``BLOCK`` for files and folders.
+        sink_policy: policy of sink queues; None = ``DROP_OLDEST`` if any source is live,
+            else ``BLOCK`` (offline runs lose nothing, live runs never stall).
+        warmup: run one dummy batch before the first frame (keeps it out of the p99).
+    """
+
+    max_batch: int | None = None
+    max_wait_ms: float = 5.0
+    source_queue_size: int = 4
+    post_queue_size: int = 8
+    sink_queue_size: int = 64
+    result_queue_size: int = 32
+    drop_policy: DropPolicy | None = None
+    sink_policy: DropPolicy | None = None
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_batch is not None and self.max_batch < 1:
+            raise ConfigError(f"max_batch must be ≥ 1, got {self.max_batch}")
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"max_wait_ms must be ≥ 0, got {self.max_wait_ms}")
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A frame on its way through the pipeline."""
+
+    frame: Frame
+    tensor: npt.NDArray[np.float32]
+    meta: LetterboxMeta
+    ready_s: float
+    timings_ms: dict[str, float]
+    raw: npt.NDArray[np.float32] | None = None
+
+
+@dataclass(slots=True)
+class _Stream:
+    source: Source
+    tracker: Tracker
+    queue: BoundedQueue[_Pending]
+    post: BoundedQueue[_Pending]
+    processed: int = 0
+    failed: int = 0
+    error: str | None = None
+    started_s: float | None = None
+    last_result_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStats:
+    """Counters of one stream. ``frames_read == processed + dropped + failed`` once the
+    pipeline has finished (every decoded frame is accounted for)."""
+
+    source_id: str
+    is_live: bool
+    frames_read: int
+    frames_processed: int
+    frames_dropped: int
+    frames_failed: int
+    frames_corrupt: int
+    reconnects: int
+    fps: float
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineStats:
+    """A snapshot of the whole pipeline."""
+
+    streams: tuple[StreamStats, ...]
+    elapsed_s: float
+    latency_ms: dict[str, LatencySummary]
+    sink_dropped: dict[str, int]
+    sink_errors: dict[str, int]
+    batches: int
+    finished: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def frames_read(self) -> int:
+        return sum(s.frames_read for s in self.streams)
+
+    @property
+    def frames_processed(self) -> int:
+        return sum(s.frames_processed for s in self.streams)
+
+    @property
+    def frames_dropped(self) -> int:
+        return sum(s.frames_dropped for s in self.streams)
+
+    @property
+    def frames_corrupt(self) -> int:
+        return sum(s.frames_corrupt for s in self.streams)
+
+    @property
+    def frames_failed(self) -> int:
+        return sum(s.frames_failed for s in self.streams)
+
+    @property
+    def fps(self) -> float:
+        """Processed frames per second of wall time, all streams together."""
+        return self.frames_processed / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (the CLI prints and saves this)."""
+        return {
+            "frames_read": self.frames_read,
+            "frames_processed": self.frames_processed,
+            "frames_dropped": self.frames_dropped,
+            "frames_failed": self.frames_failed,
+            "frames_corrupt": self.frames_corrupt,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "fps": round(self.fps, 2),
+            "batches": self.batches,
+            "latency_ms": {k: v.as_dict() for k, v in self.latency_ms.items()},
+            "sinks": {"dropped": self.sink_dropped, "errors": self.sink_errors},
+            "streams": [
+                {
+                    "source_id": s.source_id,
+                    "is_live": s.is_live,
+                    "frames_read": s.frames_read,
+                    "frames_processed": s.frames_processed,
+                    "frames_dropped": s.frames_dropped,
+                    "frames_failed": s.frames_failed,
+                    "frames_corrupt": s.frames_corrupt,
+                    "reconnects": s.reconnects,
+                    "fps": round(s.fps, 2),
+                    "error": s.error,
+                }
+                for s in self.streams
+            ],
+        }
+
+
+class Pipeline:
+    """Real-time detection and tracking over one or more sources.
+
+    Each source gets its own tracker (from ``tracker_factory``) and queues; all share one
+    detector, batched across streams.
+
+    Example:
+        >>> from tapetum import Pipeline, YoloxDetector, open_source  # doctest: +SKIP
+        >>> pipe = Pipeline([open_source("crowd.mp4")], YoloxDetector("yolox_nano.onnx"))
+        >>> for result in pipe:                                       # doctest: +SKIP
+        ...     print(result.frame.index, result.detections.tracker_id)
+        >>> print(pipe.stats().as_dict())                             # doctest: +SKIP
+
+    Or in the background: ``pipe.start()``, … ``pipe.stop()``, ``pipe.join()``.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        detector: StagedDetector,
+        tracker_factory: Callable[[Source], Tracker] | None = None,
+        sinks: Sequence[Sink] = (),
+        config: PipelineConfig | None = None,
+    ) -> None:
+        if not sources:
+            raise ConfigError("a pipeline needs at least one source")
+        ids = [s.source_id for s in sources]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"source ids must be unique, got {ids}")
+        self.config = config or PipelineConfig()
+        self.detector = detector
+        if tracker_factory is None:
+            from tapetum.track import make_tracker
+
+            def tracker_factory(src: Source) -> Tracker:
+                return make_tracker("bytetrack", frame_rate=src.fps or 30.0)
+
+        any_live = any(s.is_live for s in sources)
+        self._batch_cond = threading.Condition()
+        self._streams = [
+            _Stream(
+                source=src,
+                tracker=tracker_factory(src),
+                queue=BoundedQueue(
+                    self.config.source_queue_size,
+                    self.config.drop_policy
+                    or (DropPolicy.DROP_OLDEST if src.is_live else DropPolicy.BLOCK),
+                    self._batch_cond,
+                ),
+                post=BoundedQueue(self.config.post_queue_size, DropPolicy.BLOCK),
+            )
+            for src in sources
+        ]
+        sink_policy = self.config.sink_policy or (
+            DropPolicy.DROP_OLDEST if any_live else DropPolicy.BLOCK
+        )
+        self._sinks = [
+            SinkWorker(sink, self.config.sink_queue_size, sink_policy, f"{i}-{type(sink).__name__}")
+            for i, sink in enumerate(sinks)
+        ]
+        self.max_batch = max(1, min(self.config.max_batch or len(sources), detector.max_batch))
+        self.timers = StageTimers()
+        self._results: BoundedQueue[FrameResult] | None = None
+        self._stop_sources = threading.Event()
+        self._abort = threading.Event()
+        self._finished = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._supervisor: threading.Thread | None = None
+        self._started_s: float | None = None
+        self._finished_s: float | None = None
+        self._batches = 0
+        self._rr = 0
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self) -> Pipeline:
+        """Start every thread and return at once (background runner)."""
+        if self._supervisor is not None:
+            raise RuntimeError("pipeline already started")
+        if self.config.warmup:
+            h, w = self.detector.input_hw
+            self.detector.infer(np.zeros((self.max_batch, 3, h, w), np.float32))
+        for sink in self._sinks:
+            sink.start()
+        self._started_s = time.perf_counter()
+        for st in self._streams:
+            self._spawn(self._read_loop, st, f"read-{st.source.source_id}")
+            self._spawn(self._track_loop, st, f"track-{st.source.source_id}")
+        self._spawn(self._detect_loop, None, "detect")
+        self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+        self._supervisor.start()
+        return self
+
+    def _spawn(self, fn: Callable[..., None], arg: Any, name: str) -> None:
+        t = threading.Thread(target=fn, args=() if arg is None else (arg,), name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self, drain: bool = True) -> None:
+        """Stop reading sources.
+
+        With ``drain`` the frames already queued are processed where the queue's policy is
+        ``BLOCK`` and dropped (counted) where it is a drop policy; without it every queued
+        frame is dropped and counted. Sinks still flush and close.
+        """
+        self._stop_sources.set()
+        for st in self._streams:
+            if not drain or st.queue.policy is not DropPolicy.BLOCK:
+                st.queue.discard_pending()
+        if not drain:
+            self._abort.set()
+            for st in self._streams:
+                st.post.discard_pending()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every frame is accounted for and sinks are closed; True if finished."""
+        return self._finished.wait(timeout)
+
+    @property
+    def finished(self) -> bool:
+        return self._finished.is_set()
+
+    def run(self) -> PipelineStats:
+        """Run to the end of every source (blocking) and return the final stats."""
+        self.start()
+        try:
+            while not self.join(0.2):
+                pass
+        except KeyboardInterrupt:
+            self.stop(drain=True)
+            self.join()
+        return self.stats()
+
+    def __iter__(self) -> Iterator[FrameResult]:
+        return self.results()
+
+    def results(self) -> Iterator[FrameResult]:
+        """Start the pipeline and yield results as they are produced (per stream in order).
+
+        Leaving the loop early stops the pipeline and drops what is still queued.
+        """
+        if self._supervisor is not None:
+            raise RuntimeError("iterate a pipeline before starting it, not after")
+        results: BoundedQueue[FrameResult] = BoundedQueue(
+            self.config.result_queue_size, DropPolicy.BLOCK
+        )
+        self._results = results
+        self.start()
+        completed = False
+        try:
+            while True:
+                try:
+                    yield results.get()
+                except QueueClosed:
+                    completed = True
+                    return
+        finally:
+            if not completed:
+                self.stop(drain=False)
+                results.discard_pending()
+                results.close()
+                self.join()
+
+    # ----------------------------------------------------------------- stages
+    def _read_loop(self, st: _Stream) -> None:
+        src = st.source
+        try:
+            for frame in src.frames(self._stop_sources):
+                if st.started_s is None:
+                    st.started_s = time.perf_counter()
+                t0 = time.perf_counter()
+                tensor, meta = self.detector.preprocess(frame.image)
+                t1 = time.perf_counter()
+                item = _Pending(frame, tensor, meta, t1, {"preprocess": (t1 - t0) * 1e3})
+                # A BLOCK queue waits for space until the pipeline is aborted; a frame
+                # decoded while draining is still processed.
+                st.queue.put(item, self._abort)
+        except TapetumError as exc:
+            st.error = str(exc)
+            log.error("%s", exc)
+        except Exception as exc:  # a reader must never take the pipeline down
+            st.error = f"{type(exc).__name__}: {exc}"
+            log.exception("source %s failed", src.source_id)
+        finally:
+            st.queue.close()
+
+    def _take_round_robin(self, batch: list[tuple[_Stream, _Pending]]) -> bool:
+        """Move at most one frame per stream into ``batch``; True if anything moved."""
+        n = len(self._streams)
+        moved = False
+        for k in range(n):
+            if len(batch) >= self.max_batch:
+                break
+            st = self._streams[(self._rr + k) % n]
+            item = st.queue.get_nowait()
+            if item is not None:
+                batch.append((st, item))
+                moved = True
+        self._rr = (self._rr + 1) % n
+        return moved
+
+    def _collect_batch(self) -> list[tuple[_Stream, _Pending]] | None:
+        """Wait for the next batch; None once every source queue is closed and empty."""
+        batch: list[tuple[_Stream, _Pending]] = []
+        with self._batch_cond:
+            while not self._take_round_robin(batch):
+                if all(st.queue.closed and len(st.queue) == 0 for st in self._streams):
+                    return None
+                self._batch_cond.wait(0.1)
+            deadline = time.perf_counter() + self.config.max_wait_ms / 1e3
+            while len(batch) < self.max_batch:
+                if self._take_round_robin(batch):
+                    continue
+                if all(st.queue.closed for st in self._streams):
+                    break
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._batch_cond.wait(remaining)
+        return batch
+
+    def _detect_loop(self) -> None:
+        h, w = self.detector.input_hw
+        buf = np.empty((self.max_batch, 3, h, w), np.float32)
+        try:
+            while (batch := self._collect_batch()) is not None:
+                n = len(batch)
+                for i, (_, item) in enumerate(batch):
+                    buf[i] = item.tensor
+                t0 = time.perf_counter()
+                try:
+                    raw = self.detector.infer(buf[:n])
+                except Exception as exc:
+                    log.error("inference failed on a batch of %d: %s", n, exc)
+                    for st, _ in batch:
+                        st.failed += 1
+                    continue
+                t1 = time.perf_counter()
+                self._batches += 1
+                infer_ms = (t1 - t0) * 1e3
+                for i, (st, item) in enumerate(batch):
+                    item.raw = raw[i]
+                    item.timings_ms["queue_wait"] = (t0 - item.ready_s) * 1e3
+                    item.timings_ms["infer"] = infer_ms
+                    st.post.put(item, self._abort)
+        finally:
+            for st in self._streams:
+                st.post.close()
+
+    def _track_loop(self, st: _Stream) -> None:
+        names = self.detector.class_names
+        timers = self.timers
+        while True:
+            try:
+                item = st.post.get()
+            except QueueClosed:
+                return
+            try:
+                assert item.raw is not None
+                t0 = time.perf_counter()
+                detections = self.detector.postprocess(item.raw, item.meta)
+                t1 = time.perf_counter()
+                tracked = st.tracker.update(detections, item.frame)
+                t2 = time.perf_counter()
+            except Exception as exc:
+                st.failed += 1
+                log.error("post-processing failed on %s frame %d: %s",
+                          st.source.source_id, item.frame.index, exc)
+                continue
+            timings = item.timings_ms
+            timings["postprocess"] = (t1 - t0) * 1e3
+            timings["track"] = (t2 - t1) * 1e3
+            timings["end_to_end"] = (t2 - item.frame.arrival_s) * 1e3
+            for stage in STAGES:
+                timers.add_ms(stage, timings[stage])
+            st.processed += 1
+            st.last_result_s = t2
+            result = FrameResult(item.frame, tracked, names, timings)
+            for sink in self._sinks:
+                sink.submit(result, self._abort)
+            if self._results is not None:
+                self._results.put(result, self._abort)
+
+    def _supervise(self) -> None:
+        for t in self._threads:
+            t.join()
+        drain = not self._abort.is_set()
+        for sink in self._sinks:
+            sink.close(drain=drain)
+        self._finished_s = time.perf_counter()
+        if self._results is not None:
+            self._results.close()
+        self._finished.set()
+
+    # ----------------------------------------------------------------- stats
+    def stats(self) -> PipelineStats:
+        """A consistent-enough snapshot, cheap to call from a progress bar."""
+        now = self._finished_s or time.perf_counter()
+        streams = []
+        for st in self._streams:
+            s = st.source.stats
+            active = (st.last_result_s or now) - (st.started_s or now)
+            dropped = st.queue.dropped + st.post.dropped
+            streams.append(
+                StreamStats(
+                    source_id=st.source.source_id,
+                    is_live=st.source.is_live,
+                    frames_read=s.frames_decoded,
+                    frames_processed=st.processed,
+                    frames_dropped=dropped,
+                    frames_failed=st.failed,
+                    frames_corrupt=s.frames_corrupt,
+                    reconnects=s.reconnects,
+                    fps=st.processed / active if active > 0 else 0.0,
+                    error=st.error,
+                )
+            )
+        return PipelineStats(
+            streams=tuple(streams),
+            elapsed_s=now - (self._started_s or now),
+            latency_ms=self.timers.summaries(),
+            sink_dropped={s.name: s.dropped for s in self._sinks},
+            sink_errors={s.name: s.errors for s in self._sinks},
+            batches=self._batches,
+            finished=self._finished.is_set(),
+        )
+
+    def recent_latency_ms(self, stage: str = "end_to_end", last: int = 300) -> LatencySummary:
+        """Percentiles over the most recent ``last`` frames (for live progress displays)."""
+        return self.timers.recorder(stage).summary(last)
