@@ -43,7 +43,29 @@ _EXPORTS: dict[str, str] = {
     "CallbackSink": "tapetum.sinks",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+__all__ = [
+    "NO_TRACK",
+    "AnnotatedVideoSink",
+    "ByteTrackConfig",
+    "ByteTracker",
+    "CallbackSink",
+    "Detections",
+    "DetectorConfig",
+    "DropPolicy",
+    "Frame",
+    "FrameResult",
+    "ImageFolderSource",
+    "JsonlSink",
+    "LetterboxTransform",
+    "Pipeline",
+    "PipelineConfig",
+    "RuntimeOptions",
+    "VideoSource",
+    "YoloxDetector",
+    "__version__",
+    "make_tracker",
+    "open_source",
+]
 
 if TYPE_CHECKING:
     from tapetum.core import NO_TRACK, Detections, Frame, FrameResult

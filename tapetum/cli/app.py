@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -38,8 +39,10 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 @app.command()
-def run(
-    sources: Annotated[list[str], typer.Argument(help="Video files, stream URLs or image folders.")],
+def run(  # noqa: PLR0917 - typer maps parameters to options
+    sources: Annotated[
+        list[str], typer.Argument(help="Video files, stream URLs or image folders.")
+    ],
     model: Annotated[Path, typer.Option("--model", "-m", help="YOLOX ONNX model file.")],
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output folder (default runs/<time>).")
@@ -56,7 +59,9 @@ def run(
     realtime: Annotated[
         bool, typer.Option("--realtime", help="Pace files at their native frame rate.")
     ] = False,
-    video: Annotated[bool, typer.Option("--video/--no-video", help="Write annotated video.")] = True,
+    video: Annotated[
+        bool, typer.Option("--video/--no-video", help="Write annotated video.")
+    ] = True,
     trail: Annotated[int, typer.Option(help="Trail length in frames (0: none).")] = 30,
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0: all cores).")] = 0,
     max_batch: Annotated[
@@ -71,11 +76,25 @@ def run(
 ) -> None:
     """Detect and track objects in SOURCES; write tracks (JSONL), annotated video and a summary."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    options = RunOptions(
+        sources=sources,
+        model=model,
+        out=out,
+        conf=conf,
+        nms_iou=nms_iou,
+        classes=classes,
+        tracker=tracker,
+        imgsz=imgsz,
+        realtime=realtime,
+        video=video,
+        trail=trail,
+        threads=threads,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        drop_policy=drop_policy,
+    )
     try:
-        pipeline, out_dir = _build(
-            sources, model, out, conf, nms_iou, classes, tracker, imgsz, realtime, video, trail,
-            threads, max_batch, max_wait_ms, drop_policy,
-        )
+        pipeline, out_dir = _build(options)
     except TapetumError as exc:
         raise _fail(str(exc)) from None
     stats = _run_with_progress(pipeline, quiet)
@@ -87,11 +106,29 @@ def run(
         raise _fail("; ".join(s.error or "" for s in failed))
 
 
-def _build(
-    sources: list[str], model: Path, out: Path | None, conf: float, nms_iou: float,
-    classes: str | None, tracker: str, imgsz: int | None, realtime: bool, video: bool,
-    trail: int, threads: int, max_batch: int | None, max_wait_ms: float, drop_policy: str | None,
-) -> tuple[Pipeline, Path]:
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Everything ``tapetum run`` was asked for (see the command's help for each field)."""
+
+    sources: list[str]
+    model: Path
+    out: Path | None
+    conf: float
+    nms_iou: float
+    classes: str | None
+    tracker: str
+    imgsz: int | None
+    realtime: bool
+    video: bool
+    trail: int
+    threads: int
+    max_batch: int | None
+    max_wait_ms: float
+    drop_policy: str | None
+
+
+def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
+    """Open sources, model, tracker factory and sinks; every user error is a TapetumError."""
     from tapetum.detect import DetectorConfig, RuntimeOptions, YoloxDetector
     from tapetum.detect.classes import COCO80, resolve_class_filter
     from tapetum.pipeline import DropPolicy, Pipeline, PipelineConfig
@@ -99,36 +136,40 @@ def _build(
     from tapetum.sources import Source, open_source
     from tapetum.track import Tracker, make_tracker
 
-    make_tracker(tracker, 30.0)  # unknown names fail before anything is opened
+    make_tracker(opts.tracker, 30.0)  # unknown names fail before anything is opened
+    policy = DropPolicy.parse(opts.drop_policy) if opts.drop_policy else None
+    class_ids = resolve_class_filter(COCO80, opts.classes.split(",") if opts.classes else None)
+    config = DetectorConfig(conf_threshold=opts.conf, nms_iou=opts.nms_iou, class_ids=class_ids)
     opened: list[Source] = []
     seen: dict[str, int] = {}
-    for uri in sources:
-        src = open_source(uri, realtime=realtime)
+    for uri in opts.sources:
+        src = open_source(uri, realtime=opts.realtime)
         n = seen.get(src.source_id, 0)
         seen[src.source_id] = n + 1
         if n:  # two sources with one name (a.mp4 in two folders): number the later ones
-            src = open_source(uri, realtime=realtime, source_id=f"{src.source_id}-{n}")
+            src = open_source(uri, realtime=opts.realtime, source_id=f"{src.source_id}-{n}")
         opened.append(src)
-    config = DetectorConfig(
-        conf_threshold=conf,
-        nms_iou=nms_iou,
-        class_ids=resolve_class_filter(COCO80, classes.split(",") if classes else None),
-    )
     detector = YoloxDetector(
-        model, config, RuntimeOptions(intra_op_threads=threads),
-        input_hw=(imgsz, imgsz) if imgsz else None,
+        opts.model,
+        config,
+        RuntimeOptions(intra_op_threads=opts.threads),
+        input_hw=(opts.imgsz, opts.imgsz) if opts.imgsz else None,
     )
-    out_dir = out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+    out_dir = opts.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     sinks: list[Sink] = [JsonlSink(out_dir / "tracks.jsonl")]
-    if video:
+    if opts.video:
         sinks += [
-            AnnotatedVideoSink(out_dir / f"{s.source_id}.mp4", fps=s.fps or 30.0,
-                               source_id=s.source_id, trail_length=trail)
+            AnnotatedVideoSink(
+                out_dir / f"{s.source_id}.mp4",
+                fps=s.fps or 30.0,
+                source_id=s.source_id,
+                trail_length=opts.trail,
+            )
             for s in opened
         ]
 
     def tracker_for(src: Source) -> Tracker:
-        return make_tracker(tracker, frame_rate=src.fps or 30.0)
+        return make_tracker(opts.tracker, frame_rate=src.fps or 30.0)
 
     pipe = Pipeline(
         opened,
@@ -136,9 +177,7 @@ def _build(
         tracker_factory=tracker_for,
         sinks=sinks,
         config=PipelineConfig(
-            max_batch=max_batch,
-            max_wait_ms=max_wait_ms,
-            drop_policy=DropPolicy.parse(drop_policy) if drop_policy else None,
+            max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms, drop_policy=policy
         ),
     )
     return pipe, out_dir
@@ -189,15 +228,26 @@ def _print_summary(stats: PipelineStats, out_dir: Path) -> None:
     for col in ("stream", "read", "processed", "dropped", "corrupt", "failed", "fps"):
         table.add_column(col, justify="right" if col != "stream" else "left")
     for s in stats.streams:
-        table.add_row(s.source_id, str(s.frames_read), str(s.frames_processed),
-                      str(s.frames_dropped), str(s.frames_corrupt), str(s.frames_failed),
-                      f"{s.fps:.1f}")
+        table.add_row(
+            s.source_id,
+            str(s.frames_read),
+            str(s.frames_processed),
+            str(s.frames_dropped),
+            str(s.frames_corrupt),
+            str(s.frames_failed),
+            f"{s.fps:.1f}",
+        )
     lat = Table(title="latency (ms)", title_justify="left")
     for col in ("stage", "p50", "p95", "p99", "max"):
         lat.add_column(col, justify="right" if col != "stage" else "left")
     for name, summary in stats.latency_ms.items():
-        lat.add_row(name, f"{summary.p50_ms:.1f}", f"{summary.p95_ms:.1f}",
-                    f"{summary.p99_ms:.1f}", f"{summary.max_ms:.1f}")
+        lat.add_row(
+            name,
+            f"{summary.p50_ms:.1f}",
+            f"{summary.p95_ms:.1f}",
+            f"{summary.p99_ms:.1f}",
+            f"{summary.max_ms:.1f}",
+        )
     out = Console()
     out.print(table)
     out.print(lat)

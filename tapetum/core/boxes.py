@@ -31,4 +31,5 @@ def box_iou(a: npt.ArrayLike, b: npt.ArrayLike) -> FloatArray:
     union = area_a[:, None] + area_b[None, :] - inter
     out = np.zeros_like(inter)
     np.divide(inter, union, out=out, where=union > 0)
-    return out.astype(np.float32, copy=False)
+    result: FloatArray = out.astype(np.float32, copy=False)
+    return result

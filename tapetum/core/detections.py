@@ -53,8 +53,11 @@ class Detections:
         self.tracker_id = np.full(n, NO_TRACK, np.int64) if tid.size == 0 and n else tid
         if self.embeddings is not None:
             self.embeddings = np.asarray(self.embeddings, dtype=np.float32).reshape(n, -1)
-        for name, arr in (("confidence", self.confidence), ("class_id", self.class_id),
-                          ("tracker_id", self.tracker_id)):
+        for name, arr in (
+            ("confidence", self.confidence),
+            ("class_id", self.class_id),
+            ("tracker_id", self.tracker_id),
+        ):
             if arr.shape[0] != n:
                 raise ValueError(f"Detections.{name} has {arr.shape[0]} rows, xyxy has {n}")
         for key, arr in self.data.items():
@@ -86,7 +89,8 @@ class Detections:
     def area(self) -> FloatArray:
         """(N,) float32 box areas in square pixels."""
         wh = np.clip(self.xyxy[:, 2:] - self.xyxy[:, :2], 0.0, None)
-        return (wh[:, 0] * wh[:, 1]).astype(np.float32)
+        area: FloatArray = (wh[:, 0] * wh[:, 1]).astype(np.float32)
+        return area
 
     @property
     def center(self) -> FloatArray:
@@ -96,7 +100,8 @@ class Detections:
     @property
     def is_tracked(self) -> npt.NDArray[np.bool_]:
         """(N,) True where a tracker assigned an identity."""
-        return self.tracker_id != NO_TRACK
+        tracked: npt.NDArray[np.bool_] = self.tracker_id != NO_TRACK
+        return tracked
 
     @classmethod
     def merge(cls, parts: Iterable[Detections]) -> Detections:
@@ -142,9 +147,9 @@ class Detections:
         tid = detections.tracker_id if detections.tracker_id is not None else np.full(n, NO_TRACK)
         data: Mapping[str, Any] = detections.data or {}
         return cls(
-            xyxy=detections.xyxy,
-            confidence=conf,
-            class_id=cls_id,
-            tracker_id=tid,
+            xyxy=np.asarray(detections.xyxy, np.float32),
+            confidence=np.asarray(conf, np.float32),
+            class_id=np.asarray(cls_id, np.int64),
+            tracker_id=np.asarray(tid, np.int64),
             data={k: np.asarray(v) for k, v in data.items()},
         )

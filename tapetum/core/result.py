@@ -47,7 +47,10 @@ class FrameResult:
                     "xyxy": [round(v, 2) for v in box],
                 }
                 for tid, cid, conf, box in zip(
-                    det.tracker_id.tolist(), ids, det.confidence.tolist(), det.xyxy.tolist(),
+                    det.tracker_id.tolist(),
+                    ids,
+                    det.confidence.tolist(),
+                    det.xyxy.tolist(),
                     strict=True,
                 )
             ],

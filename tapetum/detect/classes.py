@@ -36,5 +36,7 @@ def resolve_class_filter(names: tuple[str, ...], wanted: list[str] | None) -> fr
         elif key in lookup:
             ids.add(lookup[key])
         else:
-            raise ConfigError(f"unknown class {item!r}; known classes include {', '.join(names[:8])}, …")
+            raise ConfigError(
+                f"unknown class {item!r}; known classes include {', '.join(names[:8])}, …"
+            )
     return frozenset(ids)

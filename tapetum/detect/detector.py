@@ -77,8 +77,8 @@ class YoloxDetector:
         if len(out) != 3 or out[1:] != expected_tail:
             raise ModelLoadError(
                 f"{model_path}: output shape {out} is not a YOLOX raw head for input "
-                f"{self.input_hw} and {len(self.class_names)} classes (expected [B, {expected_tail[0]}, "
-                f"{expected_tail[1]}])"
+                f"{self.input_hw} and {len(self.class_names)} classes "
+                f"(expected [B, {expected_tail[0]}, {expected_tail[1]}])"
             )
         self.letterbox = LetterboxTransform(self.input_hw, pad_value=114, centered=False)
 
@@ -86,7 +86,9 @@ class YoloxDetector:
     def max_batch(self) -> int:
         return self.model.max_batch
 
-    def preprocess(self, image: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.float32], LetterboxMeta]:
+    def preprocess(
+        self, image: npt.NDArray[np.uint8]
+    ) -> tuple[npt.NDArray[np.float32], LetterboxMeta]:
         """(H, W, 3) BGR uint8 → ((3, h, w) float32 input tensor, placement)."""
         return self.letterbox(image)
 
@@ -101,8 +103,13 @@ class YoloxDetector:
         if cfg.class_ids is not None:
             keep = np.isin(class_id, np.fromiter(cfg.class_ids, np.int64))
             xyxy, score, class_id = xyxy[keep], score[keep], class_id[keep]
-        idx = nms(xyxy, score, None if cfg.class_agnostic_nms else class_id, cfg.nms_iou,
-                  cfg.max_detections)
+        idx = nms(
+            xyxy,
+            score,
+            None if cfg.class_agnostic_nms else class_id,
+            cfg.nms_iou,
+            cfg.max_detections,
+        )
         return Detections(
             xyxy=LetterboxTransform.boxes_to_source(xyxy[idx], meta),
             confidence=score[idx],

@@ -94,7 +94,9 @@ class LetterboxTransform:
         return tensor, meta
 
     @staticmethod
-    def boxes_to_source(xyxy: npt.NDArray[np.float32], meta: LetterboxMeta) -> npt.NDArray[np.float32]:
+    def boxes_to_source(
+        xyxy: npt.NDArray[np.float32], meta: LetterboxMeta
+    ) -> npt.NDArray[np.float32]:
         """Map (N, 4) boxes from input pixels back to source pixels, clipped to the image."""
         out = np.empty_like(xyxy, dtype=np.float32)
         out[:, 0::2] = (xyxy[:, 0::2] - meta.pad_x_px) / meta.scale
@@ -105,7 +107,9 @@ class LetterboxTransform:
         return out
 
     @staticmethod
-    def boxes_to_input(xyxy: npt.NDArray[np.float32], meta: LetterboxMeta) -> npt.NDArray[np.float32]:
+    def boxes_to_input(
+        xyxy: npt.NDArray[np.float32], meta: LetterboxMeta
+    ) -> npt.NDArray[np.float32]:
         """Map (N, 4) boxes from source pixels into input pixels (inverse of the above)."""
         out = np.empty_like(xyxy, dtype=np.float32)
         out[:, 0::2] = xyxy[:, 0::2] * meta.scale + meta.pad_x_px

@@ -32,10 +32,14 @@ def nms(
     xywh[:, 2:] -= xywh[:, :2]
     # OpenCV takes plain lists of boxes; score_threshold 0 because filtering happened upstream.
     if class_id is None:
-        keep = cv2.dnn.NMSBoxes(xywh, scores.astype(np.float32), 0.0, float(iou_threshold))
+        keep = cv2.dnn.NMSBoxes(xywh, scores.astype(np.float32), 0.0, float(iou_threshold))  # type: ignore[arg-type]
     else:
         keep = cv2.dnn.NMSBoxesBatched(
-            xywh, scores.astype(np.float32), class_id.astype(np.int32), 0.0, float(iou_threshold)
+            xywh,  # type: ignore[arg-type]  # the stubs say lists; arrays are what it reads
+            scores.astype(np.float32),  # type: ignore[arg-type]
+            class_id.astype(np.int32),  # type: ignore[arg-type]
+            0.0,
+            float(iou_threshold),
         )
     idx = np.asarray(keep, dtype=np.int64).reshape(-1)
     idx = idx[np.argsort(-scores[idx], kind="stable")]

@@ -130,14 +130,20 @@ class OnnxModel:
         self.output_name: str = self.session.get_outputs()[0].name
         self.providers: list[str] = list(self.session.get_providers())
         self.threads = threads
-        self.max_batch = 64 if dynamic is not None and self._batch_works() else (
-            64 if not isinstance(shape[0], int) else int(shape[0])
+        self.max_batch = (
+            64
+            if dynamic is not None and self._batch_works()
+            else (64 if not isinstance(shape[0], int) else int(shape[0]))
         )
         if dynamic is not None and self.max_batch == 1:
             self.session = ort.InferenceSession(raw, so, providers=providers)
         log.info(
             "loaded %s on %s (%d threads, input %s, max batch %d)",
-            self.path.name, self.providers[0], threads, self.input_hw, self.max_batch,
+            self.path.name,
+            self.providers[0],
+            threads,
+            self.input_hw,
+            self.max_batch,
         )
 
     def _batch_works(self) -> bool:
@@ -157,7 +163,9 @@ class OnnxModel:
             return self.session.run([self.output_name], {self.input_name: batch})[0]  # type: ignore[no-any-return]
         return np.concatenate(
             [
-                self.session.run([self.output_name], {self.input_name: batch[i : i + self.max_batch]})[0]
+                self.session.run(
+                    [self.output_name], {self.input_name: batch[i : i + self.max_batch]}
+                )[0]
                 for i in range(0, batch.shape[0], self.max_batch)
             ]
         )

@@ -37,7 +37,7 @@ class DropPolicy(enum.Enum):
             raise ConfigError(f"unknown drop policy {value!r}; use one of: {known}") from None
 
 
-class QueueClosed(Exception):
+class QueueClosed(Exception):  # noqa: N818 - a signal, like queue.Empty
     """Raised by :meth:`BoundedQueue.get` once the queue is closed and empty."""
 
 

@@ -454,8 +454,12 @@ class Pipeline:
                 t2 = time.perf_counter()
             except Exception as exc:
                 st.failed += 1
-                log.error("post-processing failed on %s frame %d: %s",
-                          st.source.source_id, item.frame.index, exc)
+                log.error(
+                    "post-processing failed on %s frame %d: %s",
+                    st.source.source_id,
+                    item.frame.index,
+                    exc,
+                )
                 continue
             timings = item.timings_ms
             timings["postprocess"] = (t1 - t0) * 1e3

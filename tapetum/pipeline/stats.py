@@ -19,8 +19,13 @@ class LatencySummary:
     max_ms: float
 
     def as_dict(self) -> dict[str, float | int]:
-        return {"count": self.count, "p50_ms": self.p50_ms, "p95_ms": self.p95_ms,
-                "p99_ms": self.p99_ms, "max_ms": self.max_ms}
+        return {
+            "count": self.count,
+            "p50_ms": self.p50_ms,
+            "p95_ms": self.p95_ms,
+            "p99_ms": self.p99_ms,
+            "max_ms": self.max_ms,
+        }
 
 
 class LatencyRecorder:

@@ -12,8 +12,7 @@ class Sink(Protocol):
     """Consumes frame results. Runs in its own thread behind a bounded queue, so a slow
     sink never stalls detection; ``write`` is called from that one thread only."""
 
-    def write(self, result: FrameResult) -> None:
-        ...
+    def write(self, result: FrameResult) -> None: ...
 
     def close(self) -> None:
         """Flush and release resources; called once, after the last ``write``."""

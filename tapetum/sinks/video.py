@@ -50,8 +50,9 @@ class AnnotatedVideoSink:
             text_scale=0.45, text_padding=3, color_lookup=sv.ColorLookup.TRACK
         )
         self._trace = (
-            sv.TraceAnnotator(trace_length=trail_length, thickness=2,
-                              color_lookup=sv.ColorLookup.TRACK)
+            sv.TraceAnnotator(
+                trace_length=trail_length, thickness=2, color_lookup=sv.ColorLookup.TRACK
+            )
             if trail_length > 0
             else None
         )
@@ -87,14 +88,16 @@ class AnnotatedVideoSink:
         labels = [
             f"#{tid} {names[cid] if 0 <= cid < len(names) else cid} {conf:.2f}"
             for tid, cid, conf in zip(
-                det.tracker_id.tolist(), det.class_id.tolist(), det.confidence.tolist(),
+                det.tracker_id.tolist(),
+                det.class_id.tolist(),
+                det.confidence.tolist(),
                 strict=True,
             )
         ]
         if self._trace is not None:
             scene = self._trace.annotate(scene, sv_det)
         scene = self._box.annotate(scene, sv_det)
-        return self._label.annotate(scene, sv_det, labels=labels)  # type: ignore[no-any-return]
+        return self._label.annotate(scene, sv_det, labels=labels)
 
     def write(self, result: FrameResult) -> None:
         import av

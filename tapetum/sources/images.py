@@ -109,7 +109,7 @@ class ImageFolderSource:
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
         """Yield one BGR frame per readable image until the folder ends or ``stop`` is set."""
-        import cv2  # noqa: PLC0415  (OpenCV takes ~0.2 s to import; only folders need it)
+        import cv2
 
         start_epoch_s = time.time()
         start_monotonic_s = time.monotonic()

@@ -34,7 +34,7 @@ import numpy.typing as npt
 from av.container import InputContainer
 
 from tapetum.core.frame import Frame
-from tapetum.errors import SourceError
+from tapetum.errors import ConfigError, SourceError
 from tapetum.sources.base import SourceStats
 
 logger = logging.getLogger(__name__)
@@ -204,6 +204,16 @@ class VideoSource:
                 f"cannot open {redact_url(self._uri)}: unsupported URL scheme "
                 f"'{self._scheme}' (supported: {supported}, or a file path)"
             )
+        if reconnect_initial_delay_s <= 0 or reconnect_max_delay_s <= 0:
+            raise ConfigError(
+                "reconnect delays must be > 0, got reconnect_initial_delay_s="
+                f"{reconnect_initial_delay_s}, reconnect_max_delay_s={reconnect_max_delay_s}"
+            )
+        if reconnect_max_attempts < 0 or open_timeout_s <= 0 or read_timeout_s <= 0:
+            raise ConfigError(
+                "reconnect_max_attempts must be >= 0 and timeouts > 0, got "
+                f"{reconnect_max_attempts}, {open_timeout_s} s, {read_timeout_s} s"
+            )
         self._source_id = source_id or default_source_id(self._uri)
         self._realtime = realtime and not self._is_live
         self._reconnect_initial_delay_s = reconnect_initial_delay_s
@@ -327,6 +337,8 @@ class VideoSource:
                 logger.debug("%s: packet rejected by decoder: %s", self._describe(), exc)
                 continue
             for av_frame in decoded:
+                if stop.is_set():
+                    return index
                 frame_index = index
                 index += 1
                 if av_frame.is_corrupt:

@@ -45,9 +45,7 @@ def test_decode_picks_best_class_times_objectness() -> None:
 
 
 def test_nms_suppresses_overlaps_per_class() -> None:
-    boxes = np.array(
-        [[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10]], np.float32
-    )
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10]], np.float32)
     scores = np.array([0.9, 0.8, 0.7, 0.95], np.float32)
     # class-agnostic: box 3 (0.95) suppresses 0 and 1 (IoU 1.0 and 0.68)
     np.testing.assert_array_equal(nms(boxes, scores, None, 0.5), [3, 2])

@@ -1,0 +1,235 @@
+"""Pipeline benchmark: bare model vs Tapetum's pipeline vs a naive single-thread loop.
+
+One run measures, on the shared crowd video and YOLOX-nano:
+
+1. ``bare_model``: ONNX Runtime alone on already-letterboxed frames (the physical floor).
+2. ``pipeline``: ``Pipeline`` on the file as fast as possible (decode, letterbox, batched
+   inference, decode+NMS, ByteTrack), FPS and per-stage p50/p95/p99.
+3. ``naive_loop``: OpenCV decode → letterbox → ORT → decode+NMS → the ``trackers``
+   library's ByteTrack, one thread, same frames.
+4. ``realtime_1x30``: one 720p stream paced at 30 FPS like a camera: end-to-end latency.
+5. ``capacity_15fps``: how many 15-FPS streams the machine sustains with p99 < 100 ms.
+
+Writes JSON (default ``bench/results/pipeline.json``) and prints the ratios.
+
+    python bench/pipeline.py                       # assets from $TAPETUM_ASSETS
+    python bench/pipeline.py --quick               # shorter paced runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tapetum.detect import DetectorConfig, RuntimeOptions, YoloxDetector
+from tapetum.pipeline import Pipeline, PipelineConfig
+from tapetum.sources import VideoSource
+from tapetum.sources.paced import PacedSource
+
+P99_BUDGET_MS = 100.0
+
+
+def pct(values: list[float] | np.ndarray) -> dict[str, float]:
+    arr = np.asarray(values, np.float64)
+    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
+    return {
+        "p50_ms": round(float(p50), 2),
+        "p95_ms": round(float(p95), 2),
+        "p99_ms": round(float(p99), 2),
+        "n": int(arr.size),
+    }
+
+
+def decode_all(video: Path) -> list[np.ndarray]:
+    src = VideoSource(video)
+    return [f.image for f in src.frames(threading.Event())]
+
+
+def bench_bare(detector: YoloxDetector, frames: list[np.ndarray], repeats: int) -> dict[str, Any]:
+    tensors = [detector.preprocess(img)[0][None] for img in frames]
+    for t in tensors[:10]:
+        detector.infer(t)
+    times = []
+    t_start = time.perf_counter()
+    for _ in range(repeats):
+        for t in tensors:
+            t0 = time.perf_counter()
+            detector.infer(t)
+            times.append((time.perf_counter() - t0) * 1e3)
+    total = time.perf_counter() - t_start
+    return {"fps": round(len(times) / total, 2), "latency": pct(times)}
+
+
+def bench_pipeline(detector: YoloxDetector, video: Path) -> dict[str, Any]:
+    pipe = Pipeline([VideoSource(video)], detector)
+    stats = pipe.run()
+    d = stats.as_dict()
+    return {
+        "fps": d["fps"],
+        "frames": d["frames_processed"],
+        "dropped": d["frames_dropped"],
+        "stages": {
+            k: {kk: round(vv, 2) for kk, vv in v.items() if kk != "count"}
+            for k, v in d["latency_ms"].items()
+        },
+    }
+
+
+def bench_naive(detector: YoloxDetector, video: Path) -> dict[str, Any]:
+    import cv2
+    import supervision as sv
+    from trackers import ByteTrackTracker
+
+    cap = cv2.VideoCapture(str(video))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+    tracker = ByteTrackTracker(frame_rate=fps)
+    times, n = [], 0
+    t_start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        ok, img = cap.read()
+        if not ok:
+            break
+        tensor, meta = detector.preprocess(img)
+        raw = detector.infer(tensor[None])
+        det = detector.postprocess(raw[0], meta)
+        tracker.update(
+            sv.Detections(
+                xyxy=det.xyxy, confidence=det.confidence, class_id=det.class_id.astype(int)
+            )
+        )
+        times.append((time.perf_counter() - t0) * 1e3)
+        n += 1
+    total = time.perf_counter() - t_start
+    cap.release()
+    return {"fps": round(n / total, 2), "frames": n, "latency": pct(times)}
+
+
+def run_paced(
+    detector: YoloxDetector, video: Path, streams: int, fps: float, seconds: float
+) -> dict[str, Any]:
+    sources = [
+        PacedSource(lambda: VideoSource(video), fps, f"cam{i}", duration_s=seconds)
+        for i in range(streams)
+    ]
+    pipe = Pipeline(sources, detector, config=PipelineConfig())
+    stats = pipe.run()
+    e2e = stats.latency_ms["end_to_end"]
+    read = stats.frames_read
+    return {
+        "streams": streams,
+        "fps_per_stream": fps,
+        "frames_read": read,
+        "frames_processed": stats.frames_processed,
+        "frames_dropped": stats.frames_dropped,
+        "drop_rate": round(stats.frames_dropped / read, 4) if read else None,
+        "processed_fps_total": round(stats.fps, 2),
+        "batches": stats.batches,
+        "end_to_end": {
+            "p50_ms": round(e2e.p50_ms, 2),
+            "p95_ms": round(e2e.p95_ms, 2),
+            "p99_ms": round(e2e.p99_ms, 2),
+        },
+    }
+
+
+def main() -> int:
+    assets = Path(
+        os.environ.get("TAPETUM_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets")
+    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--video", type=Path, default=assets / "video" / "crowd_720p.avi")
+    ap.add_argument("--model", type=Path, default=assets / "models" / "yolox_nano.onnx")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/pipeline.json"))
+    ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
+    ap.add_argument("--quick", action="store_true", help="shorter paced runs")
+    ap.add_argument("--max-streams", type=int, default=6)
+    args = ap.parse_args()
+    if not args.video.is_file() or not args.model.is_file():
+        print(
+            f"error: assets not found ({args.video}, {args.model}); set TAPETUM_ASSETS",
+            file=sys.stderr,
+        )
+        return 2
+    paced_s = 5.0 if args.quick else 10.0
+    detector = YoloxDetector(args.model, DetectorConfig(), RuntimeOptions(args.threads))
+    frames = decode_all(args.video)
+    result: dict[str, Any] = {
+        "machine": {
+            "cpu_cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "ort_threads": detector.model.threads,
+            "provider": detector.model.providers[0],
+        },
+        "video": {
+            "path": args.video.name,
+            "frames": len(frames),
+            "size": list(frames[0].shape[1::-1]),
+        },
+    }
+    print("bare model…", flush=True)
+    result["bare_model"] = bench_bare(detector, frames, repeats=1)
+    print("pipeline…", flush=True)
+    result["pipeline"] = bench_pipeline(detector, args.video)
+    print("naive loop…", flush=True)
+    result["naive_loop"] = bench_naive(detector, args.video)
+    print("realtime 1×30 FPS…", flush=True)
+    result["realtime_1x30"] = run_paced(detector, args.video, 1, 30.0, paced_s)
+    levels = []
+    sustained = 0
+    for k in range(1, args.max_streams + 1):
+        print(f"capacity: {k} × 15 FPS…", flush=True)
+        level = run_paced(detector, args.video, k, 15.0, paced_s)
+        level["sustained"] = bool(
+            level["end_to_end"]["p99_ms"] < P99_BUDGET_MS and (level["drop_rate"] or 0) <= 0.01
+        )
+        levels.append(level)
+        if not level["sustained"]:
+            break
+        sustained = k
+    result["capacity_15fps"] = {
+        "levels": levels,
+        "max_streams_sustained": sustained,
+        "rule": "p99 end-to-end < 100 ms and ≤ 1% frames dropped",
+    }
+    bare, pipe, naive = (result[k]["fps"] for k in ("bare_model", "pipeline", "naive_loop"))
+    rt = result["realtime_1x30"]["end_to_end"]["p99_ms"]
+    result["ratios"] = {
+        "pipeline_vs_bare_model": round(pipe / bare, 3),
+        "pipeline_vs_naive_loop": round(pipe / naive, 3),
+    }
+    result["targets"] = {
+        "pipeline_ge_0.9x_bare": pipe >= 0.9 * bare,
+        "pipeline_ge_1.3x_naive": pipe >= 1.3 * naive,
+        "realtime_p99_lt_100ms": rt < P99_BUDGET_MS,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"\nbare model  {bare:6.1f} FPS   (ORT p99 {result['bare_model']['latency']['p99_ms']} ms)"
+    )
+    print(f"pipeline    {pipe:6.1f} FPS   = {pipe / bare:.2f} × bare, {pipe / naive:.2f} × naive")
+    print(f"naive loop  {naive:6.1f} FPS")
+    print(
+        f"1 × 720p @30 FPS: end-to-end p50/p95/p99 "
+        f"{result['realtime_1x30']['end_to_end']['p50_ms']}/"
+        f"{result['realtime_1x30']['end_to_end']['p95_ms']}/{rt} ms, "
+        f"dropped {result['realtime_1x30']['frames_dropped']}"
+    )
+    print(f"streams sustained at 15 FPS with p99 < 100 ms: {sustained}")
+    print(f"targets: {result['targets']}\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

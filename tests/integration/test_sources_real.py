@@ -1,0 +1,235 @@
+"""Sources against the real crowd video: full decode, pacing, damaged files, a flaky live
+HTTP stream served from loopback. Derived files are written to tmp_path only."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from tapetum.core.frame import Frame
+from tapetum.sources import VideoSource, open_source
+
+pytestmark = pytest.mark.integration
+
+# The AVI header claims 682 frames at 50 fps; the H.264 stream really holds 341 pictures at
+# 25 fps (13.64 s), which is what a plain PyAV decode returns.
+CROWD_FRAMES = 341
+CROWD_FPS = 25.0
+
+
+def _remux_to_mpegts(src: Path, dst: Path, max_s: float | None = None) -> Path:
+    """Copy the H.264 packets of ``src`` (first ``max_s`` seconds) into MPEG-TS, no re-encode."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mpegts") as out:
+        in_stream = inp.streams.video[0]
+        out_stream = out.add_stream_from_template(in_stream)
+        for packet in inp.demux(in_stream):
+            if packet.dts is None:  # the demuxer's final flush packet
+                continue
+            if max_s is not None and packet.dts * packet.time_base >= max_s:
+                break
+            packet.stream = out_stream
+            out.mux(packet)
+    return dst
+
+
+def _decode_all(source: VideoSource) -> list[Frame]:
+    """Every frame of ``source``, each image shrunk to its first pixel after checking it is
+    (H, W, 3) uint8 (a whole 720p video held in memory would take ~1 GB)."""
+    frames = []
+    for frame in source.frames(threading.Event()):
+        assert frame.image.shape == (source.height, source.width, 3)
+        assert frame.image.dtype == np.uint8
+        frames.append(dataclasses.replace(frame, image=frame.image[:1, :1].copy()))
+    return frames
+
+
+@pytest.fixture(scope="module")
+def crowd_ts(crowd_video: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _remux_to_mpegts(crowd_video, tmp_path_factory.mktemp("ts") / "crowd.ts")
+
+
+def test_crowd_video_decodes_every_frame(crowd_video: Path) -> None:
+    source = VideoSource(crowd_video)
+    frames = _decode_all(source)
+
+    assert source.fps == pytest.approx(CROWD_FPS)
+    assert len(frames) == CROWD_FRAMES
+    assert [f.index for f in frames] == list(range(CROWD_FRAMES))
+    assert (source.width, source.height) == (1280, 720)
+    timestamps = np.array([f.timestamp_s for f in frames])
+    steps = np.diff(timestamps)
+    # The AVI stores decode-order pts that a B-frame decoder hands back shuffled; timestamps
+    # must still rise by one frame interval per frame.
+    assert np.all(steps > 0)
+    assert np.median(steps) == pytest.approx(1 / CROWD_FPS)
+    assert timestamps[-1] - timestamps[0] == pytest.approx((CROWD_FRAMES - 1) / CROWD_FPS, abs=0.1)
+    assert np.all(np.diff([f.arrival_s for f in frames]) >= 0)
+    assert source.stats.frames_decoded == CROWD_FRAMES
+    assert source.stats.frames_corrupt == 0
+
+
+def test_realtime_paces_a_file_at_its_native_rate(crowd_video: Path, tmp_path: Path) -> None:
+    clip = _remux_to_mpegts(crowd_video, tmp_path / "clip.ts", max_s=2.0)
+    source = VideoSource(clip, realtime=True)
+
+    started = time.monotonic()
+    frames = _decode_all(source)
+    elapsed_s = time.monotonic() - started
+
+    clip_s = frames[-1].timestamp_s - frames[0].timestamp_s
+    assert len(frames) == 50
+    assert 0.9 * clip_s <= elapsed_s <= clip_s + 1.5
+    arrivals = np.array([f.arrival_s for f in frames])
+    assert arrivals[-1] - arrivals[0] == pytest.approx(clip_s, abs=0.25)
+
+
+def test_garbage_in_the_middle_is_counted_and_survived(crowd_ts: Path, tmp_path: Path) -> None:
+    # Recipe: remux to MPEG-TS (stream copy), then overwrite 64 KiB at the middle with seeded
+    # random bytes. The TS demuxer resyncs on its 188-byte packets and hands the decoder the
+    # damaged PES; H.264 conceals it and flags that picture corrupt. (In the AVI itself the
+    # demuxer silently drops the damaged chunks, so nothing is reported there.)
+    data = bytearray(crowd_ts.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 65536] = random.Random(0).randbytes(65536)
+    damaged = tmp_path / "garbage.ts"
+    damaged.write_bytes(bytes(data))
+
+    source = VideoSource(damaged)
+    frames = _decode_all(source)  # ends normally: no exception mid-stream
+
+    assert source.stats.frames_corrupt > 0
+    assert len(frames) > 0.9 * CROWD_FRAMES
+    indexes = [f.index for f in frames]
+    gaps = [b for a, b in itertools.pairwise(indexes) if b != a + 1]
+    assert gaps, "the skipped corrupt frame leaves a gap in the indexes"
+    after_damage = [f for f in frames if f.index > gaps[0]]
+    assert len(after_damage) > 100  # decoding carried on after the damage
+    assert frames[-1].timestamp_s > 13.0
+
+
+def test_truncated_file_ends_normally(crowd_video: Path, tmp_path: Path) -> None:
+    data = crowd_video.read_bytes()
+    truncated = tmp_path / "truncated.avi"
+    truncated.write_bytes(data[: int(len(data) * 0.6)])
+
+    source = VideoSource(truncated)
+    frames = _decode_all(source)
+
+    assert 0.45 * CROWD_FRAMES < len(frames) < 0.7 * CROWD_FRAMES
+    assert np.all(np.diff([f.timestamp_s for f in frames]) > 0)
+
+
+class _FlakyStream:
+    """Loopback HTTP server of one MPEG-TS file: the 1st response is cut after ``cut_fraction``
+    of the bytes (connection closed), the 2nd is whole, every later request gets 404."""
+
+    def __init__(self, payload: bytes, cut_fraction: float) -> None:
+        self.requests = 0
+        flaky = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                flaky.requests += 1
+                if flaky.requests > 2:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp2t")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                cut = len(payload) if flaky.requests == 2 else int(len(payload) * cut_fraction)
+                self.wfile.write(payload[:cut])
+                self.close_connection = True
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/live.ts"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def live_clip(crowd_video: Path, tmp_path: Path) -> Path:
+    return _remux_to_mpegts(crowd_video, tmp_path / "live.ts", max_s=3.0)
+
+
+@pytest.fixture
+def flaky_stream(live_clip: Path) -> Iterator[_FlakyStream]:
+    server = _FlakyStream(live_clip.read_bytes(), cut_fraction=0.4)
+    yield server
+    server.close()
+
+
+def test_live_stream_reconnects_after_a_drop_then_gives_up(
+    flaky_stream: _FlakyStream, live_clip: Path, tmp_path: Path
+) -> None:
+    payload = live_clip.read_bytes()
+    first_part = tmp_path / "first_part.ts"
+    first_part.write_bytes(payload[: int(len(payload) * 0.4)])
+    frames_before_cut = len(_decode_all(VideoSource(first_part)))
+    frames_in_clip = len(_decode_all(VideoSource(live_clip)))
+
+    source = open_source(
+        flaky_stream.url,
+        reconnect_initial_delay_s=0.05,
+        reconnect_max_delay_s=0.2,
+        reconnect_max_attempts=3,
+        read_timeout_s=2.0,
+    )
+    started = time.monotonic()
+    frames = list(source.frames(threading.Event()))
+    elapsed_s = time.monotonic() - started
+
+    assert source.is_live
+    assert source.stats.reconnects >= 1
+    assert len(frames) > frames_before_cut  # frames after the cut were decoded
+    assert len(frames) >= frames_in_clip
+    assert [f.index for f in frames] == list(range(len(frames)))  # indexes continue
+    assert np.all(np.diff([f.timestamp_s for f in frames]) > 0)
+    # cut + 3 failed reopens (404) are all counted; then it gives up on its own, quickly.
+    assert source.stats.errors >= 4
+    assert flaky_stream.requests == 5
+    assert elapsed_s < 5.0
+
+
+def test_stop_interrupts_the_reconnect_backoff(flaky_stream: _FlakyStream) -> None:
+    source = VideoSource(
+        flaky_stream.url, reconnect_initial_delay_s=30.0, reconnect_max_delay_s=30.0
+    )
+    stop = threading.Event()
+    stopped_at: list[float] = []
+
+    def stop_during_backoff() -> None:
+        deadline = time.monotonic() + 10.0
+        while source.stats.errors == 0 and time.monotonic() < deadline:  # until the drop
+            time.sleep(0.01)
+        time.sleep(0.2)  # now inside the 30 s wait before the first reconnect
+        stopped_at.append(time.monotonic())
+        stop.set()
+
+    stopper = threading.Thread(target=stop_during_backoff)
+    stopper.start()
+    frames = list(source.frames(stop))
+    ended_at = time.monotonic()
+    stopper.join()
+
+    assert frames
+    assert source.stats.errors == 1
+    assert source.stats.reconnects == 0
+    assert ended_at - stopped_at[0] < 1.0
