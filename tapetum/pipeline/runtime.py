@@ -76,6 +76,10 @@ class PipelineConfig:
             raise ConfigError(f"max_batch must be ≥ 1, got {self.max_batch}")
         if self.max_wait_ms < 0:
             raise ConfigError(f"max_wait_ms must be ≥ 0, got {self.max_wait_ms}")
+        sizes = ("source_queue_size", "post_queue_size", "sink_queue_size", "result_queue_size")
+        for name in sizes:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
 
 
 @dataclass(slots=True)
@@ -359,7 +363,14 @@ class Pipeline:
                 if st.started_s is None:
                     st.started_s = time.perf_counter()
                 t0 = time.perf_counter()
-                tensor, meta = self.detector.preprocess(frame.image)
+                try:
+                    tensor, meta = self.detector.preprocess(frame.image)
+                except Exception as exc:  # one bad frame fails, not the whole stream
+                    st.failed += 1
+                    log.error(
+                        "preprocessing failed on %s frame %d: %s", src.source_id, frame.index, exc
+                    )
+                    continue
                 t1 = time.perf_counter()
                 item = _Pending(frame, tensor, meta, t1, {"preprocess": (t1 - t0) * 1e3})
                 # A BLOCK queue waits for space until the pipeline is aborted; a frame

@@ -72,7 +72,9 @@ class PacedSource:
                 if wait > 0 and stop.wait(wait):
                     return
                 self._stats.frames_decoded += 1
-                yield Frame(sid, k, frame.image, k * period_s, time.perf_counter())
+                # The camera delivered this frame at its due time; if we are late (the
+                # consumer blocked), the wait counts as latency, as it would on a camera.
+                yield Frame(sid, k, frame.image, k * period_s, min(due, time.perf_counter()))
                 k += 1
             self._stats.frames_corrupt += inner.stats.frames_corrupt
             if not self._loop or k == 0:
