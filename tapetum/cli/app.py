@@ -65,7 +65,12 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         bool, typer.Option("--video/--no-video", help="Write annotated video.")
     ] = True,
     trail: Annotated[int, typer.Option(help="Trail length in frames (0: none).")] = 30,
-    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0: all cores).")] = 0,
+    workers: Annotated[
+        int, typer.Option(help="Concurrent inference workers (0: auto, 2 on a multi-core CPU).")
+    ] = 0,
+    threads: Annotated[
+        int, typer.Option(help="ONNX Runtime threads per worker (0: cores / workers).")
+    ] = 0,
     max_batch: Annotated[
         int | None, typer.Option(help="Frames per inference (default: one per source).")
     ] = None,
@@ -90,6 +95,7 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         realtime=realtime,
         video=video,
         trail=trail,
+        workers=workers,
         threads=threads,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
@@ -123,6 +129,7 @@ class RunOptions:
     realtime: bool
     video: bool
     trail: int
+    workers: int
     threads: int
     max_batch: int | None
     max_wait_ms: float
@@ -133,6 +140,7 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
     """Open sources, model, tracker factory and sinks; every user error is a TapetumError."""
     from tapetum.detect import DetectorConfig, RuntimeOptions, YoloxDetector
     from tapetum.detect.classes import COCO80, resolve_class_filter
+    from tapetum.detect.runtime import plan_cpu_workers
     from tapetum.pipeline import DropPolicy, Pipeline, PipelineConfig
     from tapetum.sinks import AnnotatedVideoSink, JsonlSink, Sink
     from tapetum.sources import Source, open_source
@@ -151,10 +159,11 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
         if n:  # two sources with one name (a.mp4 in two folders): number the later ones
             src = open_source(uri, realtime=opts.realtime, source_id=f"{src.source_id}-{n}")
         opened.append(src)
+    workers, threads = plan_cpu_workers(opts.workers)
     detector = YoloxDetector(
         opts.model,
         config,
-        RuntimeOptions(intra_op_threads=opts.threads),
+        RuntimeOptions(intra_op_threads=opts.threads or threads),
         input_hw=(opts.imgsz, opts.imgsz) if opts.imgsz else None,
     )
     out_dir = opts.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
@@ -179,7 +188,10 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
         tracker_factory=tracker_for,
         sinks=sinks,
         config=PipelineConfig(
-            max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms, drop_policy=policy
+            max_batch=opts.max_batch,
+            max_wait_ms=opts.max_wait_ms,
+            drop_policy=policy,
+            inference_workers=workers,
         ),
     )
     return pipe, out_dir

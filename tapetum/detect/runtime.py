@@ -27,6 +27,21 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def plan_cpu_workers(workers: int = 0, cores: int | None = None) -> tuple[int, int]:
+    """Split the CPU between concurrent inference workers.
+
+    Returns ``(workers, intra_op_threads_per_worker)``. ``workers=0`` picks two workers of
+    half the cores each when there are at least two cores: concurrent single-threaded runs
+    keep both cores busy while decode and tracking take slices of them, where one
+    two-threaded run stalls at every operator whose other half was preempted (measured in
+    ``bench/pipeline.py``: ~90 vs ~77 FPS on 2 cores).
+    """
+    cores = cores or available_cores()
+    if workers <= 0:
+        workers = 2 if cores >= 2 else 1
+    return workers, max(1, cores // workers)
+
+
 @dataclass(frozen=True, slots=True)
 class RuntimeOptions:
     """How to run a model.

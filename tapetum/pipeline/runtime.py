@@ -15,6 +15,7 @@ model output, run NMS and the tracker (so post-processing overlaps the next batc
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -48,7 +49,8 @@ class PipelineConfig:
     """Runtime knobs.
 
     Attributes:
-        max_batch: frames per inference call; None = one per source, capped by the model.
+        max_batch: frames per inference call; None = the sources shared out over the
+            inference workers (``ceil(sources / workers)``), capped by the model.
         max_wait_ms: how long the first frame of a batch waits for others.
         source_queue_size: decoded frames buffered per source before the policy applies.
         post_queue_size: inferred frames buffered per stream before tracking.
@@ -59,6 +61,10 @@ class PipelineConfig:
         sink_policy: policy of sink queues; None = ``DROP_OLDEST`` if any source is live,
             else ``BLOCK`` (offline runs lose nothing, live runs never stall).
         warmup: run one dummy batch before the first frame (keeps it out of the p99).
+        inference_workers: threads running inference concurrently on the shared detector.
+            On a CPU, two single-threaded workers beat one two-threaded run: no straggler
+            waits inside operators when decode or tracking takes a core for a moment.
+            Results are put back in frame order per stream before tracking.
     """
 
     max_batch: int | None = None
@@ -70,12 +76,15 @@ class PipelineConfig:
     drop_policy: DropPolicy | None = None
     sink_policy: DropPolicy | None = None
     warmup: bool = True
+    inference_workers: int = 1
 
     def __post_init__(self) -> None:
         if self.max_batch is not None and self.max_batch < 1:
             raise ConfigError(f"max_batch must be ≥ 1, got {self.max_batch}")
         if self.max_wait_ms < 0:
             raise ConfigError(f"max_wait_ms must be ≥ 0, got {self.max_wait_ms}")
+        if self.inference_workers < 1:
+            raise ConfigError(f"inference_workers must be ≥ 1, got {self.inference_workers}")
         sizes = ("source_queue_size", "post_queue_size", "sink_queue_size", "result_queue_size")
         for name in sizes:
             if getattr(self, name) < 1:
@@ -91,7 +100,10 @@ class _Pending:
     meta: LetterboxMeta
     ready_s: float
     timings_ms: dict[str, float]
+    #: position in its stream's inference order (assigned when a batch takes the frame).
+    seq: int = -1
     raw: npt.NDArray[np.float32] | None = None
+    failed: bool = False
 
 
 @dataclass(slots=True)
@@ -102,6 +114,7 @@ class _Stream:
     post: BoundedQueue[_Pending]
     processed: int = 0
     failed: int = 0
+    next_seq: int = 0
     error: str | None = None
     started_s: float | None = None
     last_result_s: float | None = None
@@ -253,13 +266,16 @@ class Pipeline:
             SinkWorker(sink, self.config.sink_queue_size, sink_policy, f"{i}-{type(sink).__name__}")
             for i, sink in enumerate(sinks)
         ]
-        self.max_batch = max(1, min(self.config.max_batch or len(sources), detector.max_batch))
+        workers = self.config.inference_workers
+        default_batch = -(-len(sources) // workers)
+        self.max_batch = max(1, min(self.config.max_batch or default_batch, detector.max_batch))
         self.timers = StageTimers()
         self._results: BoundedQueue[FrameResult] | None = None
         self._stop_sources = threading.Event()
         self._abort = threading.Event()
         self._finished = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._threads: dict[str, list[threading.Thread]] = {}
+        self._count_lock = threading.Lock()
         self._supervisor: threading.Thread | None = None
         self._started_s: float | None = None
         self._finished_s: float | None = None
@@ -278,17 +294,18 @@ class Pipeline:
             sink.start()
         self._started_s = time.perf_counter()
         for st in self._streams:
-            self._spawn(self._read_loop, st, f"read-{st.source.source_id}")
-            self._spawn(self._track_loop, st, f"track-{st.source.source_id}")
-        self._spawn(self._detect_loop, None, "detect")
+            self._spawn("read", self._read_loop, st, f"read-{st.source.source_id}")
+            self._spawn("track", self._track_loop, st, f"track-{st.source.source_id}")
+        for i in range(self.config.inference_workers):
+            self._spawn("detect", self._detect_loop, None, f"detect-{i}")
         self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         self._supervisor.start()
         return self
 
-    def _spawn(self, fn: Callable[..., None], arg: Any, name: str) -> None:
+    def _spawn(self, stage: str, fn: Callable[..., None], arg: Any, name: str) -> None:
         t = threading.Thread(target=fn, args=() if arg is None else (arg,), name=name, daemon=True)
         t.start()
-        self._threads.append(t)
+        self._threads.setdefault(stage, []).append(t)
 
     def stop(self, drain: bool = True) -> None:
         """Stop reading sources.
@@ -395,6 +412,8 @@ class Pipeline:
             st = self._streams[(self._rr + k) % n]
             item = st.queue.get_nowait()
             if item is not None:
+                item.seq = st.next_seq  # under the batch lock: seqs follow frame order
+                st.next_seq += 1
                 batch.append((st, item))
                 moved = True
         self._rr = (self._rr + 1) % n
@@ -423,41 +442,56 @@ class Pipeline:
     def _detect_loop(self) -> None:
         h, w = self.detector.input_hw
         buf = np.empty((self.max_batch, 3, h, w), np.float32)
-        try:
-            while (batch := self._collect_batch()) is not None:
-                n = len(batch)
-                for i, (_, item) in enumerate(batch):
-                    buf[i] = item.tensor
-                t0 = time.perf_counter()
-                try:
-                    raw = self.detector.infer(buf[:n])
-                except Exception as exc:
-                    log.error("inference failed on a batch of %d: %s", n, exc)
-                    for st, _ in batch:
-                        st.failed += 1
-                    continue
-                t1 = time.perf_counter()
-                self._batches += 1
-                infer_ms = (t1 - t0) * 1e3
-                for i, (st, item) in enumerate(batch):
-                    item.raw = raw[i]
-                    item.timings_ms["queue_wait"] = (t0 - item.ready_s) * 1e3
-                    item.timings_ms["infer"] = infer_ms
+        while (batch := self._collect_batch()) is not None:
+            n = len(batch)
+            for i, (_, item) in enumerate(batch):
+                buf[i] = item.tensor
+            t0 = time.perf_counter()
+            try:
+                raw = self.detector.infer(buf[:n])
+            except Exception as exc:
+                log.error("inference failed on a batch of %d: %s", n, exc)
+                for st, item in batch:  # still delivered, so the reorder never stalls
+                    item.failed = True
                     st.post.put(item, self._abort)
-        finally:
-            for st in self._streams:
-                st.post.close()
+                continue
+            t1 = time.perf_counter()
+            with self._count_lock:
+                self._batches += 1
+            infer_ms = (t1 - t0) * 1e3
+            for i, (st, item) in enumerate(batch):
+                item.raw = raw[i]
+                item.timings_ms["queue_wait"] = (t0 - item.ready_s) * 1e3
+                item.timings_ms["infer"] = infer_ms
+                st.post.put(item, self._abort)
 
-    def _track_loop(self, st: _Stream) -> None:
-        names = self.detector.class_names
-        timers = self.timers
+    def _in_order(self, st: _Stream) -> Iterator[_Pending]:
+        """Items of one stream in inference order, whichever worker finished them first.
+
+        A gap (an item discarded on abort) is skipped once the post queue closes.
+        """
+        pending: list[tuple[int, _Pending]] = []
+        expected = 0
         while True:
             try:
                 item = st.post.get()
             except QueueClosed:
-                return
+                break
+            heapq.heappush(pending, (item.seq, item))
+            while pending and pending[0][0] == expected:
+                expected += 1
+                yield heapq.heappop(pending)[1]
+        while pending:
+            yield heapq.heappop(pending)[1]
+
+    def _track_loop(self, st: _Stream) -> None:
+        names = self.detector.class_names
+        timers = self.timers
+        for item in self._in_order(st):
+            if item.failed or item.raw is None:
+                st.failed += 1
+                continue
             try:
-                assert item.raw is not None
                 t0 = time.perf_counter()
                 detections = self.detector.postprocess(item.raw, item.meta)
                 t1 = time.perf_counter()
@@ -487,8 +521,13 @@ class Pipeline:
                 self._results.put(result, self._abort)
 
     def _supervise(self) -> None:
-        for t in self._threads:
-            t.join()
+        """Shut stages down in data order: readers, inference, tracking, sinks."""
+        for stage in ("read", "detect", "track"):
+            for t in self._threads[stage]:
+                t.join()
+            if stage == "detect":
+                for st in self._streams:
+                    st.post.close()
         drain = not self._abort.is_set()
         for sink in self._sinks:
             sink.close(drain=drain)

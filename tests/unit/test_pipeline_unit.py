@@ -326,3 +326,71 @@ def test_a_pipeline_runs_once() -> None:
         pipe.start()
     with pytest.raises(RuntimeError, match="before starting"):
         next(iter(pipe))
+
+
+class JitteryDetector(FakeDetector):
+    """Inference time varies per batch, so concurrent workers finish out of order."""
+
+    def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        index = int(batch[0, 1, 0, 0])
+        time.sleep(0.012 if index % 3 == 0 else 0.001)
+        return batch.copy()
+
+    def postprocess(self, raw: npt.NDArray[np.float32], meta: LetterboxMeta) -> Detections:
+        # carry the frame index through, to check the order the tracker sees
+        return Detections(
+            xyxy=np.array([[0.0, 0.0, 1.0, 1.0]], np.float32),
+            confidence=np.array([raw[1, 0, 0] / 1000.0], np.float32),
+            class_id=np.array([0], np.int64),
+        )
+
+
+def test_concurrent_inference_workers_keep_frame_order_per_stream() -> None:
+    seen: dict[str, list[int]] = {"a": [], "b": []}
+
+    class RecordingTracker:
+        def __init__(self, sid: str) -> None:
+            self.sid = sid
+
+        def update(self, detections: Detections, frame: Frame | None = None) -> Detections:
+            assert frame is not None
+            seen[self.sid].append(frame.index)
+            return detections
+
+        def reset(self) -> None:
+            return None
+
+    sources = [FakeSource("a", 1, n_frames=60), FakeSource("b", 2, n_frames=60)]
+    pipe = Pipeline(
+        sources,
+        JitteryDetector(),
+        tracker_factory=lambda src: RecordingTracker(src.source_id),
+        config=PipelineConfig(inference_workers=3, max_batch=1),
+    )
+    stats = pipe.run()
+    assert_accounted(stats)
+    assert stats.frames_processed == 120
+    assert seen == {"a": list(range(60)), "b": list(range(60))}
+
+
+def test_concurrent_inference_workers_run_in_parallel() -> None:
+    class CountingDetector(FakeDetector):
+        active = 0
+        most_active = 0
+        lock = threading.Lock()
+
+        def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+            with self.lock:
+                self.active += 1
+                self.most_active = max(self.most_active, self.active)
+            time.sleep(0.01)
+            with self.lock:
+                self.active -= 1
+            return batch.copy()
+
+    detector = CountingDetector()
+    stats = Pipeline(
+        [FakeSource("a", 1, n_frames=40)], detector, config=PipelineConfig(inference_workers=3)
+    ).run()
+    assert stats.frames_processed == 40
+    assert detector.most_active >= 2
