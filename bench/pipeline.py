@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from tapetum.detect import DetectorConfig, RuntimeOptions, YoloxDetector
-from tapetum.detect.runtime import available_cores, plan_cpu_workers
+from tapetum.detect.runtime import available_cores
 from tapetum.pipeline import Pipeline, PipelineConfig
 from tapetum.sources import VideoSource
 from tapetum.sources.paced import PacedSource
@@ -172,6 +172,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=0, help="inference workers (0: auto)")
     ap.add_argument("--quick", action="store_true", help="shorter paced runs")
     ap.add_argument("--max-streams", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=3, help="throughput runs of each kind")
     args = ap.parse_args()
     if not args.video.is_file() or not args.model.is_file():
         print(
@@ -181,12 +182,12 @@ def main() -> int:
         return 2
     paced_s = 5.0 if args.quick else 10.0
     cores = available_cores()
-    workers, threads = plan_cpu_workers(args.workers, cores)
     config = DetectorConfig()
-    # the pipeline's session: `workers` concurrent runs of `threads` threads each
-    detector = YoloxDetector(args.model, config, RuntimeOptions(threads))
+    # the pipeline's session as the CLI makes it: `workers` concurrent runs of `threads` each
+    detector = YoloxDetector(args.model, config, RuntimeOptions(workers=args.workers))
+    workers, threads = detector.model.workers, detector.model.threads
     # one run using every core, ONNX Runtime's defaults (spinning on): the classic "bare"
-    whole = YoloxDetector(args.model, config, RuntimeOptions(cores, allow_spinning=True))
+    whole = YoloxDetector(args.model, config, RuntimeOptions(cores, workers=1, allow_spinning=True))
     frames = decode_all(args.video)
     tensors = [detector.preprocess(img)[0][None] for img in frames]
     result: dict[str, Any] = {
@@ -204,22 +205,38 @@ def main() -> int:
             "size": list(frames[0].shape[1::-1]),
         },
     }
-    print("bare model…", flush=True)
-    bare_runs = {
-        f"1 run x {cores} threads (spinning)": bench_bare(whole, tensors, 1),
-        f"{workers} concurrent runs x {threads} thread(s)": bench_bare(detector, tensors, workers),
+    # Throughput runs are interleaved and repeated: this shared VM's speed drifts by ±20 %
+    # between minutes, so one run of each would compare different machines.
+    named = {
+        f"bare: 1 run x {cores} threads (spinning)": lambda: bench_bare(whole, tensors, 1),
+        f"bare: {workers} concurrent runs x {threads} thread(s)": lambda: bench_bare(
+            detector, tensors, workers
+        ),
+        "pipeline": lambda: bench_pipeline(detector, args.video, workers),
+        "pipeline_single_worker": lambda: bench_pipeline(whole, args.video, 1),
+        "naive_loop": lambda: bench_naive(whole, args.video),
     }
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in named}
+    for r in range(args.repeats):
+        for name, fn in named.items():
+            print(f"[{r + 1}/{args.repeats}] {name}…", flush=True)
+            runs[name].append(fn())
+
+    def median_run(name: str) -> dict[str, Any]:
+        ordered = sorted(runs[name], key=lambda x: x["fps"])
+        chosen = dict(ordered[len(ordered) // 2])
+        chosen["fps_all_runs"] = [x["fps"] for x in runs[name]]
+        return chosen
+
+    bare_runs = {name: median_run(name) for name in named if name.startswith("bare")}
     best_bare = max(bare_runs, key=lambda k: bare_runs[k]["fps"])
     result["bare_model"] = {
         "runs": bare_runs,
         "best": best_bare,
         "fps": bare_runs[best_bare]["fps"],
     }
-    print("pipeline…", flush=True)
-    result["pipeline"] = bench_pipeline(detector, args.video, workers)
-    result["pipeline_single_worker"] = bench_pipeline(whole, args.video, 1)
-    print("naive loop…", flush=True)
-    result["naive_loop"] = bench_naive(whole, args.video)
+    for name in ("pipeline", "pipeline_single_worker", "naive_loop"):
+        result[name] = median_run(name)
     print("realtime 1×30 FPS…", flush=True)
     result["realtime_1x30"] = run_paced(
         detector, args.video, 1, 30.0, seconds=paced_s, workers=workers
@@ -228,9 +245,16 @@ def main() -> int:
     sustained = 0
     for k in range(1, args.max_streams + 1):
         print(f"capacity: {k} × 15 FPS…", flush=True)
-        level = run_paced(detector, args.video, k, 15.0, seconds=paced_s, workers=workers)
-        level["sustained"] = bool(
-            level["end_to_end"]["p99_ms"] < P99_BUDGET_MS and (level["drop_rate"] or 0) <= 0.01
+        tries = [
+            run_paced(detector, args.video, k, 15.0, seconds=paced_s, workers=workers)
+            for _ in range(2)
+        ]
+        # sustained only if both tries keep the budget: one lucky minute proves nothing
+        level = max(tries, key=lambda x: x["end_to_end"]["p99_ms"])
+        level["p99_ms_both_tries"] = [x["end_to_end"]["p99_ms"] for x in tries]
+        level["sustained"] = all(
+            x["end_to_end"]["p99_ms"] < P99_BUDGET_MS and (x["drop_rate"] or 0) <= 0.01
+            for x in tries
         )
         levels.append(level)
         if not level["sustained"]:
@@ -239,7 +263,7 @@ def main() -> int:
     result["capacity_15fps"] = {
         "levels": levels,
         "max_streams_sustained": sustained,
-        "rule": "p99 end-to-end < 100 ms and ≤ 1% frames dropped",
+        "rule": "p99 end-to-end < 100 ms and ≤ 1% frames dropped, in both of two tries",
     }
     bare, pipe, naive = (result[k]["fps"] for k in ("bare_model", "pipeline", "naive_loop"))
     rt = result["realtime_1x30"]["end_to_end"]["p99_ms"]

@@ -140,7 +140,6 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
     """Open sources, model, tracker factory and sinks; every user error is a TapetumError."""
     from tapetum.detect import DetectorConfig, RuntimeOptions, YoloxDetector
     from tapetum.detect.classes import COCO80, resolve_class_filter
-    from tapetum.detect.runtime import plan_cpu_workers
     from tapetum.pipeline import DropPolicy, Pipeline, PipelineConfig
     from tapetum.sinks import AnnotatedVideoSink, JsonlSink, Sink
     from tapetum.sources import Source, open_source
@@ -159,11 +158,10 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
         if n:  # two sources with one name (a.mp4 in two folders): number the later ones
             src = open_source(uri, realtime=opts.realtime, source_id=f"{src.source_id}-{n}")
         opened.append(src)
-    workers, threads = plan_cpu_workers(opts.workers)
     detector = YoloxDetector(
         opts.model,
         config,
-        RuntimeOptions(intra_op_threads=opts.threads or threads),
+        RuntimeOptions(intra_op_threads=opts.threads, workers=opts.workers),
         input_hw=(opts.imgsz, opts.imgsz) if opts.imgsz else None,
     )
     out_dir = opts.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
@@ -191,7 +189,6 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
             max_batch=opts.max_batch,
             max_wait_ms=opts.max_wait_ms,
             drop_policy=policy,
-            inference_workers=workers,
         ),
     )
     return pipe, out_dir

@@ -86,6 +86,11 @@ class YoloxDetector:
     def max_batch(self) -> int:
         return self.model.max_batch
 
+    @property
+    def recommended_workers(self) -> int:
+        """Concurrent inference calls the session was sized for (see ``RuntimeOptions``)."""
+        return self.model.workers
+
     def preprocess(
         self, image: npt.NDArray[np.uint8]
     ) -> tuple[npt.NDArray[np.float32], LetterboxMeta]:

@@ -27,19 +27,21 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def plan_cpu_workers(workers: int = 0, cores: int | None = None) -> tuple[int, int]:
+def plan_cpu_workers(
+    workers: int = 0, threads: int = 0, cores: int | None = None
+) -> tuple[int, int]:
     """Split the CPU between concurrent inference workers.
 
-    Returns ``(workers, intra_op_threads_per_worker)``. ``workers=0`` picks two workers of
-    half the cores each when there are at least two cores: concurrent single-threaded runs
-    keep both cores busy while decode and tracking take slices of them, where one
-    two-threaded run stalls at every operator whose other half was preempted (measured in
-    ``bench/pipeline.py``: ~90 vs ~77 FPS on 2 cores).
+    Returns ``(workers, intra_op_threads_per_worker)``; a 0 argument means "choose".
+    With neither given: two workers of half the cores each when there are at least two
+    cores. Concurrent single-threaded runs keep both cores busy while decode and tracking
+    take slices of them, where one two-threaded run stalls at every operator whose other
+    half was preempted (``bench/pipeline.py`` on 2 cores: ~85-95 vs ~75 FPS).
     """
     cores = cores or available_cores()
     if workers <= 0:
-        workers = 2 if cores >= 2 else 1
-    return workers, max(1, cores // workers)
+        workers = max(1, cores // threads) if threads > 0 else (2 if cores >= 2 else 1)
+    return workers, threads if threads > 0 else max(1, cores // workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +49,16 @@ class RuntimeOptions:
     """How to run a model.
 
     Attributes:
-        intra_op_threads: threads for one operator (0 = every available core).
+        intra_op_threads: threads for one run (0 = the cores shared out over ``workers``).
+        workers: concurrent runs the pipeline should make on this session (0 = choose:
+            see :func:`plan_cpu_workers`; always 1 on a GPU provider).
         allow_spinning: let idle ORT threads busy-wait. Off by default: on a small machine
             spinning steals the cores that decode and tracking need.
         providers: execution providers to try, in order; None = ``PROVIDER_PREFERENCE``.
     """
 
     intra_op_threads: int = 0
+    workers: int = 0
     allow_spinning: bool = False
     providers: tuple[str, ...] | None = None
 
@@ -105,7 +110,7 @@ class OnnxModel:
             raise ModelLoadError(f"model file not found: {self.path}")
         raw = self.path.read_bytes()
         so = ort.SessionOptions()
-        threads = self.options.intra_op_threads or available_cores()
+        workers, threads = plan_cpu_workers(self.options.workers, self.options.intra_op_threads)
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -145,6 +150,8 @@ class OnnxModel:
         self.output_name: str = self.session.get_outputs()[0].name
         self.providers: list[str] = list(self.session.get_providers())
         self.threads = threads
+        #: concurrent runs this session is sized for (the pipeline's inference workers).
+        self.workers = workers if self.providers[0] == "CPUExecutionProvider" else 1
         self.max_batch = (
             64
             if dynamic is not None and self._batch_works()

@@ -61,10 +61,11 @@ class PipelineConfig:
         sink_policy: policy of sink queues; None = ``DROP_OLDEST`` if any source is live,
             else ``BLOCK`` (offline runs lose nothing, live runs never stall).
         warmup: run one dummy batch before the first frame (keeps it out of the p99).
-        inference_workers: threads running inference concurrently on the shared detector.
-            On a CPU, two single-threaded workers beat one two-threaded run: no straggler
-            waits inside operators when decode or tracking takes a core for a moment.
-            Results are put back in frame order per stream before tracking.
+        inference_workers: threads running inference concurrently on the shared detector;
+            0 = the detector's ``recommended_workers`` (1 if it has none). On a CPU, two
+            single-threaded workers beat one two-threaded run: no straggler waits inside
+            operators when decode or tracking takes a core for a moment. Results are put
+            back in frame order per stream before tracking.
     """
 
     max_batch: int | None = None
@@ -76,15 +77,15 @@ class PipelineConfig:
     drop_policy: DropPolicy | None = None
     sink_policy: DropPolicy | None = None
     warmup: bool = True
-    inference_workers: int = 1
+    inference_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.max_batch is not None and self.max_batch < 1:
             raise ConfigError(f"max_batch must be ≥ 1, got {self.max_batch}")
         if self.max_wait_ms < 0:
             raise ConfigError(f"max_wait_ms must be ≥ 0, got {self.max_wait_ms}")
-        if self.inference_workers < 1:
-            raise ConfigError(f"inference_workers must be ≥ 1, got {self.inference_workers}")
+        if self.inference_workers < 0:
+            raise ConfigError(f"inference_workers must be ≥ 0, got {self.inference_workers}")
         sizes = ("source_queue_size", "post_queue_size", "sink_queue_size", "result_queue_size")
         for name in sizes:
             if getattr(self, name) < 1:
@@ -266,8 +267,9 @@ class Pipeline:
             SinkWorker(sink, self.config.sink_queue_size, sink_policy, f"{i}-{type(sink).__name__}")
             for i, sink in enumerate(sinks)
         ]
-        workers = self.config.inference_workers
-        default_batch = -(-len(sources) // workers)
+        workers = self.config.inference_workers or int(getattr(detector, "recommended_workers", 1))
+        self.inference_workers = max(1, workers)
+        default_batch = -(-len(sources) // self.inference_workers)
         self.max_batch = max(1, min(self.config.max_batch or default_batch, detector.max_batch))
         self.timers = StageTimers()
         self._results: BoundedQueue[FrameResult] | None = None
@@ -296,7 +298,7 @@ class Pipeline:
         for st in self._streams:
             self._spawn("read", self._read_loop, st, f"read-{st.source.source_id}")
             self._spawn("track", self._track_loop, st, f"track-{st.source.source_id}")
-        for i in range(self.config.inference_workers):
+        for i in range(self.inference_workers):
             self._spawn("detect", self._detect_loop, None, f"detect-{i}")
         self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         self._supervisor.start()

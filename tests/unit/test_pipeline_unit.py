@@ -394,3 +394,14 @@ def test_concurrent_inference_workers_run_in_parallel() -> None:
     ).run()
     assert stats.frames_processed == 40
     assert detector.most_active >= 2
+
+
+def test_inference_workers_follow_the_detector_unless_set() -> None:
+    class SizedDetector(FakeDetector):
+        recommended_workers = 3
+
+    src = [FakeSource("a", 1, n_frames=1)]
+    assert Pipeline(src, SizedDetector()).inference_workers == 3
+    assert Pipeline(src, FakeDetector()).inference_workers == 1
+    pinned = Pipeline(src, SizedDetector(), config=PipelineConfig(inference_workers=1))
+    assert pinned.inference_workers == 1
