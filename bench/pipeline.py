@@ -182,7 +182,7 @@ def main() -> int:
         return 2
     paced_s = 5.0 if args.quick else 10.0
     cores = available_cores()
-    config = DetectorConfig()
+    config = DetectorConfig(conf_threshold=0.1)  # as `tapetum run`: ByteTrack's low band
     # the pipeline's session as the CLI makes it: `workers` concurrent runs of `threads` each
     detector = YoloxDetector(args.model, config, RuntimeOptions(workers=args.workers))
     workers, threads = detector.model.workers, detector.model.threads

@@ -49,7 +49,13 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output folder (default runs/<time>).")
     ] = None,
-    conf: Annotated[float, typer.Option(help="Detection confidence threshold.")] = 0.3,
+    conf: Annotated[
+        float,
+        typer.Option(
+            help="Detection confidence threshold. ByteTrack uses boxes down to 0.1 to keep "
+            "occluded tracks alive; tracks only start from boxes above 0.6."
+        ),
+    ] = 0.1,
     nms_iou: Annotated[float, typer.Option("--nms", help="NMS IoU threshold.")] = 0.45,
     classes: Annotated[
         str | None, typer.Option(help="Comma-separated class names or ids to keep.")

@@ -24,7 +24,9 @@ class DetectorConfig:
     """Thresholds and filters applied after the model.
 
     Attributes:
-        conf_threshold: minimum score (objectness × class score) to keep a box.
+        conf_threshold: minimum score (objectness × class score) to keep a box. In front of
+            ByteTrack use 0.1 (as ``tapetum run`` does): its second association feeds on
+            the low-score boxes, and tracks only start above ``track_thresh + 0.1``.
         nms_iou: IoU above which the lower-scoring box of the same class is suppressed.
         class_ids: keep only these classes (None = all).
         class_agnostic_nms: suppress across classes too.
