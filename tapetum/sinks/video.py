@@ -24,6 +24,9 @@ class AnnotatedVideoSink:
         source_id: only results of this source are drawn (None = accept any; use one sink
             per source when a pipeline has several).
         trail_length: trail points per track (0 disables trails).
+        preset: x264 speed/size trade-off; ``superfast`` keeps a 720p stream well above
+            real time on 2 cores (~58 FPS for the whole run vs ~50 with ``veryfast``, at
+            1.6 × the file size).
     """
 
     def __init__(
@@ -32,12 +35,14 @@ class AnnotatedVideoSink:
         fps: float = 30.0,
         source_id: str | None = None,
         trail_length: int = 30,
+        preset: str = "superfast",
     ) -> None:
         import av
         import supervision as sv
 
         self.path = Path(path)
         self.source_id = source_id
+        self._preset = preset
         self._fps = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(30)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +79,7 @@ class AnnotatedVideoSink:
         stream.pix_fmt = "yuv420p"
         stream.thread_type = "AUTO"
         if stream.codec_context.name in ("libx264", "h264"):
-            stream.options = {"preset": "veryfast", "crf": "23"}
+            stream.options = {"preset": self._preset, "crf": "23"}
         self._stream = stream
 
     def annotate(self, result: FrameResult) -> np.ndarray:
