@@ -5,41 +5,25 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import random
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
 from tapetum.core.frame import Frame
 from tapetum.sources import VideoSource, open_source
+from tests.helpers import (
+    CROWD_FPS,
+    CROWD_FRAMES,
+    FlakyHttpStream,
+    damage_middle,
+    remux_to_mpegts,
+)
 
 pytestmark = pytest.mark.integration
-
-# The AVI header claims 682 frames at 50 fps; the H.264 stream really holds 341 pictures at
-# 25 fps (13.64 s), which is what a plain PyAV decode returns.
-CROWD_FRAMES = 341
-CROWD_FPS = 25.0
-
-
-def _remux_to_mpegts(src: Path, dst: Path, max_s: float | None = None) -> Path:
-    """Copy the H.264 packets of ``src`` (first ``max_s`` seconds) into MPEG-TS, no re-encode."""
-    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mpegts") as out:
-        in_stream = inp.streams.video[0]
-        out_stream = out.add_stream_from_template(in_stream)
-        for packet in inp.demux(in_stream):
-            if packet.dts is None:  # the demuxer's final flush packet
-                continue
-            if max_s is not None and packet.dts * packet.time_base >= max_s:
-                break
-            packet.stream = out_stream
-            out.mux(packet)
-    return dst
 
 
 def _decode_all(source: VideoSource) -> list[Frame]:
@@ -55,7 +39,7 @@ def _decode_all(source: VideoSource) -> list[Frame]:
 
 @pytest.fixture(scope="module")
 def crowd_ts(crowd_video: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _remux_to_mpegts(crowd_video, tmp_path_factory.mktemp("ts") / "crowd.ts")
+    return remux_to_mpegts(crowd_video, tmp_path_factory.mktemp("ts") / "crowd.ts")
 
 
 def test_crowd_video_decodes_every_frame(crowd_video: Path) -> None:
@@ -79,7 +63,7 @@ def test_crowd_video_decodes_every_frame(crowd_video: Path) -> None:
 
 
 def test_realtime_paces_a_file_at_its_native_rate(crowd_video: Path, tmp_path: Path) -> None:
-    clip = _remux_to_mpegts(crowd_video, tmp_path / "clip.ts", max_s=2.0)
+    clip = remux_to_mpegts(crowd_video, tmp_path / "clip.ts", max_s=2.0)
     source = VideoSource(clip, realtime=True)
 
     started = time.monotonic()
@@ -98,11 +82,7 @@ def test_garbage_in_the_middle_is_counted_and_survived(crowd_ts: Path, tmp_path:
     # random bytes. The TS demuxer resyncs on its 188-byte packets and hands the decoder the
     # damaged PES; H.264 conceals it and flags that picture corrupt. (In the AVI itself the
     # demuxer silently drops the damaged chunks, so nothing is reported there.)
-    data = bytearray(crowd_ts.read_bytes())
-    middle = len(data) // 2
-    data[middle : middle + 65536] = random.Random(0).randbytes(65536)
-    damaged = tmp_path / "garbage.ts"
-    damaged.write_bytes(bytes(data))
+    damaged = damage_middle(crowd_ts, tmp_path / "garbage.ts")
 
     source = VideoSource(damaged)
     frames = _decode_all(source)  # ends normally: no exception mid-stream
@@ -129,55 +109,20 @@ def test_truncated_file_ends_normally(crowd_video: Path, tmp_path: Path) -> None
     assert np.all(np.diff([f.timestamp_s for f in frames]) > 0)
 
 
-class _FlakyStream:
-    """Loopback HTTP server of one MPEG-TS file: the 1st response is cut after ``cut_fraction``
-    of the bytes (connection closed), the 2nd is whole, every later request gets 404."""
-
-    def __init__(self, payload: bytes, cut_fraction: float) -> None:
-        self.requests = 0
-        flaky = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                flaky.requests += 1
-                if flaky.requests > 2:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "video/mp2t")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                cut = len(payload) if flaky.requests == 2 else int(len(payload) * cut_fraction)
-                self.wfile.write(payload[:cut])
-                self.close_connection = True
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/live.ts"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture
 def live_clip(crowd_video: Path, tmp_path: Path) -> Path:
-    return _remux_to_mpegts(crowd_video, tmp_path / "live.ts", max_s=3.0)
+    return remux_to_mpegts(crowd_video, tmp_path / "live.ts", max_s=3.0)
 
 
 @pytest.fixture
-def flaky_stream(live_clip: Path) -> Iterator[_FlakyStream]:
-    server = _FlakyStream(live_clip.read_bytes(), cut_fraction=0.4)
+def flaky_stream(live_clip: Path) -> Iterator[FlakyHttpStream]:
+    server = FlakyHttpStream(live_clip.read_bytes(), cut_fraction=0.4)
     yield server
     server.close()
 
 
 def test_live_stream_reconnects_after_a_drop_then_gives_up(
-    flaky_stream: _FlakyStream, live_clip: Path, tmp_path: Path
+    flaky_stream: FlakyHttpStream, live_clip: Path, tmp_path: Path
 ) -> None:
     payload = live_clip.read_bytes()
     first_part = tmp_path / "first_part.ts"
@@ -212,7 +157,7 @@ def test_live_stream_reconnects_after_a_drop_then_gives_up(
     assert elapsed_s < 5.0
 
 
-def test_stop_interrupts_the_reconnect_backoff(flaky_stream: _FlakyStream) -> None:
+def test_stop_interrupts_the_reconnect_backoff(flaky_stream: FlakyHttpStream) -> None:
     source = VideoSource(
         flaky_stream.url, reconnect_initial_delay_s=30.0, reconnect_max_delay_s=30.0
     )
