@@ -178,8 +178,8 @@ class VideoSource:
         decoder_threads: FFmpeg decoder threads; 0 lets FFmpeg pick one per core. The
             default 1 suits the pipeline, which already runs streams and stages in
             parallel: frame threading adds a frame of delay per extra thread and, with
-            several streams, oversubscribes the cores (measured: 4 × 15 FPS streams on 2
-            cores, end-to-end p99 117 ms with FFmpeg's choice vs 69 ms with 1 thread).
+            several streams, oversubscribes the cores (``bench/pipeline.py``, 4 × 15 FPS
+            streams on 2 cores: end-to-end p99 89 ms with FFmpeg's choice vs 80 ms with 1).
         ffmpeg_options: extra demuxer/protocol options; they override the defaults.
     """
 
