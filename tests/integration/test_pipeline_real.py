@@ -333,18 +333,6 @@ def test_damaged_video_is_survived(detector: YoloxDetector, clip_4s: Path, tmp_p
     assert stats.frames_processed == stats.frames_read >= 80
 
 
-@pytest.fixture
-def live_clip(crowd_video: Path, tmp_path: Path) -> Path:
-    return remux_to_mpegts(crowd_video, tmp_path / "live.ts", max_s=3.0)
-
-
-@pytest.fixture
-def flaky_stream(live_clip: Path) -> Iterator[FlakyHttpStream]:
-    server = FlakyHttpStream(live_clip.read_bytes(), cut_fraction=0.4)
-    yield server
-    server.close()
-
-
 def test_live_stream_that_drops_is_resumed_through_the_pipeline(
     detector: YoloxDetector, flaky_stream: FlakyHttpStream, live_clip: Path, tmp_path: Path
 ) -> None:

@@ -7,7 +7,6 @@ import dataclasses
 import itertools
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -107,18 +106,6 @@ def test_truncated_file_ends_normally(crowd_video: Path, tmp_path: Path) -> None
 
     assert 0.45 * CROWD_FRAMES < len(frames) < 0.7 * CROWD_FRAMES
     assert np.all(np.diff([f.timestamp_s for f in frames]) > 0)
-
-
-@pytest.fixture
-def live_clip(crowd_video: Path, tmp_path: Path) -> Path:
-    return remux_to_mpegts(crowd_video, tmp_path / "live.ts", max_s=3.0)
-
-
-@pytest.fixture
-def flaky_stream(live_clip: Path) -> Iterator[FlakyHttpStream]:
-    server = FlakyHttpStream(live_clip.read_bytes(), cut_fraction=0.4)
-    yield server
-    server.close()
 
 
 def test_live_stream_reconnects_after_a_drop_then_gives_up(
