@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from tapetum.core.detections import Detections
 from tapetum.core.frame import Frame
 
@@ -30,28 +32,46 @@ class FrameResult:
         return self.frame.source_id
 
     def to_record(self) -> dict[str, object]:
-        """A JSON-ready dict: one line of the JSONL output."""
+        """A JSON-ready dict: one line of the JSONL output.
+
+        Extra per-track columns in ``detections.data`` (forecasts, global ids…) are written
+        under their own names, one value (or list, for multi-dimensional columns) per track.
+        """
         det = self.detections
         names = self.class_names
-        ids = det.class_id.tolist()
+        extras = {key: np.asarray(col).tolist() for key, col in det.data.items()}
+        tracks: list[dict[str, object]] = []
+        for i, (tid, cid, conf, box) in enumerate(
+            zip(
+                det.tracker_id.tolist(),
+                det.class_id.tolist(),
+                det.confidence.tolist(),
+                det.xyxy.tolist(),
+                strict=True,
+            )
+        ):
+            track: dict[str, object] = {
+                "track_id": tid,
+                "class_id": cid,
+                "class_name": names[cid] if 0 <= cid < len(names) else str(cid),
+                "confidence": round(conf, 4),
+                "xyxy": [round(v, 2) for v in box],
+            }
+            for key, values in extras.items():
+                track[key] = _rounded(values[i])
+            tracks.append(track)
         return {
             "source_id": self.frame.source_id,
             "frame_index": self.frame.index,
             "timestamp_s": round(self.frame.timestamp_s, 6),
-            "tracks": [
-                {
-                    "track_id": tid,
-                    "class_id": cid,
-                    "class_name": names[cid] if 0 <= cid < len(names) else str(cid),
-                    "confidence": round(conf, 4),
-                    "xyxy": [round(v, 2) for v in box],
-                }
-                for tid, cid, conf, box in zip(
-                    det.tracker_id.tolist(),
-                    ids,
-                    det.confidence.tolist(),
-                    det.xyxy.tolist(),
-                    strict=True,
-                )
-            ],
+            "tracks": tracks,
         }
+
+
+def _rounded(value: object) -> object:
+    """Floats to 3 decimals (pixels and seconds need no more), recursively for lists."""
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value

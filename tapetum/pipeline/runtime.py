@@ -21,11 +21,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from tapetum.core.detections import Detections
 from tapetum.core.frame import Frame
 from tapetum.core.result import FrameResult
 from tapetum.detect.base import StagedDetector
@@ -107,10 +108,24 @@ class _Pending:
     failed: bool = False
 
 
+class Enricher(Protocol):
+    """A per-stream stage after tracking: adds to the tracked detections of each frame
+    (forecasts, global identities across cameras, zone events…), usually as
+    ``detections.data`` columns, which the JSONL sink writes per track. Called from the
+    stream's tracking thread, frames in order."""
+
+    def __call__(self, frame: Frame, detections: Detections) -> Detections: ...
+
+
+#: Builds a stream's enricher from its source (one instance per stream).
+EnricherFactory = Callable[[Source], Enricher]
+
+
 @dataclass(slots=True)
 class _Stream:
     source: Source
     tracker: Tracker
+    enrichers: list[Enricher]
     queue: BoundedQueue[_Pending]
     post: BoundedQueue[_Pending]
     processed: int = 0
@@ -228,8 +243,10 @@ class Pipeline:
         sources: Sequence[Source],
         detector: StagedDetector,
         tracker_factory: Callable[[Source], Tracker] | None = None,
+        *,
         sinks: Sequence[Sink] = (),
         config: PipelineConfig | None = None,
+        enrichers: Sequence[EnricherFactory] = (),
     ) -> None:
         if not sources:
             raise ConfigError("a pipeline needs at least one source")
@@ -250,6 +267,7 @@ class Pipeline:
             _Stream(
                 source=src,
                 tracker=tracker_factory(src),
+                enrichers=[make(src) for make in enrichers],
                 queue=BoundedQueue(
                     self.config.source_queue_size,
                     self.config.drop_policy
@@ -498,11 +516,13 @@ class Pipeline:
                 detections = self.detector.postprocess(item.raw, item.meta)
                 t1 = time.perf_counter()
                 tracked = st.tracker.update(detections, item.frame)
+                for enrich in st.enrichers:
+                    tracked = enrich(item.frame, tracked)
                 t2 = time.perf_counter()
             except Exception as exc:
                 st.failed += 1
                 log.error(
-                    "post-processing failed on %s frame %d: %s",
+                    "post-processing or tracking failed on %s frame %d: %s",
                     st.source.source_id,
                     item.frame.index,
                     exc,

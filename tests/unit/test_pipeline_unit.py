@@ -16,6 +16,7 @@ from tapetum.core.frame import Frame
 from tapetum.detect.letterbox import LetterboxMeta
 from tapetum.errors import ConfigError, SourceError
 from tapetum.pipeline import Pipeline, PipelineConfig, PipelineStats
+from tapetum.sinks import CallbackSink
 from tapetum.sources.base import SourceStats
 
 pytestmark = pytest.mark.timeout(30)
@@ -405,3 +406,30 @@ def test_inference_workers_follow_the_detector_unless_set() -> None:
     assert Pipeline(src, FakeDetector()).inference_workers == 1
     pinned = Pipeline(src, SizedDetector(), config=PipelineConfig(inference_workers=1))
     assert pinned.inference_workers == 1
+
+
+def test_enrichers_run_per_stream_after_tracking_and_reach_the_records() -> None:
+    calls: list[tuple[str, int]] = []
+
+    class TagWithStream:
+        def __init__(self, sid: str) -> None:
+            self.sid = sid
+
+        def __call__(self, frame: Frame, detections: Detections) -> Detections:
+            calls.append((self.sid, frame.index))
+            assert detections.is_tracked.all()  # runs after the tracker
+            detections.data["forecast_xy"] = np.tile([[1.25, 2.5]], (len(detections), 1))
+            return detections
+
+    records: list[dict[str, object]] = []
+    pipe = Pipeline(
+        [FakeSource("a", 1, n_frames=5), FakeSource("b", 2, n_frames=5)],
+        FakeDetector(),
+        sinks=[CallbackSink(lambda r: records.append(r.to_record()))],
+        enrichers=[lambda src: TagWithStream(src.source_id)],
+    )
+    stats = pipe.run()
+    assert stats.frames_processed == 10
+    assert sorted(calls) == [(s, i) for s in ("a", "b") for i in range(5)]
+    tracks = [t for r in records for t in r["tracks"]]  # type: ignore[attr-defined]
+    assert tracks and all(t["forecast_xy"] == [1.25, 2.5] for t in tracks)
