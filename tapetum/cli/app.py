@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tapetum.cli.eval import eval_app
-from tapetum.errors import TapetumError
+from tapetum.errors import ConfigError, TapetumError
 
 if TYPE_CHECKING:
     from tapetum.pipeline import Pipeline, PipelineStats
@@ -73,6 +73,13 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         bool, typer.Option("--video/--no-video", help="Write annotated video.")
     ] = True,
     trail: Annotated[int, typer.Option(help="Trail length in frames (0: none).")] = 30,
+    forecast: Annotated[
+        str | None,
+        typer.Option(
+            help="Forecast each track this many seconds ahead, comma-separated (e.g. 1,2): "
+            "written to the JSONL and drawn with 2-sigma ellipses."
+        ),
+    ] = None,
     workers: Annotated[
         int, typer.Option(help="Concurrent inference workers (0: auto, 2 on a multi-core CPU).")
     ] = 0,
@@ -103,6 +110,7 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         realtime=realtime,
         video=video,
         trail=trail,
+        forecast=forecast,
         workers=workers,
         threads=threads,
         max_batch=max_batch,
@@ -137,6 +145,7 @@ class RunOptions:
     realtime: bool
     video: bool
     trail: int
+    forecast: str | None
     workers: int
     threads: int
     max_batch: int | None
@@ -148,10 +157,15 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
     """Open sources, model, tracker factory and sinks; every user error is a TapetumError."""
     from tapetum.detect import DetectorConfig, RuntimeOptions, YoloxDetector
     from tapetum.detect.classes import COCO80, resolve_class_filter
-    from tapetum.pipeline import DropPolicy, Pipeline, PipelineConfig
+    from tapetum.pipeline import DropPolicy, Enricher, EnricherFactory, Pipeline, PipelineConfig
     from tapetum.sinks import AnnotatedVideoSink, JsonlSink, Sink
     from tapetum.sources import Source, open_source
     from tapetum.track import Tracker, make_tracker
+    from tapetum.track.forecast import (
+        DETECTOR_CV_CONFIG,
+        ConstantVelocityForecaster,
+        ForecastEnricher,
+    )
 
     make_tracker(opts.tracker, 30.0)  # unknown names fail before anything is opened
     policy = DropPolicy.parse(opts.drop_policy) if opts.drop_policy else None
@@ -185,6 +199,15 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
             for s in opened
         ]
 
+    enrichers: list[EnricherFactory] = []
+    if opts.forecast:
+        horizons = _parse_horizons(opts.forecast)
+
+        def forecaster_for(src: Source) -> Enricher:
+            return ForecastEnricher(ConstantVelocityForecaster(DETECTOR_CV_CONFIG), horizons)
+
+        enrichers.append(forecaster_for)
+
     def tracker_for(src: Source) -> Tracker:
         return make_tracker(opts.tracker, frame_rate=src.fps or 30.0)
 
@@ -193,6 +216,7 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
         detector,
         tracker_factory=tracker_for,
         sinks=sinks,
+        enrichers=enrichers,
         config=PipelineConfig(
             max_batch=opts.max_batch,
             max_wait_ms=opts.max_wait_ms,
@@ -200,6 +224,17 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
         ),
     )
     return pipe, out_dir
+
+
+def _parse_horizons(text: str) -> tuple[float, ...]:
+    """``"1,2"`` → ``(1.0, 2.0)``; a user error is a ConfigError naming the bad part."""
+    try:
+        horizons = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"--forecast takes seconds like 1,2 — got {text!r}") from None
+    if not horizons or any(not 0 < h <= 60 for h in horizons):
+        raise ConfigError(f"--forecast horizons must be in (0, 60] seconds, got {text!r}")
+    return horizons
 
 
 def _run_with_progress(pipeline: Pipeline, quiet: bool) -> PipelineStats:

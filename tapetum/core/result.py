@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,9 +70,9 @@ class FrameResult:
 
 
 def _rounded(value: object) -> object:
-    """Floats to 3 decimals (pixels and seconds need no more), recursively for lists."""
+    """Floats to 3 decimals (pixels and seconds need no more), NaN to null, recursively."""
     if isinstance(value, float):
-        return round(value, 3)
+        return round(value, 3) if math.isfinite(value) else None  # JSON has no NaN
     if isinstance(value, list):
         return [_rounded(v) for v in value]
     return value

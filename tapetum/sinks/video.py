@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from tapetum.core.detections import Detections
 from tapetum.core.result import FrameResult
 from tapetum.errors import SinkError
 
@@ -102,7 +103,8 @@ class AnnotatedVideoSink:
         if self._trace is not None:
             scene = self._trace.annotate(scene, sv_det)
         scene = self._box.annotate(scene, sv_det)
-        return self._label.annotate(scene, sv_det, labels=labels)
+        scene = self._label.annotate(scene, sv_det, labels=labels)
+        return draw_forecasts(scene, det)
 
     def write(self, result: FrameResult) -> None:
         import av
@@ -126,3 +128,40 @@ class AnnotatedVideoSink:
                 self._container.mux(packet)
         self._container.close()
         self._container = None
+
+
+def draw_forecasts(scene: np.ndarray, det: Detections, n_sigma: float = 2.0) -> np.ndarray:
+    """Draw each track's forecast (``data["forecast_xy"]``/``["forecast_cov"]``): a path
+    from the box centre through the forecast points, with an ``n_sigma`` ellipse at the
+    first horizon.
+    Rows without a forecast (NaN) are skipped; ``scene`` is drawn on in place."""
+    import cv2
+    import supervision as sv
+
+    from tapetum.track.forecast import forecast_ellipses
+
+    xy, cov = det.data.get("forecast_xy"), det.data.get("forecast_cov")
+    if xy is None or cov is None or len(det) == 0:
+        return scene
+    n, h = xy.shape[0], xy.shape[1] // 2
+    pts, c = xy.reshape(n, h, 2), cov.reshape(n, h, 3)
+    cov22 = np.stack((c[..., 0], c[..., 2], c[..., 2], c[..., 1]), -1).reshape(n, h, 2, 2)
+    ell = forecast_ellipses(np.nan_to_num(cov22), n_sigma)
+    centers = det.center
+    palette = sv.ColorPalette.DEFAULT
+    for i in np.flatnonzero(np.isfinite(pts).all(axis=(1, 2))).tolist():
+        color = palette.by_idx(int(det.tracker_id[i])).as_bgr()
+        path = np.vstack((centers[i : i + 1], pts[i])).round().astype(np.int32)
+        cv2.polylines(scene, [path], False, color, 1, cv2.LINE_AA)
+        for k in range(h):
+            p = (round(float(pts[i, k, 0])), round(float(pts[i, k, 1])))
+            axes = (
+                max(1, round(float(ell.semi_major_px[i, k]))),
+                max(1, round(float(ell.semi_minor_px[i, k]))),
+            )
+            cv2.circle(scene, p, 3, color, -1, cv2.LINE_AA)
+            if k == 0:  # the nearest horizon's ellipse; later ones only clutter a crowd
+                cv2.ellipse(
+                    scene, p, axes, float(ell.angle_deg[i, k]), 0, 360, color, 1, cv2.LINE_AA
+                )
+    return scene

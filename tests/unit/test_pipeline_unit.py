@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -433,3 +434,21 @@ def test_enrichers_run_per_stream_after_tracking_and_reach_the_records() -> None
     assert sorted(calls) == [(s, i) for s in ("a", "b") for i in range(5)]
     tracks = [t for r in records for t in r["tracks"]]  # type: ignore[attr-defined]
     assert tracks and all(t["forecast_xy"] == [1.25, 2.5] for t in tracks)
+
+
+def test_forecast_enricher_writes_forecasts_per_track() -> None:
+    from tapetum.track.forecast import ConstantVelocityForecaster, ForecastEnricher
+
+    records: list[dict[str, Any]] = []
+    Pipeline(
+        [FakeSource("a", 1, n_frames=6)],
+        FakeDetector(),
+        sinks=[CallbackSink(lambda r: records.append(r.to_record()))],
+        enrichers=[lambda src: ForecastEnricher(ConstantVelocityForecaster(), (1.0, 2.0))],
+    ).run()
+    tracks = [t for r in records for t in r["tracks"]]
+    assert tracks
+    for t in tracks:
+        assert len(t["forecast_xy"]) == 4 and len(t["forecast_cov"]) == 6
+        # the fake box never moves: its forecast stays on its centre (3, 3.5)
+        assert t["forecast_xy"] == pytest.approx([3.0, 3.5, 3.0, 3.5], abs=1e-3)
