@@ -62,7 +62,20 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
     classes: Annotated[
         str | None, typer.Option(help="Comma-separated class names or ids to keep.")
     ] = None,
-    tracker: Annotated[str, typer.Option(help="Tracker: bytetrack.")] = "bytetrack",
+    tracker: Annotated[
+        str, typer.Option(help="Tracker: bytetrack, ocsort, botsort.")
+    ] = "bytetrack",
+    reid: Annotated[
+        Path | None,
+        typer.Option(help="OSNet re-identification ONNX model (BoT-SORT appearance, --topology)."),
+    ] = None,
+    topology: Annotated[
+        Path | None,
+        typer.Option(
+            help="Camera topology (YAML/JSON; source ids are camera ids): global ids across "
+            "cameras, written as global_id per track. Needs --reid."
+        ),
+    ] = None,
     imgsz: Annotated[
         int | None, typer.Option(help="Model input size (must match a fixed-size model).")
     ] = None,
@@ -106,6 +119,8 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         nms_iou=nms_iou,
         classes=classes,
         tracker=tracker,
+        reid=reid,
+        topology=topology,
         imgsz=imgsz,
         realtime=realtime,
         video=video,
@@ -141,6 +156,8 @@ class RunOptions:
     nms_iou: float
     classes: str | None
     tracker: str
+    reid: Path | None
+    topology: Path | None
     imgsz: int | None
     realtime: bool
     video: bool
@@ -166,8 +183,17 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
         ConstantVelocityForecaster,
         ForecastEnricher,
     )
+    from tapetum.track.reid import ReidEmbedder
 
-    make_tracker(opts.tracker, 30.0)  # unknown names fail before anything is opened
+    if opts.topology and not opts.reid:
+        raise ConfigError("--topology needs --reid: global identities match appearance")
+    embedder = ReidEmbedder(opts.reid, threads=1) if opts.reid else None
+    # BoT-SORT is the tracker that uses appearance; with another tracker the embedder only
+    # serves the identity service.
+    tracker_reid = embedder if opts.tracker.strip().lower() == "botsort" else None
+    if embedder is not None and tracker_reid is None and not opts.topology:
+        raise ConfigError("--reid is used by --tracker botsort or by --topology")
+    make_tracker(opts.tracker, 30.0, tracker_reid)  # a bad name fails before anything opens
     policy = DropPolicy.parse(opts.drop_policy) if opts.drop_policy else None
     class_ids = resolve_class_filter(COCO80, opts.classes.split(",") if opts.classes else None)
     config = DetectorConfig(conf_threshold=opts.conf, nms_iou=opts.nms_iou, class_ids=class_ids)
@@ -207,9 +233,20 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
             return ForecastEnricher(ConstantVelocityForecaster(DETECTOR_CV_CONFIG), horizons)
 
         enrichers.append(forecaster_for)
+    if opts.topology and embedder is not None:
+        from tapetum.identity import IdentityService, load_topology
+        from tapetum.identity.enricher import IdentityEnricher
+
+        service = IdentityService(load_topology(opts.topology))
+        reid_model = embedder
+
+        def identity_for(src: Source) -> Enricher:
+            return IdentityEnricher(service, src.source_id, reid_model)
+
+        enrichers.append(identity_for)
 
     def tracker_for(src: Source) -> Tracker:
-        return make_tracker(opts.tracker, frame_rate=src.fps or 30.0)
+        return make_tracker(opts.tracker, frame_rate=src.fps or 30.0, reid=tracker_reid)
 
     pipe = Pipeline(
         opened,

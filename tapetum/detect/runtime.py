@@ -83,14 +83,25 @@ def _make_batch_dynamic(model_bytes: bytes) -> bytes | None:
             dims[0].dim_param = "batch"
     # Stale intermediate shapes would pin batch 1 again; ORT re-infers them.
     del model.graph.value_info[:]
-    reshape_shapes = {n.input[1] for n in model.graph.node if n.op_type == "Reshape"}
+    reshapes: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        if node.op_type == "Reshape" and len(node.input) > 1:
+            reshapes.setdefault(node.input[1], []).append(node)
     for init in model.graph.initializer:
-        if init.name in reshape_shapes:
-            shape = numpy_helper.to_array(init)
-            if shape.ndim == 1 and shape.size > 1 and shape[0] == 1:
-                shape = shape.copy()
-                shape[0] = 0
-                init.CopyFrom(numpy_helper.from_array(shape, init.name))
+        nodes = reshapes.get(init.name)
+        if not nodes:
+            continue
+        shape = numpy_helper.to_array(init)
+        if shape.ndim != 1 or shape.size < 2 or shape[0] != 1 or np.any(shape == 0):
+            continue  # a literal 0 elsewhere would change meaning once allowzero goes
+        shape = shape.copy()
+        shape[0] = 0
+        init.CopyFrom(numpy_helper.from_array(shape, init.name))
+        for node in nodes:
+            # allowzero=1 (torch.export's default) would read the new 0 as a zero-sized
+            # dim; without it 0 means "copy", and the target holds no other 0.
+            for attr in [a for a in node.attribute if a.name == "allowzero"]:
+                node.attribute.remove(attr)
     return bytes(model.SerializeToString())
 
 

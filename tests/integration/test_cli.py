@@ -15,7 +15,7 @@ from pathlib import Path
 import av
 import pytest
 
-from tests.helpers import CROWD_FRAMES, CROWD_HW
+from tests.helpers import CROWD_FRAMES, CROWD_HW, remux_to_mpegts
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +94,7 @@ def test_run_writes_tracks_video_and_summary(
         ("missing-model", r"model file not found: .*missing\.onnx"),
         ("not-onnx", r"cannot load .*model\.onnx as an ONNX model"),
         ("imgsz", r"input size 640x640 does not match the model's fixed input 416x416"),
-        ("tracker", r"unknown tracker 'foo'; known trackers: bytetrack"),
+        ("tracker", r"unknown tracker 'foo'; known trackers: botsort, bytetrack, ocsort"),
         ("classes", r"unknown class 'unicorn'"),
         ("drop-policy", r"unknown drop policy 'sometimes'; use one of: block, drop_oldest"),
     ],
@@ -187,3 +187,51 @@ def test_ctrl_c_drains_and_writes_the_summary(
     count, _ = decoded_frames(out / "crowd_720p.mp4")  # closed properly: it decodes
     assert count == summary["frames_processed"]
     assert "frames in" in stdout
+
+
+def test_two_cameras_share_global_ids_with_a_topology(
+    crowd_video: Path, yolox_path: Path, assets: Path, tmp_path: Path
+) -> None:
+    # Two "cameras" watching the same 2-second clip: every person appears in both at once,
+    # so the identity service must give their local tracks common global ids.
+    clip = remux_to_mpegts(crowd_video, tmp_path / "clip.ts", max_s=2.0)
+    cam_a, cam_b = tmp_path / "a" / "cam.ts", tmp_path / "b" / "cam.ts"
+    for cam in (cam_a, cam_b):
+        cam.parent.mkdir()
+        cam.write_bytes(clip.read_bytes())
+    topology = tmp_path / "site.yaml"
+    topology.write_text(
+        "cameras: [cam, cam-1]\n"
+        "links:\n  - {source: cam, target: cam-1, min_s: 0, max_s: 5, bidirectional: true}\n"
+    )
+    out = tmp_path / "out"
+    proc = tapetum(
+        "run",
+        cam_a,
+        cam_b,
+        "--model",
+        yolox_path,
+        "--out",
+        out,
+        "--no-video",
+        "-q",
+        "--reid",
+        assets / "models" / "osnet_x0_25_msmt17.onnx",
+        "--topology",
+        topology,
+        timeout=120.0,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in (out / "tracks.jsonl").read_text().splitlines()]
+    by_camera: dict[str, set[int]] = {"cam": set(), "cam-1": set()}
+    for r in records:
+        by_camera[r["source_id"]] |= {t["global_id"] for t in r["tracks"] if t["global_id"] >= 0}
+    shared = by_camera["cam"] & by_camera["cam-1"]
+    assert len(shared) >= 0.5 * min(len(by_camera["cam"]), len(by_camera["cam-1"])) > 0
+
+
+def test_topology_needs_reid(crowd_video: Path, yolox_path: Path, tmp_path: Path) -> None:
+    topology = tmp_path / "site.yaml"
+    topology.write_text("cameras: [crowd_720p]\n")
+    proc = tapetum("run", crowd_video, "--model", yolox_path, "--topology", topology)
+    assert proc.returncode == 2 and "--topology needs --reid" in proc.stderr
