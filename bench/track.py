@@ -17,6 +17,7 @@ their own defaults (what a user gets); the JSON records them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -61,7 +62,11 @@ class TrackersLibTracker:
 def their_factory(name: str) -> Callable[[float], Tracker]:
     import trackers
 
-    cls = {"bytetrack": trackers.ByteTrackTracker, "ocsort": trackers.OCSORTTracker}[name]
+    cls = {
+        "bytetrack": trackers.ByteTrackTracker,
+        "ocsort": trackers.OCSORTTracker,
+        "botsort": trackers.BoTSORTTracker,
+    }[name]
     return lambda fps: TrackersLibTracker(cls(frame_rate=fps))
 
 
@@ -105,6 +110,81 @@ def bench_one(
     }
 
 
+def truncate(seq: MotSequence, frames: int) -> MotSequence:
+    """The first ``frames`` frames of a sequence (ground truth cut to match)."""
+    assert seq.gt is not None
+    keep = seq.gt.frame <= frames
+    gt = dataclasses.replace(
+        seq.gt,
+        **{
+            f.name: getattr(seq.gt, f.name)[keep]
+            for f in dataclasses.fields(seq.gt)
+            if f.name != "benchmark"
+        },
+    )
+    info = dataclasses.replace(seq.info, length_frames=frames)
+    return dataclasses.replace(seq, info=info, gt=gt, detections=None)
+
+
+def bench_reid(mot: Path, reid_model: Path, seed: int) -> dict[str, Any]:
+    """BoT-SORT with and without ReID on the MOT17 frames whose pictures are shipped
+    (MOT17-04: 8 frames, MOT17-02: 4), same simulated detections for both."""
+    import cv2
+
+    from tapetum.track.reid import ReidEmbedder
+
+    embedder = ReidEmbedder(reid_model)
+    out: dict[str, Any] = {}
+    runs: dict[str, list[tuple[MotSequence, list[Detections]]]] = {"without": [], "with": []}
+    for name in ("MOT17-04-FRCNN", "MOT17-02-FRCNN"):
+        folder = mot / "MOT17" / "train" / name
+        images = sorted((folder / "img1").glob("*.jpg"))
+        full = load_sequence(folder)
+        seq = truncate(full, len(images))
+        dets = simulate_detections(full, seed=seed).per_frame()[: len(images)]
+        for mode in ("without", "with"):
+            tracker = make_tracker(
+                "botsort", full.info.frame_rate_fps, embedder if mode == "with" else None
+            )
+            tracks = []
+            for i, (path, d) in enumerate(zip(images, dets, strict=True)):
+                image = cv2.imread(str(path))
+                frame = Frame(name, i, image, i / full.info.frame_rate_fps, 0.0)
+                tracks.append(tracker.update(d, frame))
+            runs[mode].append((seq, tracks))
+    for mode, pairs in runs.items():
+        report = evaluate_runs(pairs)
+        out[f"{mode}_reid"] = {k: round(float(v), 4) for k, v in report.combined.as_dict().items()}
+    out["frames"] = {"MOT17-04-FRCNN": 8, "MOT17-02-FRCNN": 4}
+    out["idf1_delta_points"] = round(
+        100 * (out["with_reid"]["idf1"] - out["without_reid"]["idf1"]), 2
+    )
+    return out
+
+
+def bench_forecast(mot: Path) -> dict[str, Any]:
+    from tapetum.eval.forecast import (
+        COMBINED,
+        ForecastEvalConfig,
+        default_forecasters,
+        evaluate_forecasts,
+    )
+
+    seqs = [load_sequence(p) for p in find_sequences(mot / "MOT17" / "train")]
+    config = ForecastEvalConfig(horizons_s=(1.0, 2.0))
+    report = evaluate_forecasts(seqs, default_forecasters(), config)
+    return {
+        name: {
+            f"{h:g}s": {
+                k: round(float(getattr(report.get(name, COMBINED, h), k)), 4)
+                for k in ("ade_px", "fde_px", "ade_norm", "fde_norm", "samples")
+            }
+            for h in config.horizons_s
+        }
+        for name in default_forecasters()
+    }
+
+
 def main() -> int:
     assets = Path(
         os.environ.get("TAPETUM_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets")
@@ -112,7 +192,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--mot", type=Path, default=assets / "mot")
     ap.add_argument("--datasets", nargs="+", default=["MOT17", "MOT15", "MOT20"])
-    ap.add_argument("--trackers", nargs="+", default=["bytetrack", "ocsort"])
+    ap.add_argument("--trackers", nargs="+", default=["bytetrack", "ocsort", "botsort"])
+    ap.add_argument(
+        "--reid-model", type=Path, default=assets / "models" / "osnet_x0_25_msmt17.onnx"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("bench/results/track.json"))
     args = ap.parse_args()
@@ -153,6 +236,10 @@ def main() -> int:
             }
             rows.append((dataset, name, ours, theirs, hota_delta, speedup))
 
+    print("ReID: BoT-SORT with and without appearance on the shipped MOT17 frames…", flush=True)
+    result["reid"] = bench_reid(args.mot, args.reid_model, args.seed)
+    print("forecasting: ADE/FDE on MOT17 ground truth…", flush=True)
+    result["forecast_mot17"] = bench_forecast(args.mot)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(
@@ -168,6 +255,17 @@ def main() -> int:
             f"{ours['frame_time_ms']['p50']:12.3f}/{theirs['frame_time_ms']['p50']:<12.3f} "
             f"{speedup:8.1f}×   (HOTA {hota_delta:+.2f} pts)"
         )
+    reid = result["reid"]
+    print(
+        f"ReID (BoT-SORT, {sum(reid['frames'].values())} MOT17 frames with pictures): IDF1 "
+        f"{100 * reid['without_reid']['idf1']:.2f} → {100 * reid['with_reid']['idf1']:.2f} "
+        f"({reid['idf1_delta_points']:+.2f} pts)"
+    )
+    for name, by_h in result["forecast_mot17"].items():
+        cells = ", ".join(
+            f"{h}: ADE {v['ade_px']:.1f} px / FDE {v['fde_px']:.1f} px" for h, v in by_h.items()
+        )
+        print(f"forecast {name}: {cells}")
     print(f"wrote {args.out}")
     return 0
 
