@@ -74,9 +74,11 @@ class Detections:
 
     def __getitem__(self, index: Index) -> Detections:
         """Select rows by boolean mask, integer array, list, slice or a single integer."""
-        if isinstance(index, int):
+        if isinstance(index, int | np.integer):
             index = slice(index, index + 1 if index != -1 else None)
-        return Detections(
+        # Rows of arrays that were validated when this object was built: the result is
+        # valid too, so skip ``__post_init__`` (trackers index once per frame).
+        return Detections._unchecked(
             xyxy=self.xyxy[index],
             confidence=self.confidence[index],
             class_id=self.class_id[index],
@@ -84,6 +86,28 @@ class Detections:
             embeddings=None if self.embeddings is None else self.embeddings[index],
             data={k: v[index] for k, v in self.data.items()},
         )
+
+    @classmethod
+    def _unchecked(
+        cls,
+        *,
+        xyxy: FloatArray,
+        confidence: FloatArray,
+        class_id: IntArray,
+        tracker_id: IntArray,
+        embeddings: FloatArray | None,
+        data: dict[str, npt.NDArray[Any]],
+    ) -> Detections:
+        """Build without ``__post_init__``: the arrays must already have the documented
+        dtypes and matching row counts (internal fast path)."""
+        out = object.__new__(cls)
+        out.xyxy = xyxy
+        out.confidence = confidence
+        out.class_id = class_id
+        out.tracker_id = tracker_id
+        out.embeddings = embeddings
+        out.data = data
+        return out
 
     @property
     def area(self) -> FloatArray:

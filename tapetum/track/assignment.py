@@ -41,15 +41,16 @@ def linear_assignment(cost: npt.ArrayLike, threshold: float) -> tuple[IntArray, 
     # extend_cost pads a rectangular matrix; cost_limit adds dummy rows/columns at
     # threshold / 2, so leaving a row and a column unmatched beats any pair above it.
     _, row_to_col, col_to_row = lap.lapjv(matrix, extend_cost=True, cost_limit=threshold)
-    row_to_col = np.asarray(row_to_col, dtype=np.int64)
-    col_to_row = np.asarray(col_to_row, dtype=np.int64)
-    rows = np.flatnonzero(row_to_col >= 0)
-    matches = np.stack((rows, row_to_col[rows]), axis=1).astype(np.int64, copy=False)
-    return (
-        matches,
-        np.flatnonzero(row_to_col < 0).astype(np.int64),
-        np.flatnonzero(col_to_row < 0).astype(np.int64),
-    )
+    # Called three times per frame by the trackers: 1-D ``nonzero`` and one (K, 2) fill
+    # instead of ``flatnonzero`` / ``stack`` keep the per-call overhead low.
+    matched = row_to_col >= 0
+    rows = matched.nonzero()[0]
+    matches = np.empty((rows.shape[0], 2), np.int64)
+    matches[:, 0] = rows
+    matches[:, 1] = row_to_col[matched]
+    unmatched_rows: IntArray = (~matched).nonzero()[0].astype(np.int64, copy=False)
+    unmatched_cols: IntArray = (col_to_row < 0).nonzero()[0].astype(np.int64, copy=False)
+    return matches, unmatched_rows, unmatched_cols
 
 
 def max_weight_matching(weight: npt.ArrayLike) -> IntArray:

@@ -400,11 +400,13 @@ class BoTSortTracker:
             self.last_warp = self._cmc.estimate(frame.image, moving)
             if len(t) and not np.array_equal(self.last_warp, np.eye(2, 3)):
                 t.mean, t.covariance = warp_states(t.mean, t.covariance, self.last_warp)
-        track_boxes = t.boxes()
+        # 1 - IoU of every track with every detection, computed once: each association
+        # below uses a block of it.
+        dist = iou_distance(t.boxes(), detections.xyxy)
 
         # First association: confirmed + lost tracks with high-score detections.
         cost = self._cost(
-            t, track_rows=pool, det_rows=high, boxes=track_boxes, dets=detections, feats=feats
+            t, track_rows=pool, det_rows=high, iou_dist=dist, dets=detections, feats=feats
         )
         matches_1, free_pool, free_high = linear_assignment(cost, cfg.match_thresh)
         match_tracks = [pool[matches_1[:, 0]]]
@@ -415,7 +417,7 @@ class BoTSortTracker:
         # unreliable there, and they are not embedded).
         leftover = pool[free_pool]
         leftover = leftover[t.state[leftover] == _TRACKED]
-        cost = iou_distance(track_boxes[leftover], detections.xyxy[low])
+        cost = dist[leftover][:, low]
         matches_2, free_leftover, _ = linear_assignment(cost, cfg.low_match_thresh)
         match_tracks.append(leftover[matches_2[:, 0]])
         match_dets.append(low[matches_2[:, 1]])
@@ -427,7 +429,7 @@ class BoTSortTracker:
             t,
             track_rows=unconfirmed,
             det_rows=remaining_high,
-            boxes=track_boxes,
+            iou_dist=dist,
             dets=detections,
             feats=feats,
         )
@@ -490,13 +492,17 @@ class BoTSortTracker:
         *,
         track_rows: IntArray,
         det_rows: IntArray,
-        boxes: Float64Array,
+        iou_dist: Float64Array,
         dets: Detections,
         feats: FloatArray | None,
     ) -> Float64Array:
-        """Cost of the high-score associations: fused IoU, gated appearance when ReID."""
+        """Cost of the high-score associations: fused IoU, gated appearance when ReID.
+
+        ``iou_dist`` is ``1 - IoU`` of every track with every detection; the block at
+        ``track_rows`` x ``det_rows`` is used.
+        """
         cfg = self.config
-        iou_dist = iou_distance(boxes[track_rows], dets.xyxy[det_rows])
+        iou_dist = iou_dist[track_rows][:, det_rows]
         scores = dets.confidence[det_rows] if cfg.fuse_score else None
         if feats is None:
             return iou_dist if scores is None else fuse_score(iou_dist, scores)

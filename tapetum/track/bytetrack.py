@@ -262,10 +262,12 @@ class ByteTracker:
         pool_mean = t.mean[pool]
         pool_mean[was_lost[pool], 7] = 0.0
         t.mean[pool], t.covariance[pool] = self._kalman.predict(pool_mean, t.covariance[pool])
-        track_boxes = t.boxes()
+        # 1 - IoU of every track with every detection, computed once: each association
+        # below uses a block of it.
+        dist = iou_distance(t.boxes(), detections.xyxy)
 
         # First association: confirmed + lost tracks with high-score detections.
-        cost = iou_distance(track_boxes[pool], detections.xyxy[high])
+        cost = dist[pool][:, high]
         if cfg.fuse_score:
             cost = fuse_score(cost, scores[high])
         matches_1, free_pool, free_high = linear_assignment(cost, cfg.match_thresh)
@@ -275,7 +277,7 @@ class ByteTracker:
         # Second association: tracks that were tracked last frame with low-score detections.
         leftover = pool[free_pool]
         leftover = leftover[t.state[leftover] == _TRACKED]
-        cost = iou_distance(track_boxes[leftover], detections.xyxy[low])
+        cost = dist[leftover][:, low]
         matches_2, free_leftover, _ = linear_assignment(cost, cfg.low_match_thresh)
         match_tracks.append(leftover[matches_2[:, 0]])
         match_dets.append(low[matches_2[:, 1]])
@@ -283,7 +285,7 @@ class ByteTracker:
 
         # Unconfirmed tracks (born last frame) with the high-score detections left over.
         remaining_high = high[free_high]
-        cost = iou_distance(track_boxes[unconfirmed], detections.xyxy[remaining_high])
+        cost = dist[unconfirmed][:, remaining_high]
         if cfg.fuse_score:
             cost = fuse_score(cost, scores[remaining_high])
         matches_3, free_unconfirmed, free_remaining = linear_assignment(

@@ -54,28 +54,18 @@ def xyah_to_xyxy(xyah: npt.ArrayLike) -> Float64Array:
         (N, 4) float64 corners ``x1, y1, x2, y2`` in pixels.
     """
     boxes = np.asarray(xyah, dtype=np.float64).reshape(-1, 4)
-    half_w = 0.5 * boxes[:, 2] * boxes[:, 3]
-    half_h = 0.5 * boxes[:, 3]
-    return np.stack(
-        (
-            boxes[:, 0] - half_w,
-            boxes[:, 1] - half_h,
-            boxes[:, 0] + half_w,
-            boxes[:, 1] + half_h,
-        ),
-        axis=1,
-    )
+    half = np.empty((boxes.shape[0], 2), np.float64)  # half width, half height
+    half[:, 0] = 0.5 * boxes[:, 2] * boxes[:, 3]
+    half[:, 1] = 0.5 * boxes[:, 3]
+    out = np.empty_like(boxes)
+    out[:, :2] = boxes[:, :2] - half
+    out[:, 2:] = boxes[:, :2] + half
+    return out
 
 
-def _motion_matrix() -> Float64Array:
-    """(8, 8) state transition for one frame: position += velocity."""
-    f = np.eye(STATE_DIM, dtype=np.float64)
-    f[:MEASUREMENT_DIM, MEASUREMENT_DIM:] = np.eye(MEASUREMENT_DIM)
-    f.setflags(write=False)
-    return f
-
-
-_MOTION_MATRIX = _motion_matrix()
+#: Indices of the diagonal of an (8, 8) state / (4, 4) measurement covariance.
+_STATE_DIAG = np.arange(STATE_DIM)
+_MEASUREMENT_DIAG = np.arange(MEASUREMENT_DIM)
 
 
 def _diag(std: Float64Array) -> Float64Array:
@@ -85,6 +75,15 @@ def _diag(std: Float64Array) -> Float64Array:
     idx = np.arange(d)
     out[:, idx, idx] = np.square(std)
     return out
+
+
+def _height_std(h: Float64Array, pos: float, vel: float) -> Float64Array:
+    """(N, 8) state noise standard deviations ``pos*h, pos*h, 1e-2, pos*h, vel*h, vel*h,
+    1e-5, vel*h``: DeepSORT's height-scaled noise with a fixed aspect-ratio term."""
+    std = np.multiply.outer(h, (pos, pos, 0.0, pos, vel, vel, 0.0, vel))
+    std[:, 2] = 1e-2
+    std[:, 6] = 1e-5
+    return std
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +110,7 @@ class KalmanFilter:
         """
         z = np.asarray(measurements, dtype=np.float64).reshape(-1, MEASUREMENT_DIM)
         mean = np.concatenate((z, np.zeros_like(z)), axis=1)
-        h = z[:, 3]
-        pos = 2 * self.std_weight_position * h
-        vel = 10 * self.std_weight_velocity * h
-        std = np.stack(
-            (pos, pos, np.full_like(h, 1e-2), pos, vel, vel, np.full_like(h, 1e-5), vel), axis=1
-        )
+        std = _height_std(z[:, 3], 2 * self.std_weight_position, 10 * self.std_weight_velocity)
         return mean, _diag(std)
 
     def predict(
@@ -131,15 +125,17 @@ class KalmanFilter:
         Returns:
             New (N, 8) means and (N, 8, 8) covariances; the inputs are not modified.
         """
-        h = mean[:, 3]
-        pos = self.std_weight_position * h
-        vel = self.std_weight_velocity * h
-        std = np.stack(
-            (pos, pos, np.full_like(h, 1e-2), pos, vel, vel, np.full_like(h, 1e-5), vel), axis=1
-        )
-        f = _MOTION_MATRIX
-        new_mean = mean @ f.T
-        new_cov = f @ covariance @ f.T + _diag(std)
+        std = _height_std(mean[:, 3], self.std_weight_position, self.std_weight_velocity)
+        m = MEASUREMENT_DIM
+        # Transition F = [[I, I], [0, I]] (position += velocity), written out instead of
+        # 8x8 products. Every entry of F x, F P and (F P) F^T is a sum of exactly two
+        # non-zero terms, so this is bit-identical to the matrix products.
+        new_mean = mean.copy()
+        new_mean[:, :m] += mean[:, m:]
+        new_cov = covariance.copy()
+        new_cov[:, :m, :] += covariance[:, m:, :]  # F P
+        new_cov[:, :, :m] += new_cov[:, :, m:]  # (F P) F^T
+        new_cov[:, _STATE_DIAG, _STATE_DIAG] += np.square(std)
         return new_mean, new_cov
 
     def project(
@@ -151,13 +147,12 @@ class KalmanFilter:
             Projected (N, 4) means and (N, 4, 4) innovation covariances (state uncertainty
             plus measurement noise).
         """
-        h = mean[:, 3]
-        pos = self.std_weight_position * h
-        std = np.stack((pos, pos, np.full_like(h, 1e-1), pos), axis=1)
+        std = np.multiply.outer(mean[:, 3], np.full(MEASUREMENT_DIM, self.std_weight_position))
+        std[:, 2] = 1e-1
         # The measurement matrix is [I 0], so H P H^T is the top-left block of P.
-        return mean[:, :MEASUREMENT_DIM].copy(), covariance[
-            :, :MEASUREMENT_DIM, :MEASUREMENT_DIM
-        ] + _diag(std)
+        cov = covariance[:, :MEASUREMENT_DIM, :MEASUREMENT_DIM].copy()
+        cov[:, _MEASUREMENT_DIAG, _MEASUREMENT_DIAG] += np.square(std)
+        return mean[:, :MEASUREMENT_DIM].copy(), cov
 
     def update(
         self, mean: Float64Array, covariance: Float64Array, measurements: npt.ArrayLike

@@ -11,8 +11,8 @@ height for ``y, h`` (the reference ``tracker/kalman_filter.py`` of NirAharon/BoT
 with the DeepSORT weights ``1/20`` (position) and ``1/160`` (velocity).
 
 Only the noise model differs from ByteTrack's filter, so this is a subclass of
-:class:`tapetum.track.kalman.KalmanFilter`: the transition matrix and the batched
-correction step (``update``) are shared. Every function takes all tracks at once, stacked
+:class:`tapetum.track.kalman.KalmanFilter`: the constant-velocity transition and the
+batched correction step (``update``) are shared. Every function takes all tracks at once, stacked
 along the first axis; arrays are float64.
 """
 
