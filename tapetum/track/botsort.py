@@ -23,9 +23,8 @@ all tracks at once.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +38,7 @@ from tapetum.track.bytetrack import TrackState
 from tapetum.track.cmc import CMC_METHODS, CameraMotionEstimator, make_cmc, warp_states
 from tapetum.track.kalman_xywh import KalmanFilterXYWH, xywh_to_xyxy, xyxy_to_xywh
 from tapetum.track.reid import ReidEmbedder
+from tapetum.track.table import ColumnTable
 
 Float64Array = npt.NDArray[np.float64]
 FloatArray = npt.NDArray[np.float32]
@@ -196,7 +196,7 @@ def _normalise_rows(x: npt.ArrayLike) -> FloatArray:
 
 
 @dataclass(slots=True)
-class _TrackTable:
+class _TrackTable(ColumnTable):
     """All live tracks of one tracker, one row per track (structure of arrays).
 
     Attributes:
@@ -242,29 +242,9 @@ class _TrackTable:
             det_index=np.empty(0, np.int64),
         )
 
-    def __len__(self) -> int:
-        return int(self.track_id.shape[0])
-
-    def _columns(self) -> dict[str, npt.NDArray[Any]]:
-        return {name: getattr(self, name) for name in _TABLE_COLUMNS}
-
-    def select(self, rows: BoolArray | IntArray) -> _TrackTable:
-        """The tracks at ``rows`` (a boolean mask or integer indices), copied."""
-        return _TrackTable(**{k: v[rows] for k, v in self._columns().items()})
-
-    def concat(self, other: _TrackTable) -> _TrackTable:
-        """This table's tracks followed by ``other``'s."""
-        theirs = other._columns()
-        return _TrackTable(
-            **{k: np.concatenate((v, theirs[k])) for k, v in self._columns().items()}
-        )
-
     def boxes(self) -> Float64Array:
         """(T, 4) xyxy boxes of the Kalman means, in pixels."""
         return xywh_to_xyxy(self.mean[:, :4])
-
-
-_TABLE_COLUMNS = tuple(f.name for f in dataclasses.fields(_TrackTable))
 
 
 class BoTSortTracker:

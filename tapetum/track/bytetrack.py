@@ -22,10 +22,8 @@ cost matrices are array operations over all tracks at once.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +34,7 @@ from tapetum.core.frame import Frame
 from tapetum.errors import ConfigError
 from tapetum.track.assignment import fuse_score, iou_distance, linear_assignment
 from tapetum.track.kalman import KalmanFilter, xyah_to_xyxy, xyxy_to_xyah
+from tapetum.track.table import ColumnTable
 
 Float64Array = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -127,7 +126,7 @@ class ByteTrackConfig:
 
 
 @dataclass(slots=True)
-class _TrackTable:
+class _TrackTable(ColumnTable):
     """All live tracks of one tracker, one row per track (structure of arrays).
 
     Attributes:
@@ -169,29 +168,9 @@ class _TrackTable:
             det_index=np.empty(0, np.int64),
         )
 
-    def __len__(self) -> int:
-        return int(self.track_id.shape[0])
-
-    def _columns(self) -> dict[str, npt.NDArray[Any]]:
-        return {name: getattr(self, name) for name in _TABLE_COLUMNS}
-
-    def select(self, rows: BoolArray | IntArray) -> _TrackTable:
-        """The tracks at ``rows`` (a boolean mask or integer indices), copied."""
-        return _TrackTable(**{k: v[rows] for k, v in self._columns().items()})
-
-    def concat(self, other: _TrackTable) -> _TrackTable:
-        """This table's tracks followed by ``other``'s."""
-        theirs = other._columns()
-        return _TrackTable(
-            **{k: np.concatenate((v, theirs[k])) for k, v in self._columns().items()}
-        )
-
     def boxes(self) -> Float64Array:
         """(T, 4) xyxy boxes of the Kalman means, in pixels."""
         return xyah_to_xyxy(self.mean[:, :4])
-
-
-_TABLE_COLUMNS = tuple(f.name for f in dataclasses.fields(_TrackTable))
 
 
 class ByteTracker:

@@ -29,7 +29,6 @@ only, each step batched over the tracks re-found on this frame.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +41,7 @@ from tapetum.core.frame import Frame
 from tapetum.errors import ConfigError
 from tapetum.track.assignment import max_weight_matching
 from tapetum.track.kalman_xysr import KalmanFilterXYSR, xysr_to_xyxy, xyxy_to_xysr
+from tapetum.track.table import ColumnTable
 
 Float64Array = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -110,7 +110,7 @@ class OCSortConfig:
 
 
 @dataclass(slots=True)
-class _TrackTable:
+class _TrackTable(ColumnTable):
     """All live tracks of one tracker, one row per track (structure of arrays).
 
     Attributes:
@@ -161,23 +161,6 @@ class _TrackTable:
             since_update=np.empty(0, np.int64),
             hit_streak=np.empty(0, np.int64),
             det_index=np.empty(0, np.int64),
-        )
-
-    def __len__(self) -> int:
-        return int(self.track_id.shape[0])
-
-    def _columns(self) -> dict[str, npt.NDArray[Any]]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    def select(self, rows: BoolArray | IntArray) -> _TrackTable:
-        """The tracks at ``rows`` (a boolean mask or integer indices), copied."""
-        return _TrackTable(**{k: v[rows] for k, v in self._columns().items()})
-
-    def concat(self, other: _TrackTable) -> _TrackTable:
-        """This table's tracks followed by ``other``'s."""
-        theirs = other._columns()
-        return _TrackTable(
-            **{k: np.concatenate((v, theirs[k])) for k, v in self._columns().items()}
         )
 
 
