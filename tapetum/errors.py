@@ -21,3 +21,7 @@ class ConfigError(TapetumError):
 
 class SinkError(TapetumError):
     """A sink cannot be opened or written (unwritable path, unsupported codec)."""
+
+
+class MissingDependencyError(TapetumError):
+    """An optional dependency is not installed; the message names the extra to install."""

@@ -172,6 +172,7 @@ class RunOptions:
 
 def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
     """Open sources, model, tracker factory and sinks; every user error is a TapetumError."""
+    from tapetum._optional import import_optional
     from tapetum.detect import DetectorConfig, RuntimeOptions, YoloxDetector
     from tapetum.detect.classes import COCO80, resolve_class_filter
     from tapetum.pipeline import DropPolicy, Enricher, EnricherFactory, Pipeline, PipelineConfig
@@ -236,6 +237,8 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
     if opts.topology and embedder is not None:
         from tapetum.identity import IdentityService, load_topology
         from tapetum.identity.enricher import IdentityEnricher
+
+        import_optional("hnswlib", "identity", "--topology")  # fail now, not mid-stream
 
         service = IdentityService(load_topology(opts.topology))
         reid_model = embedder

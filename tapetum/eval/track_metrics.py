@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tapetum._optional import import_optional
 from tapetum.core.detections import Detections
 from tapetum.errors import ConfigError
 from tapetum.eval.mot import Benchmark, GroundTruth, MotSequence, write_tracks
@@ -194,7 +195,7 @@ def evaluate_runs(
     Raises:
         ConfigError: a sequence has no ground truth, names repeat, or ``runs`` is empty.
     """
-    import trackeval  # type: ignore[import-untyped]
+    trackeval = import_optional("trackeval", "eval", "tracking evaluation")
     from trackeval.eval import eval_sequence  # type: ignore[import-untyped]
 
     if not runs:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tapetum._optional import import_optional
 from tapetum.errors import ConfigError
 
 FloatArray = npt.NDArray[np.float32]
@@ -134,7 +135,7 @@ class EmbeddingGallery:
     # --- storage -------------------------------------------------------------------------
 
     def _new_index(self, capacity: int) -> Any:
-        import hnswlib  # type: ignore[import-untyped]
+        hnswlib = import_optional("hnswlib", "identity", "the identity gallery")
 
         index = hnswlib.Index(space="ip", dim=self.config.dim)
         index.init_index(

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tapetum._optional import import_optional
 from tapetum.errors import ConfigError
 
 BoolArray = npt.NDArray[np.bool_]
@@ -271,7 +272,7 @@ def load_topology(path: str | Path) -> CameraTopology:
         raise ConfigError(f"cannot read camera topology {file}: {exc.strerror}") from exc
     try:
         if file.suffix.lower() in (".yaml", ".yml"):
-            import yaml  # type: ignore[import-untyped]
+            yaml = import_optional("yaml", "identity", "reading a YAML topology")
 
             data = yaml.safe_load(text)
         else:
