@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from tapetum.cli.eval import eval_app
+from tapetum.cli.keys import keys_app
+from tapetum.cli.serve import serve_command
 from tapetum.errors import ConfigError, TapetumError
 
 if TYPE_CHECKING:
@@ -29,6 +31,8 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 app.add_typer(eval_app, name="eval")
+app.add_typer(keys_app, name="keys")
+app.command("serve")(serve_command)
 
 
 @app.callback()

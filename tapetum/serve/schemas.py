@@ -1,0 +1,264 @@
+"""Pydantic models at the REST boundary, and the one conversion from ``Detections`` to them.
+
+Inside the server detections stay array-backed (:class:`tapetum.core.detections.Detections`);
+:func:`detections_to_response` turns them into JSON-ready models once, at the edge.
+
+Example:
+    >>> import numpy as np
+    >>> from tapetum.core.detections import Detections
+    >>> det = Detections(np.array([[1, 2, 30, 40]]), np.array([0.9]), np.array([5]))
+    >>> out = detections_to_out(det, ("person", "bicycle", "car", "motorcycle", "airplane", "bus"))
+    >>> out[0].class_name, out[0].box.x2, out[0].track_id
+    ('bus', 30.0, None)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tapetum.core.detections import NO_TRACK, Detections
+
+__all__ = [
+    "BatchDetectResponse",
+    "BatchItem",
+    "Box",
+    "DetectResponse",
+    "DetectionOut",
+    "ErrorResponse",
+    "Health",
+    "ImageSize",
+    "ModelInfo",
+    "ModelList",
+    "detections_to_out",
+    "detections_to_response",
+]
+
+
+class Box(BaseModel):
+    """Box corners in pixels of the uploaded image (origin top-left)."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        json_schema_extra={"examples": [{"x1": 17.2, "y1": 231.0, "x2": 802.5, "y2": 768.1}]},
+    )
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+class DetectionOut(BaseModel):
+    """One detected object."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "box": {"x1": 17.2, "y1": 231.0, "x2": 802.5, "y2": 768.1},
+                    "confidence": 0.91,
+                    "class_id": 5,
+                    "class_name": "bus",
+                    "track_id": None,
+                }
+            ]
+        },
+    )
+
+    box: Box
+    confidence: float = Field(ge=0.0, le=1.0, description="Objectness × class score.")
+    class_id: int = Field(ge=0, description="Index into the model's class names.")
+    class_name: str
+    track_id: int | None = Field(
+        default=None,
+        description="Track identity within the request's session_id; null without a "
+        "session or while the object's track is not confirmed.",
+    )
+
+
+class ImageSize(BaseModel):
+    """Pixel size of the decoded upload."""
+
+    model_config = ConfigDict(
+        frozen=True, json_schema_extra={"examples": [{"width": 810, "height": 1080}]}
+    )
+
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+
+
+_DETECT_EXAMPLE: dict[str, Any] = {
+    "model": "yolox_nano",
+    "image": {"width": 810, "height": 1080},
+    "detections": [
+        {
+            "box": {"x1": 17.2, "y1": 231.0, "x2": 802.5, "y2": 768.1},
+            "confidence": 0.91,
+            "class_id": 5,
+            "class_name": "bus",
+            "track_id": None,
+        }
+    ],
+    "session_id": None,
+    "timings_ms": {"decode": 6.1, "inference": 31.4, "total": 38.2},
+}
+
+
+class DetectResponse(BaseModel):
+    """Detections in one image."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_DETECT_EXAMPLE]})
+
+    model: str = Field(description="Name of the model that ran.")
+    image: ImageSize
+    detections: list[DetectionOut]
+    session_id: str | None = Field(default=None, description="Echo of the tracking session.")
+    timings_ms: dict[str, float] = Field(
+        description="Server-side stage times in milliseconds: decode, inference (model "
+        "and post-processing, waiting for a free inference slot included), total."
+    )
+
+
+class BatchItem(BaseModel):
+    """One image's result inside a batch."""
+
+    image: ImageSize
+    detections: list[DetectionOut]
+
+
+class BatchDetectResponse(BaseModel):
+    """Detections for each uploaded image, in upload order."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "yolox_nano",
+                    "results": [{k: v for k, v in _DETECT_EXAMPLE.items() if k != "model"}],
+                    "timings_ms": {"decode": 12.0, "inference": 55.3, "total": 68.9},
+                }
+            ]
+        }
+    )
+
+    model: str
+    results: list[BatchItem]
+    timings_ms: dict[str, float]
+
+
+class ModelInfo(BaseModel):
+    """A loaded model."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "yolox_nano",
+                    "family": "yolox",
+                    "path": "/models/yolox_nano.onnx",
+                    "input_width": 416,
+                    "input_height": 416,
+                    "num_classes": 80,
+                    "providers": ["CPUExecutionProvider"],
+                }
+            ]
+        },
+    )
+
+    name: str
+    family: Literal["yolox"] = "yolox"
+    path: str
+    input_width: int = Field(gt=0, description="Model input width in pixels.")
+    input_height: int = Field(gt=0, description="Model input height in pixels.")
+    num_classes: int = Field(gt=0)
+    providers: list[str] = Field(description="ONNX Runtime execution providers, preferred first.")
+
+
+class ModelList(BaseModel):
+    """Every model this server has loaded."""
+
+    model_config = ConfigDict(frozen=True)
+
+    models: list[ModelInfo]
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API returns has this body."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "detail": "image is 100000x100000 pixels; the limit is 8192x8192 and 40 MP",
+                    "code": "image_too_large",
+                }
+            ]
+        },
+    )
+
+    detail: str = Field(description="What went wrong, for a person.")
+    code: str = Field(description="Stable machine-readable error code (snake_case).")
+
+
+class Health(BaseModel):
+    """Liveness / readiness."""
+
+    model_config = ConfigDict(
+        frozen=True, json_schema_extra={"examples": [{"status": "ok", "model_loaded": True}]}
+    )
+
+    status: Literal["ok", "loading", "failed"]
+    model_loaded: bool
+    detail: str | None = None
+
+
+def detections_to_out(detections: Detections, class_names: Sequence[str]) -> list[DetectionOut]:
+    """Array-backed detections → response items (the only place the arrays become objects).
+
+    ``tracker_id`` of ``NO_TRACK`` becomes ``track_id = None``.
+    """
+    xyxy = detections.xyxy.astype(float).tolist()
+    conf = detections.confidence.astype(float).tolist()
+    cls = detections.class_id.tolist()
+    tid = detections.tracker_id.tolist() if len(detections.tracker_id) else [NO_TRACK] * len(cls)
+    n_names = len(class_names)
+    return [
+        DetectionOut(
+            box=Box(x1=b[0], y1=b[1], x2=b[2], y2=b[3]),
+            confidence=min(max(c, 0.0), 1.0),
+            class_id=k,
+            class_name=class_names[k] if 0 <= k < n_names else str(k),
+            track_id=None if t == NO_TRACK else t,
+        )
+        for b, c, k, t in zip(xyxy, conf, cls, tid, strict=True)
+    ]
+
+
+def detections_to_response(
+    detections: Detections,
+    *,
+    class_names: Sequence[str],
+    model: str,
+    image_hw: tuple[int, int],
+    timings_ms: Mapping[str, float],
+    session_id: str | None = None,
+) -> DetectResponse:
+    """Build the ``/v1/detect`` body from one image's detections.
+
+    Args:
+        image_hw: (height, width) of the decoded image in pixels.
+        timings_ms: stage name → milliseconds (rounded to 0.01 ms here).
+    """
+    return DetectResponse(
+        model=model,
+        image=ImageSize(width=image_hw[1], height=image_hw[0]),
+        detections=detections_to_out(detections, class_names),
+        session_id=session_id,
+        timings_ms={k: round(float(v), 2) for k, v in timings_ms.items()},
+    )
