@@ -1,18 +1,28 @@
-"""``tapetum serve``: the REST API under uvicorn.
+"""``tapetum serve``: the REST API under uvicorn and, in the same process, the gRPC API.
 
 Registered by the CLI as ``app.command("serve")(serve_command)``. The web stack is the
-``serve`` extra, imported only when the command runs.
+``serve`` extra and gRPC the ``grpc`` extra, imported only when the command runs.
+
+Both APIs share one detector (the REST lifespan loads it; gRPC answers UNAVAILABLE until
+then), one key store and one rate limiter, so a key's budget counts calls on both.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from tapetum.cli.keys import DEFAULT_DB
 from tapetum.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tapetum.serve.app import ServeSettings
+    from tapetum.serve.auth import KeyStore
+    from tapetum.serve.ratelimit import RateLimiter
 
 
 def serve_command(  # noqa: PLR0917 - typer maps parameters to options
@@ -22,9 +32,13 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     keys_db: Annotated[
-        Path | None,
-        typer.Option("--keys-db", help="API key database (create keys with `tapetum keys`)."),
-    ] = None,
+        Path,
+        typer.Option(
+            "--keys-db",
+            envvar="TAPETUM_KEYS_DB",
+            help="API key database, as `tapetum keys` writes it.",
+        ),
+    ] = DEFAULT_DB,
     no_auth: Annotated[
         bool,
         typer.Option("--no-auth", help="Serve every route without an API key (local use only)."),
@@ -38,8 +52,12 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         int,
         typer.Option(help="On SIGTERM, seconds to let in-flight requests finish."),
     ] = 30,
+    grpc_port: Annotated[
+        int,
+        typer.Option("--grpc-port", help="gRPC port on the same host (0: no gRPC server)."),
+    ] = 50051,
 ) -> None:
-    """Serve detection over HTTP (REST, OpenAPI docs at /docs)."""
+    """Serve detection over HTTP (REST, OpenAPI docs at /docs) and gRPC."""
     from tapetum._optional import import_optional
 
     uvicorn = import_optional("uvicorn", "serve", "tapetum serve")
@@ -48,25 +66,51 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
 
     if not model.is_file():
         raise ConfigError(f"model file not found: {model}")
-    if not no_auth and keys_db is None:
+    if not no_auth and not keys_db.is_file():
         raise ConfigError(
-            "tapetum serve needs --keys-db (create keys with `tapetum keys create`) "
-            "or --no-auth for local use"
+            f"no API key database at {keys_db}: create a key with `tapetum keys create` "
+            "(or pass --keys-db / TAPETUM_KEYS_DB), or serve with --no-auth for local use"
         )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = ServeSettings(
         model_path=model,
         conf_threshold=conf,
         min_conf_threshold=min(conf, 0.1),
-        keys_db=keys_db,
+        keys_db=None if no_auth else keys_db,
         require_auth=not no_auth,
         rate_per_second=rate if rate > 0 else None,
         rate_burst=max(burst, int(rate) + (rate % 1 > 0)),
     )
-    app = create_app(settings)
+    if grpc_port == 0:
+        app = create_app(settings)
+        grpc_server = None
+    else:
+        import_optional("grpc", "grpc", "tapetum serve --grpc-port")
+        from tapetum.serve.grpc.server import SharedDetector, create_grpc_server
+
+        key_store, rate_limiter = _shared_guards(settings)
+        shared = SharedDetector()
+        app = create_app(
+            settings,
+            detector_factory=shared.factory,
+            key_store=key_store,
+            rate_limiter=rate_limiter,
+        )
+        grpc_server = create_grpc_server(
+            settings, shared, key_store, rate_limiter, grpc_port, host=host
+        )
+        grpc_server.start()
+
     # uvicorn owns SIGTERM/SIGINT: it stops accepting, waits for in-flight requests up to
-    # timeout_graceful_shutdown, then runs the app's lifespan exit.
-    uvicorn.run(
+    # timeout_graceful_shutdown, then runs the app's lifespan exit. The gRPC server drains
+    # alongside (stop(grace) returns at once), so shutdown takes graceful_s, not twice that.
+    class _Server(uvicorn.Server):  # type: ignore[misc,name-defined]
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if grpc_server is not None:
+                grpc_server.stop(graceful_s)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -74,3 +118,23 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         log_level="info",
         access_log=False,
     )
+    try:
+        _Server(config).run()
+    finally:
+        if grpc_server is not None:
+            grpc_server.stop(graceful_s).wait()
+
+
+def _shared_guards(settings: ServeSettings) -> tuple[KeyStore | None, RateLimiter | None]:
+    """The key store and rate limiter both APIs use (what ``create_app`` would build)."""
+    from tapetum.serve.auth import KeyStore
+    from tapetum.serve.ratelimit import RateLimit, RateLimiter
+
+    key_store = KeyStore(settings.keys_db) if settings.keys_db is not None else None
+    rate_limiter = None
+    if settings.rate_per_second is not None:
+        rate_limiter = RateLimiter(
+            RateLimit(per_second=settings.rate_per_second, burst=settings.rate_burst),
+            {r: RateLimit(per_second=p, burst=b) for r, (p, b) in settings.route_rates.items()},
+        )
+    return key_store, rate_limiter

@@ -1,4 +1,5 @@
-"""Core data types: array-backed detections, decoded frames, per-frame results.
+"""Core data types (array-backed detections, decoded frames, per-frame results) and the
+circuit breaker every layer that calls something fallible can use.
 
 Depends on nothing else in Tapetum."""
 

@@ -23,6 +23,8 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import math
 import threading
@@ -31,7 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import anyio
 import anyio.to_thread
@@ -39,13 +41,16 @@ import numpy as np
 import numpy.typing as npt
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tapetum.core.breaker import BreakerRegistry, CircuitOpenError
 from tapetum.core.detections import Detections
-from tapetum.errors import ConfigError, TapetumError
+from tapetum.detect.base import StagedDetector
+from tapetum.errors import ConfigError, SourceError, TapetumError
 from tapetum.serve.auth import Scope as KeyScope
 from tapetum.serve.images import ImageError, ImageLimits, decode_image, normalize_content_type
 from tapetum.serve.schemas import (
@@ -61,6 +66,13 @@ from tapetum.serve.schemas import (
     detections_to_response,
 )
 from tapetum.serve.sessions import SessionTrackers
+from tapetum.serve.streams import (
+    StreamInfo,
+    StreamLimitError,
+    StreamManager,
+    StreamOptions,
+    UnknownStreamError,
+)
 
 __all__ = [
     "ApiError",
@@ -151,6 +163,12 @@ class ServeSettings:
         session_frame_rate: frame rate assumed for sessions (scales lost-track lifetime).
         max_sessions / session_idle_s: tracking-session LRU size and idle expiry.
         warmup: run one inference before ``/readyz`` turns 200.
+        max_streams: most server-side streams (``POST /v1/streams``) running at once.
+        stream_breaker_failures / stream_breaker_reset_s: a stream URI that failed to open
+            this many times in a row is refused with 503 for this long.
+        stream_subscriber_queue: results buffered per live (SSE) subscriber; a slower
+            client loses the oldest.
+        sse_heartbeat_s: idle time after which an SSE connection gets a comment line.
     """
 
     model_path: Path
@@ -172,6 +190,11 @@ class ServeSettings:
     max_sessions: int = 256
     session_idle_s: float = 300.0
     warmup: bool = True
+    max_streams: int = 4
+    stream_breaker_failures: int = 3
+    stream_breaker_reset_s: float = 30.0
+    stream_subscriber_queue: int = 64
+    sse_heartbeat_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_conf_threshold <= self.conf_threshold <= 1.0:
@@ -183,6 +206,12 @@ class ServeSettings:
             raise ConfigError(f"max_batch must be in [1, 16], got {self.max_batch}")
         if self.max_upload_bytes < 1 or self.max_side_px < 1 or self.max_pixels < 1:
             raise ConfigError("upload limits must be positive")
+        if self.max_streams < 0 or self.stream_subscriber_queue < 1:
+            raise ConfigError("max_streams must be ≥ 0 and stream_subscriber_queue ≥ 1")
+        if self.stream_breaker_failures < 1 or self.stream_breaker_reset_s <= 0:
+            raise ConfigError("stream_breaker_failures must be ≥ 1 and the reset time > 0")
+        if self.sse_heartbeat_s <= 0:
+            raise ConfigError(f"sse_heartbeat_s must be > 0, got {self.sse_heartbeat_s}")
 
     @property
     def name(self) -> str:
@@ -313,10 +342,41 @@ _UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
 # -------------------------------------------------------------------------------- metrics
 
 
+class _BreakerCollector:
+    """Exports every breaker of a registry at scrape time (an open breaker whose pause
+    ran out reads half-open, so the gauge is never stale)."""
+
+    def __init__(self, breakers: BreakerRegistry) -> None:
+        self.breakers = breakers
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        state = GaugeMetricFamily(
+            "tapetum_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            labels=["name"],
+        )
+        transitions = CounterMetricFamily(
+            "tapetum_breaker_transitions",
+            "Circuit breaker transitions, by the state entered.",
+            labels=["name", "to"],
+        )
+        for snap in self.breakers.snapshot():
+            state.add_metric([snap.name], float(snap.state))
+            for to, count in snap.transitions.items():
+                transitions.add_metric([snap.name, to.name.lower()], count)
+        yield state
+        yield transitions
+
+
 class _Metrics:
     """Prometheus metrics in a per-app registry."""
 
-    def __init__(self) -> None:
+    def __init__(self, breakers: BreakerRegistry) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
@@ -349,6 +409,10 @@ class _Metrics:
         self.sessions = Gauge(
             "tapetum_tracking_sessions", "Live tracking sessions.", registry=self.registry
         )
+        self.streams = Gauge(
+            "tapetum_streams_running", "Server-side streams running.", registry=self.registry
+        )
+        self.registry.register(_BreakerCollector(breakers))
 
 
 class _MetricsMiddleware:
@@ -389,6 +453,8 @@ class _State:
     settings: ServeSettings
     metrics: _Metrics
     sessions: SessionTrackers
+    breakers: BreakerRegistry
+    streams: StreamManager | None = None
     detector: DetectorLike | None = None
     ready: bool = False
     load_error: str | None = None
@@ -466,7 +532,11 @@ def create_app(
             {r: RateLimit(per_second=p, burst=b) for r, (p, b) in settings.route_rates.items()},
         )
     make_tracker(settings.tracker, settings.session_frame_rate)  # a bad name fails now
-    metrics = _Metrics()
+    breakers = BreakerRegistry(
+        failure_threshold=settings.stream_breaker_failures,
+        reset_timeout_s=settings.stream_breaker_reset_s,
+    )
+    metrics = _Metrics(breakers)
     state = _State(
         settings=settings,
         metrics=metrics,
@@ -475,6 +545,7 @@ def create_app(
             settings.max_sessions,
             settings.session_idle_s,
         ),
+        breakers=breakers,
     )
 
     @asynccontextmanager
@@ -485,6 +556,8 @@ def create_app(
         loader.start()
         yield
         log.info("shutting down: %d tracking sessions dropped", len(state.sessions))
+        stopped = await anyio.to_thread.run_sync(streams.stop_all)
+        log.info("shutting down: %d streams stopped", stopped)
 
     app = FastAPI(
         title="Tapetum",
@@ -532,6 +605,23 @@ def create_app(
             reason = state.load_error or "the model is still loading"
             raise ApiError(503, "not_ready", reason, {"Retry-After": "1"})
         return state.detector, state.limiter
+
+    def stream_detector() -> StagedDetector:
+        detector, _ = ready_detector()
+        staged = ("preprocess", "infer", "postprocess", "max_batch")
+        if not all(hasattr(detector, name) for name in staged):
+            raise ApiError(
+                501, "not_supported", "this server's detector cannot run streams (not staged)"
+            )
+        return cast(StagedDetector, detector)
+
+    streams = StreamManager(
+        stream_detector,
+        max_streams=settings.max_streams,
+        breakers=breakers,
+        subscriber_queue_size=settings.stream_subscriber_queue,
+    )
+    state.streams = streams
 
     def model_info(detector: DetectorLike) -> ModelInfo:
         h, w = detector.input_hw
@@ -598,6 +688,7 @@ def create_app(
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         metrics.sessions.set(len(state.sessions))
+        metrics.streams.set(len(streams))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # ---- models ----
@@ -810,7 +901,169 @@ def create_app(
             },
         )
 
+    _install_stream_routes(
+        app,
+        streams,
+        check_conf=check_conf,
+        read_guard=read_guard,
+        infer_guard=infer_guard,
+        settings=settings,
+    )
     return app
+
+
+class StreamCreate(StreamOptions):
+    """Body of ``POST /v1/streams``."""
+
+    uri: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Video file path or live URL (rtsp, rtmp, http, srt, udp…).",
+        examples=["rtsp://cam-7:554/Streaming/101"],
+    )
+
+
+_STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_ERROR_RESPONSES,
+    404: {"model": ErrorResponse, "description": "Unknown stream"},
+}
+_START_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_ERROR_RESPONSES,
+    400: {"model": ErrorResponse, "description": "The source cannot be opened"},
+    429: {"model": ErrorResponse, "description": "Too many streams, or rate limited"},
+    503: {"model": ErrorResponse, "description": "Model not ready, or the URI's breaker is open"},
+}
+
+
+def _install_stream_routes(
+    app: FastAPI,
+    streams: StreamManager,
+    *,
+    check_conf: Callable[[float | None], float],
+    read_guard: Any,
+    infer_guard: Any,
+    settings: ServeSettings,
+) -> None:
+    """``/v1/streams``: server-side pipelines and their live results (SSE)."""
+
+    def unknown(stream_id: str) -> ApiError:
+        return ApiError(404, "unknown_stream", f"no stream {stream_id!r}")
+
+    @app.post(
+        "/v1/streams",
+        response_model=StreamInfo,
+        status_code=201,
+        tags=["streams"],
+        responses=_START_RESPONSES,
+        dependencies=[infer_guard],
+    )
+    async def start_stream(body: StreamCreate) -> StreamInfo:
+        """Start detecting and tracking on a source in the background. Needs ``infer``."""
+        if body.conf is not None:
+            check_conf(body.conf)
+        options = StreamOptions(tracker=body.tracker, conf=body.conf, realtime=body.realtime)
+        try:
+            # Opening probes the source (up to its open timeout): off the event loop.
+            return await anyio.to_thread.run_sync(streams.start, body.uri, options)
+        except StreamLimitError as exc:
+            raise ApiError(429, "too_many_streams", str(exc), {"Retry-After": "5"}) from exc
+        except CircuitOpenError as exc:
+            retry = max(1, math.ceil(exc.retry_after_s))
+            raise ApiError(
+                503, "source_circuit_open", str(exc), {"Retry-After": str(retry)}
+            ) from exc
+        except SourceError as exc:
+            raise ApiError(400, "bad_source", str(exc)) from exc
+
+    @app.get(
+        "/v1/streams",
+        response_model=list[StreamInfo],
+        tags=["streams"],
+        responses=_ERROR_RESPONSES,
+        dependencies=[read_guard],
+    )
+    async def list_streams() -> list[StreamInfo]:
+        """Running and recently finished streams with live stats. Needs ``read``."""
+        return streams.list()
+
+    @app.get(
+        "/v1/streams/{stream_id}",
+        response_model=StreamInfo,
+        tags=["streams"],
+        responses=_STREAM_RESPONSES,
+        dependencies=[read_guard],
+    )
+    async def get_stream(stream_id: str) -> StreamInfo:
+        """One stream with live stats. Needs ``read``."""
+        try:
+            return streams.get(stream_id)
+        except UnknownStreamError:
+            raise unknown(stream_id) from None
+
+    @app.delete(
+        "/v1/streams/{stream_id}",
+        response_model=StreamInfo,
+        tags=["streams"],
+        responses=_STREAM_RESPONSES,
+        dependencies=[infer_guard],
+    )
+    async def stop_stream(stream_id: str) -> StreamInfo:
+        """Stop a stream (queued frames are finished or dropped, counted) and forget it.
+        Returns its final state. Needs ``infer``."""
+        try:
+            return await anyio.to_thread.run_sync(streams.stop, stream_id)
+        except UnknownStreamError:
+            raise unknown(stream_id) from None
+
+    @app.get(
+        "/v1/streams/{stream_id}/results",
+        tags=["streams"],
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "Server-Sent Events: one `data:` JSON line per frame result "
+                "(the JSONL record), `: heartbeat` comments when idle, and a final "
+                "`event: end` when the stream ends.",
+            },
+            **_STREAM_RESPONSES,
+        },
+        dependencies=[read_guard],
+    )
+    async def stream_results(stream_id: str) -> StreamingResponse:
+        """Live results of a stream as Server-Sent Events. Needs ``read``."""
+        try:
+            sub = streams.subscribe(stream_id, asyncio.get_running_loop())
+        except UnknownStreamError:
+            raise unknown(stream_id) from None
+        heartbeat_s = settings.sse_heartbeat_s
+
+        async def events() -> AsyncIterator[str]:
+            # Starlette cancels this generator when the client disconnects.
+            try:
+                yield ": connected\n\n"
+                last_s = time.monotonic()
+                while True:
+                    items = await sub.aget(min(heartbeat_s, 1.0))
+                    now = time.monotonic()
+                    if items is None:
+                        end = {"stream_id": stream_id, "dropped": sub.dropped}
+                        yield f"event: end\ndata: {json.dumps(end)}\n\n"
+                        return
+                    if items:
+                        yield "".join(f"data: {item}\n\n" for item in items)
+                        last_s = now
+                    elif now - last_s >= heartbeat_s:
+                        yield ": heartbeat\n\n"
+                        last_s = now
+            finally:
+                streams.unsubscribe(stream_id, sub)
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
 
 _IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp")

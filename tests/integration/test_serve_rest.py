@@ -4,7 +4,6 @@ real key store, and an httpx client."""
 from __future__ import annotations
 
 import io
-import socket
 import struct
 import threading
 import time
@@ -21,7 +20,6 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-import uvicorn
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
@@ -29,6 +27,8 @@ from tapetum.core.detections import Detections
 from tapetum.serve.app import DetectorLike, ServeSettings, create_app, default_detector_factory
 from tapetum.serve.auth import KeyStore, Scope
 from tapetum.serve.ratelimit import RateLimit, RateLimiter
+from tests.integration.serve_harness import LoopbackServer
+from tests.integration.serve_harness import assert_error as _assert_error
 
 pytestmark = pytest.mark.integration
 
@@ -36,46 +36,22 @@ MAX_UPLOAD_BYTES = 1024 * 1024
 MAX_BATCH = 4
 #: Routes anyone may call; every other route must demand a key.
 PUBLIC_ROUTES = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
-#: The scope each protected route needs (a new route must be added here, or the walk fails).
+#: The scope each protected (method, route) needs (a new route must be added here, or the
+#: walk fails).
 ROUTE_SCOPES = {
-    "/metrics": Scope.READ,
-    "/v1/models": Scope.READ,
-    "/v1/models/{name}": Scope.READ,
-    "/v1/detect": Scope.INFER,
-    "/v1/detect/batch": Scope.INFER,
+    ("GET", "/metrics"): Scope.READ,
+    ("GET", "/v1/models"): Scope.READ,
+    ("GET", "/v1/models/{name}"): Scope.READ,
+    ("POST", "/v1/detect"): Scope.INFER,
+    ("POST", "/v1/detect/batch"): Scope.INFER,
+    ("POST", "/v1/streams"): Scope.INFER,
+    ("GET", "/v1/streams"): Scope.READ,
+    ("GET", "/v1/streams/{stream_id}"): Scope.READ,
+    ("DELETE", "/v1/streams/{stream_id}"): Scope.INFER,
+    ("GET", "/v1/streams/{stream_id}/results"): Scope.READ,
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class LoopbackServer:
-    """uvicorn in a background thread; ``stop`` asks it to exit as SIGTERM would."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.port = _free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> LoopbackServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        assert not self.thread.is_alive(), "uvicorn did not stop"
+#: Values for path parameters in the walk.
+PATH_PARAMS = {"{name}": "yolox_nano", "{stream_id}": "no-such-stream"}
 
 
 @dataclass
@@ -139,15 +115,6 @@ def served(yolox_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture(scope="module")
 def bus_jpg(assets: Path) -> bytes:
     return (assets / "images" / "bus.jpg").read_bytes()
-
-
-def _assert_error(resp: httpx.Response, status: int, code: str | None = None) -> None:
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert set(body) == {"detail", "code"}, body
-    assert body["detail"], "an error must say why"
-    if code is not None:
-        assert body["code"] == code, body
 
 
 def _classes(body: dict[str, object]) -> list[str]:
@@ -247,19 +214,22 @@ def test_every_protected_route_needs_a_key_and_its_scope(served: Served) -> None
     for route in served.app.routes:
         if not isinstance(route, APIRoute) or route.path in PUBLIC_ROUTES:
             continue
-        assert route.path in ROUTE_SCOPES, f"{route.path}: add it to ROUTE_SCOPES"
-        url = route.path.replace("{name}", "yolox_nano")
+        url = route.path
+        for param, value in PATH_PARAMS.items():
+            url = url.replace(param, value)
         for method in route.methods:
+            key = (method, route.path)
+            assert key in ROUTE_SCOPES, f"{method} {route.path}: add it to ROUTE_SCOPES"
             missing = served.client.request(method, url)
             _assert_error(missing, 401, "missing_api_key")
             assert missing.headers["WWW-Authenticate"].startswith("Bearer")
             bad = served.client.request(method, url, headers={"X-API-Key": "tpk_nope"})
             _assert_error(bad, 401, "invalid_api_key")
-            lacking = served.auth(wrong_key[ROUTE_SCOPES[route.path]])
+            lacking = served.auth(wrong_key[ROUTE_SCOPES[key]])
             _assert_error(
                 served.client.request(method, url, headers=lacking), 403, "insufficient_scope"
             )
-            checked.add(route.path)
+            checked.add(key)
     assert checked == set(ROUTE_SCOPES)
     for public in ("/healthz", "/readyz", "/openapi.json"):
         assert served.client.get(public).status_code == 200
@@ -411,7 +381,7 @@ def test_metrics_count_requests_and_no_500s(served: Served, bus_jpg: bytes) -> N
 
 def test_openapi_lists_routes_with_examples(served: Served) -> None:
     spec = served.client.get("/openapi.json").json()
-    assert set(ROUTE_SCOPES) | {"/healthz", "/readyz"} <= set(spec["paths"])
+    assert {path for _, path in ROUTE_SCOPES} | {"/healthz", "/readyz"} <= set(spec["paths"])
     schemas = spec["components"]["schemas"]
     for name in ("DetectResponse", "ModelInfo", "ErrorResponse", "DetectionOut"):
         assert schemas[name].get("examples"), f"{name} has no example"

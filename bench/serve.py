@@ -1,0 +1,324 @@
+"""Serving benchmark: ``POST /v1/detect`` over loopback vs the bare detector call.
+
+One run, with the real YOLOX-nano model and a real (argon2) key store:
+
+1. ``direct``: ``YoloxDetector([image])`` on the already-decoded image, p50/p95/p99 (the
+   floor the server cannot beat).
+2. ``rest``: uvicorn in a thread of this process on a free loopback port; an async httpx
+   client sends the 640×480 JPEG as the raw body (``Content-Type: image/jpeg``, Bearer key)
+   at 1, 4 and 16 concurrent clients, each level bounded by ``--requests`` requests or
+   ``--seconds`` seconds, whichever comes first. RPS and latency p50/p95/p99 per level.
+3. ``overhead_p50_ms``: REST p50 − direct p50 at 1 client (target < 5 ms): HTTP parsing,
+   auth (cached key), JPEG decode, JSON encoding, the thread hops and the loopback.
+
+The image is ``images/bus.jpg`` (810×1080) resized (stretched) to 640×480 with OpenCV and
+re-encoded as JPEG at quality 90. The client runs in the same process as the server (as
+the loopback tests do), so the client's own CPU time and the GIL count against the server
+on a small machine; the numbers are an upper bound on the overhead.
+
+No rate limit (``rate_per_second=None``) so that the load is not throttled into 429s.
+Writes JSON (default ``bench/results/serve.json``) and prints a table. Never asserts times.
+
+    python bench/serve.py                      # assets from $TAPETUM_ASSETS
+    python bench/serve.py --requests 100 --seconds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import httpx
+import numpy as np
+import uvicorn
+
+from tapetum.detect.runtime import available_cores
+from tapetum.serve.app import ServeSettings, create_app, default_detector_factory
+from tapetum.serve.auth import KeyStore, Scope
+from tapetum.serve.images import decode_image
+
+REPO = Path(__file__).resolve().parents[1]
+LEVELS = (1, 4, 16)
+WIDTH, HEIGHT = 640, 480
+OVERHEAD_TARGET_MS = 5.0
+
+
+def pct(values: list[float] | np.ndarray) -> dict[str, float]:
+    arr = np.asarray(values, np.float64)
+    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
+    return {
+        "p50_ms": round(float(p50), 2),
+        "p95_ms": round(float(p95), 2),
+        "p99_ms": round(float(p99), 2),
+        "n": int(arr.size),
+    }
+
+
+def assets_dir() -> Path:
+    env = os.environ.get("TAPETUM_ASSETS")
+    return Path(env) if env else (REPO / ".." / "shared" / "assets").resolve()
+
+
+def make_jpeg(assets: Path) -> bytes:
+    img = cv2.imread(str(assets / "images" / "bus.jpg"))
+    if img is None:
+        raise SystemExit(f"cannot read {assets / 'images' / 'bus.jpg'}")
+    img = cv2.resize(img, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return buf.tobytes()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ThreadServer:
+    """uvicorn in a background thread of this process."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise SystemExit("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def wait_ready(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=url, timeout=5) as client:
+        while time.monotonic() < deadline:
+            resp = client.get("/readyz")
+            if resp.status_code == 200:
+                return
+            if resp.json().get("status") == "failed":
+                raise SystemExit(f"model failed to load: {resp.text}")
+            time.sleep(0.1)
+    raise SystemExit("model never became ready")
+
+
+def bench_direct(settings: ServeSettings, jpeg: bytes, n: int) -> dict[str, Any]:
+    detector = default_detector_factory(settings)
+    image = decode_image(jpeg, "image/jpeg", settings.image_limits)
+    for _ in range(5):
+        detector([image])
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        detector([image])
+        times.append((time.perf_counter() - t0) * 1e3)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        decode_image(jpeg, "image/jpeg", settings.image_limits)
+    decode_ms = (time.perf_counter() - t0) / 20 * 1e3
+    return {
+        **pct(times),
+        "jpeg_decode_ms": round(decode_ms, 2),
+        "recommended_workers": int(getattr(detector, "recommended_workers", 1)),
+    }
+
+
+async def _load_level(
+    url: str,
+    headers: dict[str, str],
+    jpeg: bytes,
+    clients: int,
+    *,
+    max_requests: int,
+    seconds: float,
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    server_ms: dict[str, list[float]] = {"decode": [], "inference": [], "total": []}
+    errors: dict[str, int] = {}
+    issued = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        # Warm the connections (and the key cache) before the clock starts.
+        await asyncio.gather(
+            *(client.post("/v1/detect", content=jpeg, headers=headers) for _ in range(clients))
+        )
+        start = time.perf_counter()
+        deadline = start + seconds
+
+        async def worker() -> None:
+            nonlocal issued
+            while issued < max_requests and time.perf_counter() < deadline:
+                issued += 1
+                t0 = time.perf_counter()
+                resp = await client.post("/v1/detect", content=jpeg, headers=headers)
+                dt = (time.perf_counter() - t0) * 1e3
+                if resp.status_code == 200:
+                    latencies.append(dt)
+                    for k, v in resp.json()["timings_ms"].items():
+                        server_ms.setdefault(k, []).append(v)
+                else:
+                    errors[str(resp.status_code)] = errors.get(str(resp.status_code), 0) + 1
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    out: dict[str, Any] = {
+        "clients": clients,
+        "requests": len(latencies),
+        "seconds": round(elapsed, 2),
+        "rps": round(len(latencies) / elapsed, 1),
+        **pct(latencies),
+        # The server's own timings_ms (decode; queue + inference; total), p50.
+        "server_timings_p50_ms": {
+            k: round(float(np.median(v)), 2) for k, v in server_ms.items() if v
+        },
+    }
+    if errors:
+        out["errors"] = errors
+    return out
+
+
+def bench_rest(
+    settings: ServeSettings, store: KeyStore, raw_key: str, jpeg: bytes, args: argparse.Namespace
+) -> tuple[dict[str, Any], int]:
+    app = create_app(settings, key_store=store)
+    headers = {"Authorization": f"Bearer {raw_key}", "Content-Type": "image/jpeg"}
+    with ThreadServer(app) as server:
+        wait_ready(server.url)
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            resp = client.post("/v1/detect", content=jpeg, headers=headers)
+            resp.raise_for_status()
+            n_dets = len(resp.json()["detections"])
+        levels = {
+            str(c): asyncio.run(
+                _load_level(
+                    server.url,
+                    headers,
+                    jpeg,
+                    c,
+                    max_requests=args.requests,
+                    seconds=args.seconds,
+                )
+            )
+            for c in LEVELS
+        }
+    return levels, n_dets
+
+
+def bench_grpc() -> str | dict[str, Any]:
+    # TODO(grpc): measure the same 1/4/16-client load over gRPC once tapetum.serve.grpc
+    # has a server entry point (it had only generated stubs when this was written).
+    try:
+        import tapetum.serve.grpc as grpc_mod
+    except ImportError:
+        return "not available"
+    if not hasattr(grpc_mod, "serve") and not hasattr(grpc_mod, "create_server"):
+        return "not available"
+    return "not available (TODO: wire the gRPC client into bench/serve.py)"
+
+
+def print_table(result: dict[str, Any]) -> None:
+    direct = result["direct"]
+    print(
+        f"\ndirect detector call (decoded {WIDTH}x{HEIGHT}): p50 {direct['p50_ms']} ms, "
+        f"p95 {direct['p95_ms']} ms, p99 {direct['p99_ms']} ms (n={direct['n']}); "
+        f"JPEG decode {direct['jpeg_decode_ms']} ms"
+    )
+    print(
+        f"{'clients':>8} {'requests':>9} {'RPS':>8} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'p99 ms':>8} {'p50/direct':>11}"
+    )
+    for lvl in result["rest"].values():
+        ratio = lvl["p50_ms"] / direct["p50_ms"]
+        print(
+            f"{lvl['clients']:>8} {lvl['requests']:>9} {lvl['rps']:>8} {lvl['p50_ms']:>8} "
+            f"{lvl['p95_ms']:>8} {lvl['p99_ms']:>8} {ratio:>10.2f}x"
+            + (f"  errors {lvl['errors']}" if "errors" in lvl else "")
+        )
+    over = result["overhead_p50_ms"]
+    verdict = "meets" if over < OVERHEAD_TARGET_MS else "misses"
+    print(
+        f"server overhead at p50, 1 client: {over} ms ({verdict} the < {OVERHEAD_TARGET_MS} ms "
+        f"target); without the JPEG decode {result['overhead_p50_excl_decode_ms']} ms"
+    )
+    print(f"server-side timings_ms p50 at 1 client: {result['rest']['1']['server_timings_p50_ms']}")
+    print(f"gRPC: {result['grpc']}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--assets", type=Path, default=None)
+    parser.add_argument("--requests", type=int, default=200, help="per level, at most")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per level, at most")
+    parser.add_argument("--direct-n", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve.json")
+    args = parser.parse_args()
+
+    assets = args.assets or assets_dir()
+    model = assets / "models" / "yolox_nano.onnx"
+    if not model.exists():
+        raise SystemExit(f"model not found: {model} (set TAPETUM_ASSETS)")
+    jpeg = make_jpeg(assets)
+    settings = ServeSettings(model_path=model, rate_per_second=None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = KeyStore(Path(tmp) / "keys.db")
+        _, raw_key = store.create("bench", [Scope.INFER])
+        direct = bench_direct(settings, jpeg, args.direct_n)
+        rest, n_dets = bench_rest(settings, store, raw_key, jpeg, args)
+        store.close()
+
+    result: dict[str, Any] = {
+        "machine": {
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "cores": available_cores(),
+        },
+        "model": str(model.name),
+        "image": {
+            "source": "images/bus.jpg resized (stretched) to 640x480, JPEG quality 90",
+            "bytes": len(jpeg),
+            "detections_at_default_conf": n_dets,
+        },
+        "bounds": {"requests_per_level": args.requests, "seconds_per_level": args.seconds},
+        "direct": direct,
+        "rest": rest,
+        "overhead_p50_ms": round(rest["1"]["p50_ms"] - direct["p50_ms"], 2),
+        # The same without the JPEG decode, which the direct call does not do.
+        "overhead_p50_excl_decode_ms": round(
+            rest["1"]["p50_ms"] - direct["p50_ms"] - direct["jpeg_decode_ms"], 2
+        ),
+        "overhead_target_ms": OVERHEAD_TARGET_MS,
+        "grpc": bench_grpc(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

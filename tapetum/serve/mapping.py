@@ -1,0 +1,206 @@
+"""The one conversion between the REST schemas (pydantic, :mod:`tapetum.serve.schemas`) and
+the gRPC messages (protobuf, ``proto/tapetum/v1/tapetum.proto``), both ways.
+
+Each ``*_to_proto`` has a ``*_from_proto`` inverse, and a round trip either way gives back
+an equal value (``tests/unit/test_serve_mapping.py``): proto floats are doubles, and
+``None`` maps to an absent ``optional`` field, never to ``0`` or ``""``. ``*_from_proto``
+validates like the REST API does (a negative width raises ``pydantic.ValidationError``).
+
+Example:
+    >>> from tapetum.serve.schemas import Box
+    >>> box_from_proto(box_to_proto(Box(x1=1.5, y1=2, x2=30, y2=40))) == Box(
+    ...     x1=1.5, y1=2, x2=30, y2=40)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from tapetum.serve.grpc._gen import tapetum_pb2 as pb
+from tapetum.serve.schemas import (
+    BatchDetectResponse,
+    BatchItem,
+    Box,
+    DetectionOut,
+    DetectResponse,
+    Health,
+    ImageSize,
+    ModelInfo,
+    ModelList,
+)
+
+__all__ = [
+    "batch_detect_response_from_proto",
+    "batch_detect_response_to_proto",
+    "batch_item_from_proto",
+    "batch_item_to_proto",
+    "box_from_proto",
+    "box_to_proto",
+    "detect_response_from_proto",
+    "detect_response_to_proto",
+    "detection_from_proto",
+    "detection_to_proto",
+    "health_from_proto",
+    "health_to_proto",
+    "image_size_from_proto",
+    "image_size_to_proto",
+    "model_info_from_proto",
+    "model_info_to_proto",
+    "model_list_from_proto",
+    "model_list_to_proto",
+]
+
+_HealthStatus = Literal["ok", "loading", "failed"]
+_STATUS_TO_PROTO: dict[_HealthStatus, pb.HealthResponse.Status] = {
+    "ok": pb.HealthResponse.STATUS_OK,
+    "loading": pb.HealthResponse.STATUS_LOADING,
+    "failed": pb.HealthResponse.STATUS_FAILED,
+}
+_STATUS_FROM_PROTO = {v: k for k, v in _STATUS_TO_PROTO.items()}
+
+
+def box_to_proto(box: Box) -> pb.Box:
+    return pb.Box(x1=box.x1, y1=box.y1, x2=box.x2, y2=box.y2)
+
+
+def box_from_proto(msg: pb.Box) -> Box:
+    return Box(x1=msg.x1, y1=msg.y1, x2=msg.x2, y2=msg.y2)
+
+
+def detection_to_proto(det: DetectionOut) -> pb.Detection:
+    msg = pb.Detection(
+        box=box_to_proto(det.box),
+        confidence=det.confidence,
+        class_id=det.class_id,
+        class_name=det.class_name,
+    )
+    if det.track_id is not None:
+        msg.track_id = det.track_id
+    return msg
+
+
+def detection_from_proto(msg: pb.Detection) -> DetectionOut:
+    return DetectionOut(
+        box=box_from_proto(msg.box),
+        confidence=msg.confidence,
+        class_id=msg.class_id,
+        class_name=msg.class_name,
+        track_id=msg.track_id if msg.HasField("track_id") else None,
+    )
+
+
+def image_size_to_proto(size: ImageSize) -> pb.ImageSize:
+    return pb.ImageSize(width=size.width, height=size.height)
+
+
+def image_size_from_proto(msg: pb.ImageSize) -> ImageSize:
+    return ImageSize(width=msg.width, height=msg.height)
+
+
+def detect_response_to_proto(resp: DetectResponse) -> pb.DetectResponse:
+    msg = pb.DetectResponse(
+        model=resp.model,
+        image=image_size_to_proto(resp.image),
+        detections=[detection_to_proto(d) for d in resp.detections],
+        timings_ms=resp.timings_ms,
+    )
+    if resp.session_id is not None:
+        msg.session_id = resp.session_id
+    return msg
+
+
+def detect_response_from_proto(msg: pb.DetectResponse) -> DetectResponse:
+    return DetectResponse(
+        model=msg.model,
+        image=image_size_from_proto(msg.image),
+        detections=[detection_from_proto(d) for d in msg.detections],
+        session_id=msg.session_id if msg.HasField("session_id") else None,
+        timings_ms=dict(msg.timings_ms),
+    )
+
+
+def batch_item_to_proto(item: BatchItem) -> pb.BatchItem:
+    return pb.BatchItem(
+        image=image_size_to_proto(item.image),
+        detections=[detection_to_proto(d) for d in item.detections],
+    )
+
+
+def batch_item_from_proto(msg: pb.BatchItem) -> BatchItem:
+    return BatchItem(
+        image=image_size_from_proto(msg.image),
+        detections=[detection_from_proto(d) for d in msg.detections],
+    )
+
+
+def batch_detect_response_to_proto(resp: BatchDetectResponse) -> pb.BatchDetectResponse:
+    return pb.BatchDetectResponse(
+        model=resp.model,
+        results=[batch_item_to_proto(r) for r in resp.results],
+        timings_ms=resp.timings_ms,
+    )
+
+
+def batch_detect_response_from_proto(msg: pb.BatchDetectResponse) -> BatchDetectResponse:
+    return BatchDetectResponse(
+        model=msg.model,
+        results=[batch_item_from_proto(r) for r in msg.results],
+        timings_ms=dict(msg.timings_ms),
+    )
+
+
+def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        name=info.name,
+        family=info.family,
+        path=info.path,
+        input_width=info.input_width,
+        input_height=info.input_height,
+        num_classes=info.num_classes,
+        providers=info.providers,
+    )
+
+
+def model_info_from_proto(msg: pb.ModelInfo) -> ModelInfo:
+    # ``family`` is validated by pydantic (only "yolox" today); pass the raw string.
+    return ModelInfo.model_validate(
+        {
+            "name": msg.name,
+            "family": msg.family,
+            "path": msg.path,
+            "input_width": msg.input_width,
+            "input_height": msg.input_height,
+            "num_classes": msg.num_classes,
+            "providers": list(msg.providers),
+        }
+    )
+
+
+def model_list_to_proto(models: ModelList) -> pb.ListModelsResponse:
+    return pb.ListModelsResponse(models=[model_info_to_proto(m) for m in models.models])
+
+
+def model_list_from_proto(msg: pb.ListModelsResponse) -> ModelList:
+    return ModelList(models=[model_info_from_proto(m) for m in msg.models])
+
+
+def health_to_proto(health: Health) -> pb.HealthResponse:
+    msg = pb.HealthResponse(
+        status=_STATUS_TO_PROTO[health.status], model_loaded=health.model_loaded
+    )
+    if health.detail is not None:
+        msg.detail = health.detail
+    return msg
+
+
+def health_from_proto(msg: pb.HealthResponse) -> Health:
+    """Raises ``ValueError`` for ``STATUS_UNSPECIFIED`` (a message that never set it)."""
+    status = _STATUS_FROM_PROTO.get(msg.status)
+    if status is None:
+        raise ValueError(f"health status {msg.status} is not ok, loading or failed")
+    return Health(
+        status=status,
+        model_loaded=msg.model_loaded,
+        detail=msg.detail if msg.HasField("detail") else None,
+    )

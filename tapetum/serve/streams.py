@@ -1,0 +1,542 @@
+"""Server-owned streams: background pipelines started and stopped over the API.
+
+:class:`StreamManager` owns one :class:`~tapetum.pipeline.Pipeline` per stream (one source
+each, sharing the server's detector) and fans every frame result out to live
+subscribers, each behind a bounded drop-oldest queue (a slow client loses the oldest
+results, counted; it never slows the pipeline).
+
+Opening a source goes through a per-URI :class:`~tapetum.core.breaker.CircuitBreaker`:
+a URI that failed to open ``failure_threshold`` times in a row is refused at once
+(:class:`~tapetum.core.breaker.CircuitOpenError`) until its reset timeout passes, so a
+client retrying a dead camera does not tie up the server probing it.
+
+Example:
+    >>> manager = StreamManager(lambda: detector, max_streams=4)   # doctest: +SKIP
+    >>> info = manager.start("rtsp://cam/101", StreamOptions(conf=0.4))  # doctest: +SKIP
+    >>> sub = manager.subscribe(info.stream_id)                      # doctest: +SKIP
+    >>> sub.get(timeout_s=1.0)   # JSON lines of frame results       # doctest: +SKIP
+    >>> manager.stop(info.stream_id)                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from tapetum.core.breaker import BreakerRegistry, CircuitBreaker
+from tapetum.core.detections import Detections
+from tapetum.core.frame import Frame
+from tapetum.core.result import FrameResult
+from tapetum.detect.base import StagedDetector
+from tapetum.errors import SourceError, TapetumError
+from tapetum.pipeline import Enricher, Pipeline, PipelineConfig
+from tapetum.sources import Source, open_source
+from tapetum.sources.video import LIVE_SCHEMES, redact_url, url_scheme
+
+__all__ = [
+    "StreamInfo",
+    "StreamLimitError",
+    "StreamManager",
+    "StreamOptions",
+    "StreamStatsOut",
+    "Subscription",
+    "UnknownStreamError",
+]
+
+log = logging.getLogger(__name__)
+
+StreamStateName = Literal["running", "finished", "stopped", "failed"]
+
+
+class StreamLimitError(TapetumError):
+    """The server already runs its maximum number of streams."""
+
+
+class UnknownStreamError(TapetumError):
+    """No stream has this id (never started, or stopped and removed)."""
+
+
+# ------------------------------------------------------------------------------ payloads
+
+
+class StreamOptions(BaseModel):
+    """How to run one stream (the body of ``POST /v1/streams`` less the URI)."""
+
+    tracker: str = Field(default="bytetrack", description="Tracker name.", examples=["bytetrack"])
+    conf: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Score threshold of reported tracks.",
+        examples=[0.35],
+    )
+    realtime: bool = Field(
+        default=False, description="Pace a file at its native frame rate, as a camera would."
+    )
+
+
+class StreamStatsOut(BaseModel):
+    """Live counters of one stream."""
+
+    frames_read: int
+    frames_processed: int
+    frames_dropped: int
+    frames_corrupt: int
+    frames_failed: int
+    reconnects: int
+    fps: float
+    p50_end_to_end_ms: float | None
+    p99_end_to_end_ms: float | None
+    subscribers: int
+    results_dropped: int = Field(description="Results dropped by slow live subscribers.")
+
+
+class StreamInfo(BaseModel):
+    """One stream as the API shows it."""
+
+    stream_id: str
+    uri: str = Field(description="The source URI, credentials redacted.")
+    state: StreamStateName
+    is_live: bool
+    created_at: float = Field(description="Unix time the stream started.")
+    options: StreamOptions
+    stats: StreamStatsOut
+    error: str | None = None
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "stream_id": "3f2a9c1b7d4e",
+                    "uri": "rtsp://cam-7:554/Streaming/101",
+                    "state": "running",
+                    "is_live": True,
+                    "created_at": 1_764_000_000.0,
+                    "options": {"tracker": "bytetrack", "conf": 0.35, "realtime": False},
+                    "stats": {
+                        "frames_read": 750,
+                        "frames_processed": 748,
+                        "frames_dropped": 2,
+                        "frames_corrupt": 0,
+                        "frames_failed": 0,
+                        "reconnects": 0,
+                        "fps": 24.9,
+                        "p50_end_to_end_ms": 41.2,
+                        "p99_end_to_end_ms": 88.0,
+                        "subscribers": 1,
+                        "results_dropped": 0,
+                    },
+                }
+            ]
+        }
+    }
+
+
+# --------------------------------------------------------------------------- subscribers
+
+
+class Subscription:
+    """A bounded, drop-oldest queue of one subscriber's results (JSON strings).
+
+    Filled from the stream's sink thread; read with ``get`` (blocking, any thread) or
+    ``aget`` (on the event loop the subscription was made on).
+    """
+
+    def __init__(self, capacity: int, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._items: deque[str] = deque()
+        self._capacity = capacity
+        self._cond = threading.Condition()
+        self._ended = False
+        self._loop = loop
+        self._wakeup = asyncio.Event() if loop is not None else None
+        #: results discarded because this subscriber fell behind.
+        self.dropped = 0
+        self.delivered = 0
+
+    def push(self, item: str) -> None:
+        with self._cond:
+            if len(self._items) >= self._capacity:
+                self._items.popleft()
+                self.dropped += 1
+            self._items.append(item)
+            self._cond.notify_all()
+        self._wake()
+
+    def end(self) -> None:
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._loop is not None and self._wakeup is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+                self._loop.call_soon_threadsafe(self._wakeup.set)
+
+    def _take_locked(self) -> list[str] | None:
+        if self._items:
+            items = list(self._items)
+            self._items.clear()
+            self.delivered += len(items)
+            return items
+        return None if self._ended else []
+
+    def get(self, timeout_s: float) -> list[str] | None:
+        """Queued results (possibly none after ``timeout_s``); None once the stream ended
+        and everything was taken."""
+        with self._cond:
+            if not self._items and not self._ended:
+                self._cond.wait(timeout_s)
+            return self._take_locked()
+
+    async def aget(self, timeout_s: float) -> list[str] | None:
+        """``get`` for the event loop the subscription was made on."""
+        assert self._wakeup is not None, "subscribe with a loop to use aget"
+        self._wakeup.clear()
+        with self._cond:
+            taken = self._take_locked()
+        if taken != []:
+            return taken
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout_s)
+        with self._cond:
+            return self._take_locked()
+
+
+class _FanOut:
+    """The stream's sink: serialises each result once and hands it to every subscriber."""
+
+    def __init__(self) -> None:
+        self._subs: list[Subscription] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self.results_dropped_by_closed = 0
+
+    def add(self, sub: Subscription) -> None:
+        with self._lock:
+            if self._closed:
+                sub.end()
+                return
+            self._subs.append(sub)
+
+    def remove(self, sub: Subscription) -> None:
+        with self._lock:
+            if sub in self._subs:
+                self._subs.remove(sub)
+
+    @property
+    def subscribers(self) -> list[Subscription]:
+        with self._lock:
+            return list(self._subs)
+
+    def write(self, result: FrameResult) -> None:
+        subs = self.subscribers
+        if not subs:
+            return
+        record: dict[str, Any] = result.to_record()
+        e2e = result.timings_ms.get("end_to_end")
+        if e2e is not None:
+            record["end_to_end_ms"] = round(e2e, 2)
+        line = json.dumps(record, separators=(",", ":"))
+        for sub in subs:
+            sub.push(line)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            subs, self._subs = self._subs, []
+        for sub in subs:
+            sub.end()
+
+
+def _conf_filter(conf: float) -> Callable[[Source], Enricher]:
+    def make(_src: Source) -> Enricher:
+        def keep(frame: Frame, detections: Detections) -> Detections:
+            return detections[detections.confidence >= conf]
+
+        return keep
+
+    return make
+
+
+# --------------------------------------------------------------------------------- manager
+
+
+@dataclass(slots=True)
+class _Managed:
+    stream_id: str
+    uri: str
+    options: StreamOptions
+    source: Source
+    pipeline: Pipeline
+    fanout: _FanOut
+    created_at: float
+    stopped: bool = False
+    dropped_by_gone: int = field(default=0)  # results dropped by subscribers now gone
+
+
+class StreamManager:
+    """Starts, lists, inspects and stops background pipelines.
+
+    Args:
+        detector_provider: returns the shared detector, or raises when it is not ready
+            (its exception propagates from ``start``).
+        max_streams: most streams running at once (finished ones do not count).
+        breakers: where per-URI source breakers live (and are exported from); default a
+            private registry with ``failure_threshold=3, reset_timeout_s=30``.
+        subscriber_queue_size: results buffered per live subscriber before drop-oldest.
+        max_finished: finished streams kept for inspection (oldest forgotten first).
+        source_options: extra ``open_source`` options (e.g. ``reconnect_max_attempts``).
+    """
+
+    def __init__(
+        self,
+        detector_provider: Callable[[], StagedDetector],
+        max_streams: int = 8,
+        breakers: BreakerRegistry | None = None,
+        *,
+        subscriber_queue_size: int = 64,
+        max_finished: int = 32,
+        source_options: dict[str, Any] | None = None,
+    ) -> None:
+        self._detector_provider = detector_provider
+        self.max_streams = max_streams
+        self.breakers = (
+            breakers
+            if breakers is not None
+            else BreakerRegistry(failure_threshold=3, reset_timeout_s=30.0)
+        )
+        self.subscriber_queue_size = subscriber_queue_size
+        self.max_finished = max_finished
+        self._source_options = dict(source_options or {})
+        self._streams: dict[str, _Managed] = {}
+        self._starting = 0
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------- helpers
+    def breaker_for(self, uri: str) -> CircuitBreaker:
+        return self.breakers.get(f"source:{redact_url(uri)}")
+
+    def _running_locked(self) -> int:
+        return sum(1 for m in self._streams.values() if not m.pipeline.finished)
+
+    def _forget_finished_locked(self) -> None:
+        done = [k for k, m in self._streams.items() if m.pipeline.finished]
+        for key in done[: max(0, len(done) - self.max_finished)]:
+            del self._streams[key]
+
+    def _managed(self, stream_id: str) -> _Managed:
+        with self._lock:
+            managed = self._streams.get(stream_id)
+        if managed is None:
+            raise UnknownStreamError(f"no stream {stream_id!r}")
+        return managed
+
+    @staticmethod
+    def check_uri(uri: str) -> None:
+        """Refuse what no retry can fix (an unsupported scheme, a missing path) at once,
+        without touching the URI's breaker, which is for sources that fail when probed.
+
+        Raises:
+            SourceError: with the reason.
+        """
+        scheme = url_scheme(uri)
+        if scheme is not None:
+            if scheme not in LIVE_SCHEMES:
+                supported = ", ".join(sorted(LIVE_SCHEMES))
+                raise SourceError(
+                    f"cannot open {redact_url(uri)}: unsupported URL scheme '{scheme}' "
+                    f"(supported: {supported}, or a file or folder path)"
+                )
+        elif not Path(uri).exists():
+            raise SourceError(f"cannot open source {uri}: no such file or directory")
+
+    # ----------------------------------------------------------------- API
+    def start(self, uri: str, options: StreamOptions | None = None) -> StreamInfo:
+        """Open ``uri`` and start its pipeline in the background (blocks while the source
+        is probed: call it off the event loop).
+
+        Raises:
+            StreamLimitError: ``max_streams`` streams are running.
+            CircuitOpenError: this URI failed to open repeatedly; retry later.
+            SourceError: the source cannot be opened (the reason says why); only failures
+                of a probe count towards the breaker (see ``check_uri``).
+            ConfigError: an unknown tracker name.
+        """
+        from tapetum.track import make_tracker
+
+        options = options or StreamOptions()
+        make_tracker(options.tracker, 30.0)  # a bad name fails before any work
+        self.check_uri(uri)
+        detector = self._detector_provider()
+        with self._lock:
+            running = self._running_locked() + self._starting
+            if running >= self.max_streams:
+                raise StreamLimitError(
+                    f"this server runs at most {self.max_streams} streams and {running} are "
+                    "running; stop one (DELETE /v1/streams/{id}) or retry later"
+                )
+            self._starting += 1
+        try:
+            stream_id = uuid.uuid4().hex[:12]
+            source = self.breaker_for(uri).call(
+                open_source,
+                uri,
+                source_id=stream_id,
+                realtime=options.realtime,
+                **self._source_options,
+            )
+            fanout = _FanOut()
+            tracker_name = options.tracker
+
+            def tracker_factory(src: Source) -> Any:
+                return make_tracker(tracker_name, src.fps or 30.0)
+
+            try:
+                pipeline = Pipeline(
+                    [source],
+                    detector,
+                    tracker_factory,
+                    sinks=[fanout],
+                    config=PipelineConfig(warmup=False, inference_workers=1),
+                    enrichers=[_conf_filter(options.conf)] if options.conf is not None else [],
+                )
+                pipeline.start()
+            except BaseException:
+                close = getattr(source, "close", None)
+                if close is not None:
+                    close()
+                raise
+            managed = _Managed(
+                stream_id, redact_url(uri), options, source, pipeline, fanout, time.time()
+            )
+            with self._lock:
+                self._streams[stream_id] = managed
+                self._forget_finished_locked()
+        finally:
+            with self._lock:
+                self._starting -= 1
+        log.info("stream %s started on %s", stream_id, managed.uri)
+        return self._info(managed)
+
+    def list(self) -> list[StreamInfo]:
+        with self._lock:
+            managed = list(self._streams.values())
+        return [self._info(m) for m in managed]
+
+    def get(self, stream_id: str) -> StreamInfo:
+        """Raises UnknownStreamError."""
+        return self._info(self._managed(stream_id))
+
+    def stop(self, stream_id: str, drain: bool = True, timeout_s: float = 10.0) -> StreamInfo:
+        """Stop reading the source, finish (``drain``) or drop what is queued, wait for the
+        pipeline to end, and forget the stream. Returns its final state. Blocks: call it
+        off the event loop. Raises UnknownStreamError."""
+        managed = self._managed(stream_id)
+        managed.stopped = True
+        managed.pipeline.stop(drain=drain)
+        if not managed.pipeline.join(timeout_s):
+            managed.pipeline.stop(drain=False)
+            managed.pipeline.join(timeout_s)
+        with self._lock:
+            self._streams.pop(stream_id, None)
+        info = self._info(managed)
+        log.info(
+            "stream %s stopped: %d frames processed, %d dropped",
+            stream_id,
+            info.stats.frames_processed,
+            info.stats.frames_dropped,
+        )
+        return info
+
+    def stop_all(self, drain: bool = True, timeout_s: float = 10.0) -> int:
+        """Stop every stream (server shutdown); returns how many were running."""
+        with self._lock:
+            managed = list(self._streams.values())
+        running = [m for m in managed if not m.pipeline.finished]
+        for m in managed:
+            m.stopped = True
+            m.pipeline.stop(drain=drain)
+        deadline = time.monotonic() + timeout_s
+        for m in managed:
+            if not m.pipeline.join(max(0.0, deadline - time.monotonic())):
+                m.pipeline.stop(drain=False)
+        with self._lock:
+            self._streams.clear()
+        return len(running)
+
+    def subscribe(
+        self, stream_id: str, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Subscription:
+        """A live feed of the stream's results from now on (ended when the stream ends).
+        Raises UnknownStreamError."""
+        managed = self._managed(stream_id)
+        sub = Subscription(self.subscriber_queue_size, loop)
+        managed.fanout.add(sub)
+        return sub
+
+    def unsubscribe(self, stream_id: str, sub: Subscription) -> None:
+        with self._lock:
+            managed = self._streams.get(stream_id)
+        if managed is not None:
+            managed.fanout.remove(sub)
+            managed.dropped_by_gone += sub.dropped
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._running_locked()
+
+    # ----------------------------------------------------------------- info
+    def _info(self, m: _Managed) -> StreamInfo:
+        stats = m.pipeline.stats()
+        (s,) = stats.streams
+        e2e = m.pipeline.recent_latency_ms("end_to_end")
+        subs = m.fanout.subscribers
+        state: StreamStateName
+        if not stats.finished:
+            state = "running"
+        elif s.error is not None:
+            state = "failed"
+        elif m.stopped:
+            state = "stopped"
+        else:
+            state = "finished"
+
+        def ms(value: float) -> float | None:
+            return round(value, 2) if math.isfinite(value) else None
+
+        return StreamInfo(
+            stream_id=m.stream_id,
+            uri=m.uri,
+            state=state,
+            is_live=s.is_live,
+            created_at=m.created_at,
+            options=m.options,
+            error=s.error,
+            stats=StreamStatsOut(
+                frames_read=s.frames_read,
+                frames_processed=s.frames_processed,
+                frames_dropped=s.frames_dropped,
+                frames_corrupt=s.frames_corrupt,
+                frames_failed=s.frames_failed,
+                reconnects=s.reconnects,
+                fps=round(s.fps, 2),
+                p50_end_to_end_ms=ms(e2e.p50_ms),
+                p99_end_to_end_ms=ms(e2e.p99_ms),
+                subscribers=len(subs),
+                results_dropped=m.dropped_by_gone + sum(sub.dropped for sub in subs),
+            ),
+        )
