@@ -3,8 +3,10 @@
 Registered by the CLI as ``app.command("serve")(serve_command)``. The web stack is the
 ``serve`` extra and gRPC the ``grpc`` extra, imported only when the command runs.
 
-Both APIs share one detector (the REST lifespan loads it; gRPC answers UNAVAILABLE until
-then), one key store and one rate limiter, so a key's budget counts calls on both.
+Both APIs serve one :class:`~tapetum.serve.service.DetectionService` (one model, loaded in
+the background, gRPC answering UNAVAILABLE and REST 503 until then; one inference limit;
+one set of tracking sessions), one key store and one rate limiter, so a key's budget counts
+calls on both.
 """
 
 from __future__ import annotations
@@ -12,17 +14,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from tapetum.cli.keys import DEFAULT_DB
 from tapetum.errors import ConfigError
-
-if TYPE_CHECKING:
-    from tapetum.serve.app import ServeSettings
-    from tapetum.serve.auth import KeyStore
-    from tapetum.serve.ratelimit import RateLimiter
 
 
 def serve_command(  # noqa: PLR0917 - typer maps parameters to options
@@ -62,7 +59,9 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
 
     uvicorn = import_optional("uvicorn", "serve", "tapetum serve")
     import_optional("fastapi", "serve", "tapetum serve")
-    from tapetum.serve.app import ServeSettings, create_app
+    from tapetum.serve.app import create_app
+    from tapetum.serve.service import DetectionService
+    from tapetum.serve.settings import ServeSettings, default_key_store, default_rate_limiter
 
     if not model.is_file():
         raise ConfigError(f"model file not found: {model}")
@@ -81,24 +80,19 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         rate_per_second=rate if rate > 0 else None,
         rate_burst=max(burst, int(rate) + (rate % 1 > 0)),
     )
-    if grpc_port == 0:
-        app = create_app(settings)
-        grpc_server = None
-    else:
+    service = DetectionService(settings)
+    key_store = default_key_store(settings)
+    rate_limiter = default_rate_limiter(settings)
+    app = create_app(settings, key_store=key_store, rate_limiter=rate_limiter, service=service)
+    grpc_server = None
+    if grpc_port != 0:
         import_optional("grpc", "grpc", "tapetum serve --grpc-port")
-        from tapetum.serve.grpc.server import SharedDetector, create_grpc_server
+        from tapetum.serve.grpc.server import create_grpc_server
 
-        key_store, rate_limiter = _shared_guards(settings)
-        shared = SharedDetector()
-        app = create_app(
-            settings,
-            detector_factory=shared.factory,
-            key_store=key_store,
-            rate_limiter=rate_limiter,
-        )
         grpc_server = create_grpc_server(
-            settings, shared, key_store, rate_limiter, grpc_port, host=host
+            settings, service, key_store, rate_limiter, grpc_port, host=host
         )
+        service.start()  # the REST lifespan would too; gRPC may be asked first
         grpc_server.start()
 
     # uvicorn owns SIGTERM/SIGINT: it stops accepting, waits for in-flight requests up to
@@ -123,18 +117,3 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
     finally:
         if grpc_server is not None:
             grpc_server.stop(graceful_s).wait()
-
-
-def _shared_guards(settings: ServeSettings) -> tuple[KeyStore | None, RateLimiter | None]:
-    """The key store and rate limiter both APIs use (what ``create_app`` would build)."""
-    from tapetum.serve.auth import KeyStore
-    from tapetum.serve.ratelimit import RateLimit, RateLimiter
-
-    key_store = KeyStore(settings.keys_db) if settings.keys_db is not None else None
-    rate_limiter = None
-    if settings.rate_per_second is not None:
-        rate_limiter = RateLimiter(
-            RateLimit(per_second=settings.rate_per_second, burst=settings.rate_burst),
-            {r: RateLimit(per_second=p, burst=b) for r, (p, b) in settings.route_rates.items()},
-        )
-    return key_store, rate_limiter

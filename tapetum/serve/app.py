@@ -4,12 +4,13 @@ Everything the app needs (detector, key store, rate limiter, metrics registry, t
 sessions) is built per app and injected or created in :func:`create_app`; nothing lives
 in module globals, so two apps in one process (tests) do not share state.
 
-Concurrency: detector calls run in worker threads, never on the event loop, bounded by an
-``anyio.CapacityLimiter`` of ``detector.recommended_workers`` slots (2 single-threaded
-ORT runs on a 2-core CPU; 1 on a GPU). No lock around the model: ONNX Runtime's
-``InferenceSession.run`` is thread-safe, and the limiter keeps concurrent runs to what the
-session's intra-op threads were sized for, so requests queue instead of oversubscribing
-the cores. Per-session trackers are not thread-safe; each has its own lock.
+The detection work itself (model load and readiness, request checks, inference, tracking
+sessions) is :class:`~tapetum.serve.service.DetectionService`, shared with the gRPC server;
+this module is the HTTP adapter: auth, rate limits, uploads, error bodies, metrics, streams.
+
+Concurrency: detector calls run in worker threads (``anyio.to_thread``), never on the event
+loop, bounded by the service's inference semaphore of ``detector.recommended_workers``
+slots, which gRPC calls share (see :mod:`tapetum.serve.service`).
 
 Shutdown: uvicorn handles SIGTERM/SIGINT by closing the listening socket, letting in-flight
 requests finish (up to ``timeout_graceful_shutdown``), then running the lifespan exit.
@@ -27,18 +28,14 @@ import asyncio
 import json
 import logging
 import math
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Protocol, cast
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import anyio
 import anyio.to_thread
-import numpy as np
-import numpy.typing as npt
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -48,24 +45,32 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tapetum.core.breaker import BreakerRegistry, CircuitOpenError
-from tapetum.core.detections import Detections
-from tapetum.detect.base import StagedDetector
 from tapetum.errors import ConfigError, SourceError, TapetumError
 from tapetum.serve.auth import Scope as KeyScope
-from tapetum.serve.images import ImageError, ImageLimits, decode_image, normalize_content_type
+from tapetum.serve.images import ImageError, normalize_content_type
 from tapetum.serve.schemas import (
     BatchDetectResponse,
-    BatchItem,
     DetectResponse,
     ErrorResponse,
     Health,
-    ImageSize,
     ModelInfo,
     ModelList,
-    detections_to_out,
-    detections_to_response,
 )
-from tapetum.serve.sessions import SessionTrackers
+from tapetum.serve.service import DetectionService, EncodedImage
+from tapetum.serve.settings import (
+    SESSION_ID_PATTERN,
+    ApiError,
+    DetectorLike,
+    KeyVerifier,
+    Principal,
+    RateLimiterLike,
+    ServeSettings,
+    default_detector_factory,
+    default_key_store,
+    default_rate_limiter,
+    rate_limit_error,
+    require_scope,
+)
 from tapetum.serve.streams import (
     StreamInfo,
     StreamLimitError,
@@ -76,6 +81,7 @@ from tapetum.serve.streams import (
 
 __all__ = [
     "ApiError",
+    "DetectionService",
     "DetectorLike",
     "KeyVerifier",
     "RateLimiterLike",
@@ -88,164 +94,6 @@ log = logging.getLogger("tapetum.serve")
 
 # Multipart framing around the files: generous, the byte limits are per file.
 _MULTIPART_OVERHEAD_BYTES = 64 * 1024
-_SESSION_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
-
-
-# --------------------------------------------------------------------------- interfaces
-
-
-class _ModelHandle(Protocol):
-    @property
-    def path(self) -> Path: ...
-    @property
-    def providers(self) -> list[str]: ...
-
-
-class DetectorLike(Protocol):
-    """What the server needs of a detector (``YoloxDetector`` fits)."""
-
-    @property
-    def class_names(self) -> tuple[str, ...]: ...
-    @property
-    def input_hw(self) -> tuple[int, int]: ...
-    @property
-    def model(self) -> _ModelHandle: ...
-    def __call__(self, images: Sequence[npt.NDArray[np.uint8]]) -> list[Detections]: ...
-
-
-class _Principal(Protocol):
-    @property
-    def key_id(self) -> str: ...
-    def allows(self, scope: KeyScope) -> bool: ...
-
-
-class KeyVerifier(Protocol):
-    """``tapetum.serve.auth.KeyStore`` fits."""
-
-    def verify(self, raw: str) -> _Principal | None: ...
-
-
-class _Decision(Protocol):
-    @property
-    def allowed(self) -> bool: ...
-    @property
-    def retry_after_s(self) -> float: ...
-
-
-class RateLimiterLike(Protocol):
-    """``tapetum.serve.ratelimit.RateLimiter`` fits."""
-
-    def hit(self, key_id: str, route: str) -> _Decision: ...
-
-
-# ----------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True, slots=True)
-class ServeSettings:
-    """Server configuration.
-
-    Attributes:
-        model_path: YOLOX ONNX file.
-        model_name: name in ``/v1/models`` (default: the file stem).
-        conf_threshold: default score threshold of ``/v1/detect``.
-        min_conf_threshold: the detector's own threshold, the lowest a request may ask
-            for; ByteTrack also sees boxes down to it (its second association uses them).
-        nms_iou: NMS IoU threshold.
-        max_upload_bytes: per image, encoded.
-        max_side_px / max_pixels: decoded size limits, checked from the header.
-        max_batch: most files in one ``/v1/detect/batch`` (≤ 16).
-        keys_db: API key database (``KeyStore``) used when no key store is injected.
-        require_auth: False serves every route without a key (local use only).
-        rate_per_second / rate_burst: default token bucket per (key, route); None: no limit.
-        route_rates: route path → (per_second, burst) overrides.
-        tracker: tracker of ``session_id`` requests.
-        session_frame_rate: frame rate assumed for sessions (scales lost-track lifetime).
-        max_sessions / session_idle_s: tracking-session LRU size and idle expiry.
-        warmup: run one inference before ``/readyz`` turns 200.
-        max_streams: most server-side streams (``POST /v1/streams``) running at once.
-        stream_breaker_failures / stream_breaker_reset_s: a stream URI that failed to open
-            this many times in a row is refused with 503 for this long.
-        stream_subscriber_queue: results buffered per live (SSE) subscriber; a slower
-            client loses the oldest.
-        sse_heartbeat_s: idle time after which an SSE connection gets a comment line.
-    """
-
-    model_path: Path
-    model_name: str | None = None
-    conf_threshold: float = 0.3
-    min_conf_threshold: float = 0.1
-    nms_iou: float = 0.45
-    max_upload_bytes: int = 10 * 1024 * 1024
-    max_side_px: int = 8192
-    max_pixels: int = 40_000_000
-    max_batch: int = 16
-    keys_db: Path | None = None
-    require_auth: bool = True
-    rate_per_second: float | None = 20.0
-    rate_burst: int = 40
-    route_rates: Mapping[str, tuple[float, int]] = field(default_factory=dict)
-    tracker: str = "bytetrack"
-    session_frame_rate: float = 30.0
-    max_sessions: int = 256
-    session_idle_s: float = 300.0
-    warmup: bool = True
-    max_streams: int = 4
-    stream_breaker_failures: int = 3
-    stream_breaker_reset_s: float = 30.0
-    stream_subscriber_queue: int = 64
-    sse_heartbeat_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.min_conf_threshold <= self.conf_threshold <= 1.0:
-            raise ConfigError(
-                f"need 0 ≤ min_conf_threshold ≤ conf_threshold ≤ 1, got "
-                f"{self.min_conf_threshold} and {self.conf_threshold}"
-            )
-        if not 1 <= self.max_batch <= 16:
-            raise ConfigError(f"max_batch must be in [1, 16], got {self.max_batch}")
-        if self.max_upload_bytes < 1 or self.max_side_px < 1 or self.max_pixels < 1:
-            raise ConfigError("upload limits must be positive")
-        if self.max_streams < 0 or self.stream_subscriber_queue < 1:
-            raise ConfigError("max_streams must be ≥ 0 and stream_subscriber_queue ≥ 1")
-        if self.stream_breaker_failures < 1 or self.stream_breaker_reset_s <= 0:
-            raise ConfigError("stream_breaker_failures must be ≥ 1 and the reset time > 0")
-        if self.sse_heartbeat_s <= 0:
-            raise ConfigError(f"sse_heartbeat_s must be > 0, got {self.sse_heartbeat_s}")
-
-    @property
-    def name(self) -> str:
-        return self.model_name or self.model_path.stem
-
-    @property
-    def image_limits(self) -> ImageLimits:
-        return ImageLimits(self.max_upload_bytes, self.max_side_px, self.max_pixels)
-
-
-def default_detector_factory(settings: ServeSettings) -> DetectorLike:
-    """A ``YoloxDetector`` at the settings' floor threshold (requests filter above it)."""
-    from tapetum.detect import DetectorConfig, YoloxDetector
-
-    return YoloxDetector(
-        settings.model_path,
-        DetectorConfig(conf_threshold=settings.min_conf_threshold, nms_iou=settings.nms_iou),
-    )
-
-
-# ------------------------------------------------------------------------------- errors
-
-
-class ApiError(Exception):
-    """An error response: status, stable code, reason, extra headers."""
-
-    def __init__(
-        self, status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.headers = dict(headers or {})
 
 
 def _error(
@@ -452,13 +300,9 @@ class _MetricsMiddleware:
 class _State:
     settings: ServeSettings
     metrics: _Metrics
-    sessions: SessionTrackers
+    service: DetectionService
     breakers: BreakerRegistry
     streams: StreamManager | None = None
-    detector: DetectorLike | None = None
-    ready: bool = False
-    load_error: str | None = None
-    limiter: anyio.CapacityLimiter | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,27 +315,14 @@ class _Anonymous:
         return True
 
 
-def _load_model(state: _State, factory: Callable[[ServeSettings], DetectorLike]) -> None:
-    """Load and warm the detector (runs in a thread; /healthz answers meanwhile)."""
-    try:
-        t0 = time.perf_counter()
-        detector = factory(state.settings)
-        if state.settings.warmup:
-            h, w = detector.input_hw
-            detector([np.full((h, w, 3), 114, np.uint8)])
-        workers = int(getattr(detector, "recommended_workers", 1) or 1)
-        state.limiter = anyio.CapacityLimiter(max(1, workers))
-        state.detector = detector
-        state.ready = True
-        log.info(
-            "model %s ready in %.2f s (%d inference slots)",
-            state.settings.name,
-            time.perf_counter() - t0,
-            workers,
-        )
-    except Exception as exc:  # reported by /readyz; the process stays up to say why
-        state.load_error = f"{type(exc).__name__}: {exc}"
-        log.error("model load failed: %s", state.load_error)
+def _split_classes(classes: str | None) -> list[str] | None:
+    """The ``classes`` query (comma-separated) → its entries; 422 when it names none."""
+    if classes is None:
+        return None
+    wanted = [c for c in classes.split(",") if c.strip()]
+    if not wanted:
+        raise ApiError(422, "invalid_request", "classes: give class names or ids, comma-separated")
+    return wanted
 
 
 # ------------------------------------------------------------------------------------ app
@@ -502,60 +333,41 @@ def create_app(
     detector_factory: Callable[[ServeSettings], DetectorLike] = default_detector_factory,
     key_store: KeyVerifier | None = None,
     rate_limiter: RateLimiterLike | None = None,
+    service: DetectionService | None = None,
 ) -> FastAPI:
     """Build the REST app. The model loads in the lifespan, in a thread.
 
     Args:
         settings: configuration.
-        detector_factory: builds the detector (tests inject fakes; default YOLOX).
-        key_store: verifies API keys; default ``KeyStore(settings.keys_db)`` when
-            ``require_auth``.
-        rate_limiter: default ``RateLimiter`` from the settings' rates (none when
+        detector_factory: builds the detector (tests inject fakes; default YOLOX); used
+            only when no ``service`` is given.
+        key_store: verifies API keys; default :func:`default_key_store`.
+        rate_limiter: default :func:`default_rate_limiter` (none when
             ``settings.rate_per_second`` is None).
+        service: the detection service to serve (shared with a gRPC server); default a
+            new one of ``detector_factory``. The lifespan starts it (idempotent).
 
     Raises:
         ConfigError: auth is required but neither a key store nor ``keys_db`` is given.
     """
-    from tapetum.track import make_tracker
-
     if settings.require_auth and key_store is None:
-        if settings.keys_db is None:
-            raise ConfigError("authentication is on: give a keys database (--keys-db) or --no-auth")
-        from tapetum.serve.auth import KeyStore
-
-        key_store = KeyStore(settings.keys_db)
-    if rate_limiter is None and settings.rate_per_second is not None:
-        from tapetum.serve.ratelimit import RateLimit, RateLimiter
-
-        rate_limiter = RateLimiter(
-            RateLimit(per_second=settings.rate_per_second, burst=settings.rate_burst),
-            {r: RateLimit(per_second=p, burst=b) for r, (p, b) in settings.route_rates.items()},
-        )
-    make_tracker(settings.tracker, settings.session_frame_rate)  # a bad name fails now
+        key_store = default_key_store(settings)
+    if rate_limiter is None:
+        rate_limiter = default_rate_limiter(settings)
+    if service is None:
+        service = DetectionService(settings, detector_factory)  # a bad tracker fails now
     breakers = BreakerRegistry(
         failure_threshold=settings.stream_breaker_failures,
         reset_timeout_s=settings.stream_breaker_reset_s,
     )
     metrics = _Metrics(breakers)
-    state = _State(
-        settings=settings,
-        metrics=metrics,
-        sessions=SessionTrackers(
-            lambda: make_tracker(settings.tracker, settings.session_frame_rate),
-            settings.max_sessions,
-            settings.session_idle_s,
-        ),
-        breakers=breakers,
-    )
+    state = _State(settings=settings, metrics=metrics, service=service, breakers=breakers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loader = threading.Thread(
-            target=_load_model, args=(state, detector_factory), name="model-load", daemon=True
-        )
-        loader.start()
+        service.start()
         yield
-        log.info("shutting down: %d tracking sessions dropped", len(state.sessions))
+        log.info("shutting down: %d tracking sessions dropped", len(service.sessions))
         stopped = await anyio.to_thread.run_sync(streams.stop_all)
         log.info("shutting down: %d streams stopped", stopped)
 
@@ -572,27 +384,15 @@ def create_app(
 
     # ---- auth + rate limit, one dependency per scope ----
 
-    def guard(scope: KeyScope) -> Callable[[Request], Awaitable[_Principal]]:
-        async def dependency(request: Request) -> _Principal:
+    def guard(scope: KeyScope) -> Callable[[Request], Awaitable[Principal]]:
+        async def dependency(request: Request) -> Principal:
             principal = await _authenticate(request, key_store if settings.require_auth else None)
-            if not principal.allows(scope):
-                raise ApiError(
-                    403,
-                    "insufficient_scope",
-                    f"this API key lacks the {scope.value!r} scope needed by {request.url.path}",
-                )
-            if rate_limiter is not None:
-                route = getattr(request.scope.get("route"), "path", request.url.path)
-                decision = rate_limiter.hit(principal.key_id, route)
-                if not decision.allowed:
-                    metrics.rate_limited.labels(route).inc()
-                    retry = max(1, math.ceil(decision.retry_after_s))
-                    raise ApiError(
-                        429,
-                        "rate_limited",
-                        f"rate limit exceeded for {route}; retry in {retry} s",
-                        {"Retry-After": str(retry)},
-                    )
+            require_scope(principal, scope, request.url.path)
+            route = getattr(request.scope.get("route"), "path", request.url.path)
+            error = rate_limit_error(rate_limiter, principal.key_id, route)
+            if error is not None:
+                metrics.rate_limited.labels(route).inc()
+                raise error
             return principal
 
         return dependency
@@ -600,68 +400,20 @@ def create_app(
     read_guard = Depends(guard(KeyScope.READ))
     infer_guard = Depends(guard(KeyScope.INFER))
 
-    def ready_detector() -> tuple[DetectorLike, anyio.CapacityLimiter]:
-        if not state.ready or state.detector is None or state.limiter is None:
-            reason = state.load_error or "the model is still loading"
-            raise ApiError(503, "not_ready", reason, {"Retry-After": "1"})
-        return state.detector, state.limiter
-
-    def stream_detector() -> StagedDetector:
-        detector, _ = ready_detector()
-        staged = ("preprocess", "infer", "postprocess", "max_batch")
-        if not all(hasattr(detector, name) for name in staged):
-            raise ApiError(
-                501, "not_supported", "this server's detector cannot run streams (not staged)"
-            )
-        return cast(StagedDetector, detector)
-
     streams = StreamManager(
-        stream_detector,
+        service.staged_detector,
         max_streams=settings.max_streams,
         breakers=breakers,
         subscriber_queue_size=settings.stream_subscriber_queue,
     )
     state.streams = streams
 
-    def model_info(detector: DetectorLike) -> ModelInfo:
-        h, w = detector.input_hw
-        return ModelInfo(
-            name=settings.name,
-            path=str(detector.model.path),
-            input_width=w,
-            input_height=h,
-            num_classes=len(detector.class_names),
-            providers=list(detector.model.providers),
-        )
-
-    def class_filter(detector: DetectorLike, classes: str | None) -> frozenset[int] | None:
-        from tapetum.detect.classes import resolve_class_filter
-
-        if classes is None:
-            return None
-        wanted = [c for c in classes.split(",") if c.strip()]
-        if not wanted:
-            raise ApiError(
-                422, "invalid_request", "classes: give class names or ids, comma-separated"
-            )
-        return resolve_class_filter(detector.class_names, wanted)
-
-    def check_conf(conf: float | None) -> float:
-        value = settings.conf_threshold if conf is None else conf
-        if value < settings.min_conf_threshold:
-            raise ApiError(
-                422,
-                "invalid_request",
-                f"conf: {value} is below this server's floor {settings.min_conf_threshold}",
-            )
-        return value
-
     # ---- health ----
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:
         """Liveness: the process answers. No key needed."""
-        return Health(status="ok", model_loaded=state.ready)
+        return Health(status="ok", model_loaded=service.ready)
 
     @app.get(
         "/readyz",
@@ -671,10 +423,11 @@ def create_app(
     )
     async def readyz() -> Response:
         """Readiness: 200 once the model is loaded and warmed with one inference."""
-        if state.ready:
+        if service.ready:
             return JSONResponse(Health(status="ok", model_loaded=True).model_dump())
-        status: Literal["loading", "failed"] = "failed" if state.load_error else "loading"
-        body = Health(status=status, model_loaded=False, detail=state.load_error)
+        error = service.load_error
+        status: Literal["loading", "failed"] = "failed" if error else "loading"
+        body = Health(status=status, model_loaded=False, detail=error)
         return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "1"})
 
     @app.get(
@@ -687,7 +440,7 @@ def create_app(
         """Prometheus metrics (text format). Needs the ``read`` scope."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        metrics.sessions.set(len(state.sessions))
+        metrics.sessions.set(len(service.sessions))
         metrics.streams.set(len(streams))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -702,8 +455,7 @@ def create_app(
     )
     async def list_models() -> ModelList:
         """The loaded models. Needs the ``read`` scope."""
-        detector, _ = ready_detector()
-        return ModelList(models=[model_info(detector)])
+        return ModelList(models=[service.model_info()])
 
     @app.get(
         "/v1/models/{name}",
@@ -714,12 +466,7 @@ def create_app(
     )
     async def describe_model(name: str) -> ModelInfo:
         """One loaded model by name. Needs the ``read`` scope."""
-        detector, _ = ready_detector()
-        if name != settings.name:
-            raise ApiError(
-                404, "unknown_model", f"no model named {name!r}; loaded: {settings.name!r}"
-            )
-        return model_info(detector)
+        return service.model_info(name)
 
     # ---- detect ----
 
@@ -750,7 +497,7 @@ def create_app(
     )
     async def detect(
         request: Request,
-        _key: _Principal = infer_guard,
+        _key: Principal = infer_guard,
         conf: float | None = Query(
             None,
             ge=0.0,
@@ -766,52 +513,28 @@ def create_app(
         ),
         session_id: str | None = Query(
             None,
-            pattern=_SESSION_ID_PATTERN,
+            pattern=SESSION_ID_PATTERN,
             description="Track objects across calls of this session (one camera's frames).",
             examples=["cam-1"],
         ),
     ) -> DetectResponse:
         """Detect objects in one image. Needs the ``infer`` scope."""
-        detector, limiter = ready_detector()
-        threshold = check_conf(conf)
-        class_ids = class_filter(detector, classes)
+        service.detector()
+        service.check_conf(conf)
+        wanted = _split_classes(classes)
+        service.check_request(conf, wanted, session_id)  # before reading the body
         t0 = time.perf_counter()
         data, ctype = await _read_single_upload(request, settings.max_upload_bytes)
-        image = await anyio.to_thread.run_sync(decode_image, data, ctype, settings.image_limits)
-        t1 = time.perf_counter()
-        session = state.sessions.get(session_id) if session_id else None
-
-        def work() -> Detections:
-            start = time.perf_counter()
-            found = detector([image])[0]
-            metrics.inference.labels("detect").observe(time.perf_counter() - start)
-            if class_ids is not None:
-                found = found[np.isin(found.class_id, np.fromiter(class_ids, np.int64))]
-            if session is None:
-                return found[found.confidence >= threshold]
-            # The tracker sees every box down to the floor (ByteTrack's second association
-            # feeds on low scores); the answer keeps boxes above the request's threshold
-            # and every box that carries a confirmed track.
-            found.data["row"] = np.arange(len(found))
-            with session.lock:
-                tracked = session.tracker.update(found)
-            found.tracker_id[tracked.data["row"]] = tracked.tracker_id
-            del found.data["row"]
-            return found[(found.confidence >= threshold) | found.is_tracked]
-
-        result = await anyio.to_thread.run_sync(work, limiter=limiter)
-        t2 = time.perf_counter()
-        return detections_to_response(
-            result,
-            class_names=detector.class_names,
-            model=settings.name,
-            image_hw=(int(image.shape[0]), int(image.shape[1])),
-            timings_ms={
-                "decode": (t1 - t0) * 1e3,
-                "inference": (t2 - t1) * 1e3,
-                "total": (t2 - t0) * 1e3,
-            },
-            session_id=session_id,
+        observe = metrics.inference.labels("detect").observe
+        return await anyio.to_thread.run_sync(
+            lambda: service.detect(
+                EncodedImage(data, ctype),
+                conf,
+                wanted,
+                session_id,
+                started_s=t0,
+                observe=observe,
+            )
         )
 
     batch_body = {
@@ -844,67 +567,30 @@ def create_app(
     )
     async def detect_batch(
         request: Request,
-        _key: _Principal = infer_guard,
+        _key: Principal = infer_guard,
         conf: float | None = Query(None, ge=0.0, le=1.0, examples=[0.35]),
         classes: str | None = Query(None, max_length=2000, examples=["person"]),
     ) -> BatchDetectResponse:
         """Detect objects in several images (multipart ``files``) with one batched model
         call. Needs the ``infer`` scope."""
-        detector, limiter = ready_detector()
-        threshold = check_conf(conf)
-        class_ids = class_filter(detector, classes)
+        service.detector()
+        service.check_conf(conf)
+        wanted = _split_classes(classes)
+        service.check_request(conf, wanted)  # before reading the body
         t0 = time.perf_counter()
         uploads = await _read_batch_upload(request, settings.max_upload_bytes, settings.max_batch)
-
-        def decode_all() -> list[npt.NDArray[np.uint8]]:
-            out = []
-            for i, (data, ctype) in enumerate(uploads):
-                try:
-                    out.append(decode_image(data, ctype, settings.image_limits))
-                except ImageError as exc:
-                    raise ImageError(
-                        f"files[{i}]: {exc}", status=exc.status, code=exc.code
-                    ) from exc
-            return out
-
-        images = await anyio.to_thread.run_sync(decode_all)
-        t1 = time.perf_counter()
-
-        def work() -> list[Detections]:
-            start = time.perf_counter()
-            results = detector(images)
-            metrics.inference.labels("detect_batch").observe(time.perf_counter() - start)
-            kept = []
-            wanted = None if class_ids is None else np.fromiter(class_ids, np.int64)
-            for det in results:
-                mask = det.confidence >= threshold
-                if wanted is not None:
-                    mask &= np.isin(det.class_id, wanted)
-                kept.append(det[mask])
-            return kept
-
-        results = await anyio.to_thread.run_sync(work, limiter=limiter)
-        t2 = time.perf_counter()
-        return BatchDetectResponse(
-            model=settings.name,
-            results=[
-                BatchItem(
-                    image=ImageSize(width=int(img.shape[1]), height=int(img.shape[0])),
-                    detections=detections_to_out(det, detector.class_names),
-                )
-                for img, det in zip(images, results, strict=True)
-            ],
-            timings_ms={
-                "decode": round((t1 - t0) * 1e3, 2),
-                "inference": round((t2 - t1) * 1e3, 2),
-                "total": round((t2 - t0) * 1e3, 2),
-            },
+        images = [EncodedImage(data, ctype) for data, ctype in uploads]
+        observe = metrics.inference.labels("detect_batch").observe
+        return await anyio.to_thread.run_sync(
+            lambda: service.detect_batch(
+                images, conf, wanted, field="files", started_s=t0, observe=observe
+            )
         )
 
     _install_stream_routes(
         app,
         streams,
-        check_conf=check_conf,
+        check_conf=service.check_conf,
         read_guard=read_guard,
         infer_guard=infer_guard,
         settings=settings,
@@ -1072,7 +758,7 @@ _IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp")
 # ------------------------------------------------------------------------------- helpers
 
 
-async def _authenticate(request: Request, key_store: KeyVerifier | None) -> _Principal:
+async def _authenticate(request: Request, key_store: KeyVerifier | None) -> Principal:
     if key_store is None:
         return _Anonymous()
     raw: str | None = None

@@ -20,8 +20,9 @@ from tapetum.serve.app import DetectorLike, ServeSettings, default_detector_fact
 from tapetum.serve.auth import KeyStore
 from tapetum.serve.grpc._gen import tapetum_pb2 as pb
 from tapetum.serve.grpc._gen import tapetum_pb2_grpc as pb_grpc
-from tapetum.serve.grpc.server import SharedDetector, create_grpc_server
+from tapetum.serve.grpc.server import create_grpc_server
 from tapetum.serve.ratelimit import RateLimit, RateLimiter
+from tapetum.serve.service import DetectionService
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +60,10 @@ def served(yolox_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     settings = ServeSettings(model_path=yolox_path, conf_threshold=0.35, max_batch=4)
     detector: DetectorLike = default_detector_factory(settings)
     port = _free_port()
-    server = create_grpc_server(settings, lambda: detector, store, limiter, port)
+    service = DetectionService(settings, lambda _settings: detector)
+    service.start()
+    assert service.wait_ready(120.0), service.load_error
+    server = create_grpc_server(settings, service, store, limiter, port)
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
@@ -313,7 +317,7 @@ def test_rate_limit_burst_gives_resource_exhausted_with_retry_after(served: Serv
 def test_not_ready_is_unavailable(yolox_path: Path, bus_jpg: bytes) -> None:
     settings = ServeSettings(model_path=yolox_path, require_auth=False)
     port = _free_port()
-    server = create_grpc_server(settings, SharedDetector(), None, None, port)
+    server = create_grpc_server(settings, DetectionService(settings), None, None, port)
     server.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -1,0 +1,400 @@
+"""The detection service both APIs serve: ``DetectionService(settings, detector_factory)``.
+
+Framework-free (no FastAPI, no gRPC): the REST app and the gRPC server are thin adapters
+that authenticate, rate-limit, read their transport's request, call this, and render its
+answers or its :class:`~tapetum.serve.settings.ApiError`.
+
+It owns:
+
+- the model: loaded and warmed in a background thread (:meth:`DetectionService.start`);
+  ``ready``, ``load_error`` and :meth:`DetectionService.wait_ready` say where that stands,
+  and every operation raises :class:`NotReadyError` (503, ``not_ready``) until it is done;
+- ONE inference concurrency limit shared by every caller: a ``threading.BoundedSemaphore``
+  of ``detector.recommended_workers`` slots (2 single-threaded ORT runs on a 2-core CPU,
+  1 on a GPU). REST calls the blocking operations through ``anyio.to_thread``; gRPC
+  handler threads call them directly; either way concurrent model runs stay within what
+  the session's intra-op threads were sized for, so requests queue instead of
+  oversubscribing the cores. No lock around the model: ``InferenceSession.run`` is
+  thread-safe;
+- the tracking sessions (one tracker per ``session_id``, shared by both APIs);
+- the request-level operations: :meth:`~DetectionService.check_conf`,
+  :meth:`~DetectionService.class_ids`, :meth:`~DetectionService.model_info`,
+  :meth:`~DetectionService.detect` and :meth:`~DetectionService.detect_batch`.
+
+Example:
+    >>> service = DetectionService(settings)                       # doctest: +SKIP
+    >>> service.start(); service.wait_ready(60.0)                   # doctest: +SKIP
+    True
+    >>> service.detect(EncodedImage(jpeg_bytes, "image/jpeg"), conf=0.4)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+import numpy.typing as npt
+
+from tapetum.core.detections import Detections
+from tapetum.detect.base import StagedDetector
+from tapetum.serve.images import ImageError, decode_image
+from tapetum.serve.schemas import (
+    BatchDetectResponse,
+    BatchItem,
+    DetectResponse,
+    ImageSize,
+    ModelInfo,
+    detections_to_out,
+    detections_to_response,
+)
+from tapetum.serve.sessions import SessionTracker, SessionTrackers
+from tapetum.serve.settings import (
+    SESSION_ID_PATTERN,
+    ApiError,
+    DetectorLike,
+    ServeSettings,
+    default_detector_factory,
+)
+from tapetum.track.base import Tracker
+
+__all__ = ["DetectionService", "EncodedImage", "NotReadyError"]
+
+log = logging.getLogger("tapetum.serve")
+
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
+
+Image = npt.NDArray[np.uint8]
+
+
+class NotReadyError(ApiError):
+    """The model is still loading (``failed`` False) or failed to load (True): 503."""
+
+    def __init__(self, detail: str, *, failed: bool = False) -> None:
+        super().__init__(503, "not_ready", detail, {"Retry-After": "1"})
+        self.failed = failed
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedImage:
+    """An image as the client sent it; the service decodes it with the settings' limits."""
+
+    data: bytes
+    content_type: str
+
+
+class DetectionService:
+    """Model lifecycle, inference limit, tracking sessions and the detection operations.
+
+    Args:
+        settings: configuration (thresholds, limits, tracker, warmup).
+        detector_factory: builds the detector, in the load thread (tests inject fakes).
+
+    Raises:
+        ConfigError: the settings name an unknown tracker.
+    """
+
+    def __init__(
+        self,
+        settings: ServeSettings,
+        detector_factory: Callable[[ServeSettings], DetectorLike] = default_detector_factory,
+    ) -> None:
+        self.settings = settings
+        self._factory = detector_factory
+        self.new_tracker()  # a bad tracker name fails now, not on the first request
+        self.sessions = SessionTrackers(
+            self.new_tracker, settings.max_sessions, settings.session_idle_s
+        )
+        self._detector: DetectorLike | None = None
+        self._slots: threading.BoundedSemaphore | None = None
+        self._load_error: str | None = None
+        self._done = threading.Event()
+        self._start_lock = threading.Lock()
+        self._loader: threading.Thread | None = None
+
+    # ---- lifecycle ----
+
+    def start(self) -> None:
+        """Load and warm the model in a background thread (idempotent)."""
+        with self._start_lock:
+            if self._loader is None:
+                self._loader = threading.Thread(target=self._load, name="model-load", daemon=True)
+                self._loader.start()
+
+    def _load(self) -> None:
+        try:
+            t0 = time.perf_counter()
+            detector = self._factory(self.settings)
+            if self.settings.warmup:
+                h, w = detector.input_hw
+                detector([np.full((h, w, 3), 114, np.uint8)])
+            workers = max(1, int(getattr(detector, "recommended_workers", 1) or 1))
+            self._slots = threading.BoundedSemaphore(workers)
+            self._detector = detector
+            log.info(
+                "model %s ready in %.2f s (%d inference slots)",
+                self.settings.name,
+                time.perf_counter() - t0,
+                workers,
+            )
+        except Exception as exc:  # reported by readiness; the process stays up to say why
+            self._load_error = f"{type(exc).__name__}: {exc}"
+            log.error("model load failed: %s", self._load_error)
+        finally:
+            self._done.set()
+
+    @property
+    def ready(self) -> bool:
+        """The model is loaded and warmed."""
+        return self._detector is not None
+
+    @property
+    def load_error(self) -> str | None:
+        """Why the model failed to load (None while loading or once loaded)."""
+        return self._load_error
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the load finished (or ``timeout`` s passed); True when ready."""
+        self._done.wait(timeout)
+        return self.ready
+
+    def detector(self) -> DetectorLike:
+        """The loaded detector, or :class:`NotReadyError`."""
+        detector = self._detector
+        if detector is not None:
+            return detector
+        if self._load_error is not None:
+            raise NotReadyError(self._load_error, failed=True)
+        raise NotReadyError("the model is still loading")
+
+    def staged_detector(self) -> StagedDetector:
+        """The detector as streams need it (stage by stage); 501 when it cannot."""
+        detector = self.detector()
+        staged = ("preprocess", "infer", "postprocess", "max_batch")
+        if not all(hasattr(detector, name) for name in staged):
+            raise ApiError(
+                501, "not_supported", "this server's detector cannot run streams (not staged)"
+            )
+        return cast(StagedDetector, detector)
+
+    def new_tracker(self) -> Tracker:
+        """A fresh tracker of the settings' kind (one per session or stream call)."""
+        from tapetum.track import make_tracker
+
+        return make_tracker(self.settings.tracker, self.settings.session_frame_rate)
+
+    def _infer(self, images: Sequence[Image]) -> list[Detections]:
+        self.detector()
+        assert self._slots is not None  # set before the detector
+        with self._slots:
+            return self._detector_unchecked()(images)
+
+    def _detector_unchecked(self) -> DetectorLike:
+        assert self._detector is not None
+        return self._detector
+
+    # ---- request checks ----
+
+    def check_conf(self, conf: float | None) -> float:
+        """The request's score threshold (the default for None); 422 out of range."""
+        value = self.settings.conf_threshold if conf is None else conf
+        if not 0.0 <= value <= 1.0:
+            raise ApiError(422, "invalid_request", f"conf: {value} is not in [0, 1]")
+        if value < self.settings.min_conf_threshold:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"conf: {value} is below this server's floor {self.settings.min_conf_threshold}",
+            )
+        return value
+
+    def class_ids(self, names: Sequence[str] | None) -> frozenset[int] | None:
+        """Class names or ids → the ids to keep (None or empty: all); 422 for a blank
+        entry, ``ConfigError`` for an unknown class. Needs the model."""
+        from tapetum.detect.classes import resolve_class_filter
+
+        detector = self.detector()
+        wanted = [c for c in names or () if c.strip()]
+        if names is not None and len(wanted) != len(names):
+            raise ApiError(422, "invalid_request", "classes: an entry is empty")
+        return resolve_class_filter(detector.class_names, wanted or None)
+
+    def check_session_id(self, session_id: str) -> None:
+        """422 unless ``session_id`` matches :data:`SESSION_ID_PATTERN`."""
+        if not _SESSION_ID.match(session_id):
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"session_id: must match {SESSION_ID_PATTERN} (letters, digits, ._:-)",
+            )
+
+    def check_request(
+        self,
+        conf: float | None = None,
+        classes: Sequence[str] | None = None,
+        session_id: str | None = None,
+    ) -> tuple[float, frozenset[int] | None]:
+        """Every check of a detection request, in the order the APIs report them: not
+        ready (503), conf, classes, session id (422). Returns (threshold, class ids)."""
+        self.detector()
+        threshold = self.check_conf(conf)
+        class_ids = self.class_ids(classes)
+        if session_id:
+            self.check_session_id(session_id)
+        return threshold, class_ids
+
+    # ---- operations ----
+
+    def model_info(self, name: str | None = None) -> ModelInfo:
+        """The loaded model; with ``name``, 404 unless it is the loaded model's."""
+        detector = self.detector()
+        if name is not None and name != self.settings.name:
+            raise ApiError(
+                404, "unknown_model", f"no model named {name!r}; loaded: {self.settings.name!r}"
+            )
+        h, w = detector.input_hw
+        return ModelInfo(
+            name=self.settings.name,
+            path=str(detector.model.path),
+            input_width=w,
+            input_height=h,
+            num_classes=len(detector.class_names),
+            providers=list(detector.model.providers),
+        )
+
+    def _decode(self, image: Image | EncodedImage, name: str | None = None) -> Image:
+        if not isinstance(image, EncodedImage):
+            return image
+        try:
+            return decode_image(image.data, image.content_type, self.settings.image_limits)
+        except ImageError as exc:
+            if name is None:
+                raise
+            raise ImageError(f"{name}: {exc}", status=exc.status, code=exc.code) from exc
+
+    def detect(
+        self,
+        image: Image | EncodedImage,
+        conf: float | None = None,
+        classes: Sequence[str] | None = None,
+        session_id: str | None = None,
+        *,
+        session: SessionTracker | None = None,
+        started_s: float | None = None,
+        observe: Callable[[float], None] | None = None,
+    ) -> DetectResponse:
+        """Detect (and with a session, track) objects in one image. Blocking.
+
+        Args:
+            image: decoded RGB, or the encoded bytes to decode under the settings' limits.
+            conf / classes: the request's threshold and class filter (None: defaults).
+            session_id: track across calls of this id (the service's session LRU).
+            session: track with this session instead (``session_id`` is only echoed).
+            started_s: ``time.perf_counter()`` when the request began (default: now).
+            observe: gets the model call's seconds (metrics).
+
+        Raises:
+            NotReadyError, ApiError, ImageError, ConfigError.
+        """
+        t0 = time.perf_counter() if started_s is None else started_s
+        threshold, class_ids = self.check_request(
+            conf, classes, None if session is not None else session_id
+        )
+        decoded = self._decode(image)
+        t1 = time.perf_counter()
+        if session is None and session_id:
+            session = self.sessions.get(session_id)
+        start = time.perf_counter()
+        found = self._infer([decoded])[0]
+        if observe is not None:
+            observe(time.perf_counter() - start)
+        if class_ids is not None:
+            found = found[np.isin(found.class_id, np.fromiter(class_ids, np.int64))]
+        if session is None:
+            found = found[found.confidence >= threshold]
+        else:
+            # The tracker sees every box down to the floor (ByteTrack's second association
+            # feeds on low scores); the answer keeps boxes above the request's threshold
+            # and every box that carries a confirmed track.
+            found.data["row"] = np.arange(len(found))
+            with session.lock:
+                tracked = session.tracker.update(found)
+            found.tracker_id[tracked.data["row"]] = tracked.tracker_id
+            del found.data["row"]
+            found = found[(found.confidence >= threshold) | found.is_tracked]
+        t2 = time.perf_counter()
+        return detections_to_response(
+            found,
+            class_names=self._detector_unchecked().class_names,
+            model=self.settings.name,
+            image_hw=(int(decoded.shape[0]), int(decoded.shape[1])),
+            timings_ms={
+                "decode": (t1 - t0) * 1e3,
+                "inference": (t2 - t1) * 1e3,
+                "total": (t2 - t0) * 1e3,
+            },
+            session_id=session_id or None,
+        )
+
+    def detect_batch(
+        self,
+        images: Sequence[Image | EncodedImage],
+        conf: float | None = None,
+        classes: Sequence[str] | None = None,
+        *,
+        field: str = "images",
+        started_s: float | None = None,
+        observe: Callable[[float], None] | None = None,
+    ) -> BatchDetectResponse:
+        """Detect objects in several images with one batched model call. Blocking.
+
+        Args:
+            field: the request field named in per-image errors (``images[2]: …``).
+            started_s / observe: as :meth:`detect`.
+
+        Raises:
+            NotReadyError, ApiError (none or too many images), ImageError, ConfigError.
+        """
+        t0 = time.perf_counter() if started_s is None else started_s
+        threshold, class_ids = self.check_request(conf, classes)
+        if not images:
+            raise ApiError(422, "missing_file", "the request needs one or more images")
+        if len(images) > self.settings.max_batch:
+            raise ApiError(
+                413, "batch_too_large", f"a batch takes at most {self.settings.max_batch} files"
+            )
+        decoded = [self._decode(img, f"{field}[{i}]") for i, img in enumerate(images)]
+        t1 = time.perf_counter()
+        start = time.perf_counter()
+        results = self._infer(decoded)
+        if observe is not None:
+            observe(time.perf_counter() - start)
+        wanted = None if class_ids is None else np.fromiter(class_ids, np.int64)
+        kept = []
+        for det in results:
+            mask = det.confidence >= threshold
+            if wanted is not None:
+                mask &= np.isin(det.class_id, wanted)
+            kept.append(det[mask])
+        t2 = time.perf_counter()
+        class_names = self._detector_unchecked().class_names
+        return BatchDetectResponse(
+            model=self.settings.name,
+            results=[
+                BatchItem(
+                    image=ImageSize(width=int(img.shape[1]), height=int(img.shape[0])),
+                    detections=detections_to_out(det, class_names),
+                )
+                for img, det in zip(decoded, kept, strict=True)
+            ],
+            timings_ms={
+                "decode": round((t1 - t0) * 1e3, 2),
+                "inference": round((t2 - t1) * 1e3, 2),
+                "total": round((t2 - t0) * 1e3, 2),
+            },
+        )

@@ -1,0 +1,264 @@
+"""Framework-free serving configuration and interfaces, shared by the REST and gRPC APIs.
+
+Nothing here imports FastAPI or gRPC: :class:`ServeSettings`, the protocols a server needs
+of its detector, key store and rate limiter, the :class:`ApiError` both APIs answer with,
+and the factories of the default key store and rate limiter (``tapetum serve`` builds one
+of each and hands it to both APIs, so a key's budget counts calls on both).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from tapetum.core.detections import Detections
+from tapetum.errors import ConfigError
+from tapetum.serve.auth import Scope as KeyScope
+from tapetum.serve.images import ImageLimits
+
+if TYPE_CHECKING:
+    from tapetum.serve.auth import KeyStore
+    from tapetum.serve.ratelimit import RateLimiter
+
+__all__ = [
+    "SESSION_ID_PATTERN",
+    "ApiError",
+    "DetectorLike",
+    "KeyVerifier",
+    "Principal",
+    "RateLimiterLike",
+    "ServeSettings",
+    "default_detector_factory",
+    "default_key_store",
+    "default_rate_limiter",
+    "rate_limit_error",
+    "require_scope",
+]
+
+#: What a tracking ``session_id`` may look like (both APIs check it).
+SESSION_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
+
+
+# --------------------------------------------------------------------------- interfaces
+
+
+class _ModelHandle(Protocol):
+    @property
+    def path(self) -> Path: ...
+    @property
+    def providers(self) -> list[str]: ...
+
+
+class DetectorLike(Protocol):
+    """What the server needs of a detector (``YoloxDetector`` fits)."""
+
+    @property
+    def class_names(self) -> tuple[str, ...]: ...
+    @property
+    def input_hw(self) -> tuple[int, int]: ...
+    @property
+    def model(self) -> _ModelHandle: ...
+    def __call__(self, images: Sequence[npt.NDArray[np.uint8]]) -> list[Detections]: ...
+
+
+class Principal(Protocol):
+    """An authenticated caller (``tapetum.serve.auth.ApiKey`` fits)."""
+
+    @property
+    def key_id(self) -> str: ...
+    def allows(self, scope: KeyScope) -> bool: ...
+
+
+class KeyVerifier(Protocol):
+    """``tapetum.serve.auth.KeyStore`` fits."""
+
+    def verify(self, raw: str) -> Principal | None: ...
+
+
+class _Decision(Protocol):
+    @property
+    def allowed(self) -> bool: ...
+    @property
+    def retry_after_s(self) -> float: ...
+
+
+class RateLimiterLike(Protocol):
+    """``tapetum.serve.ratelimit.RateLimiter`` fits."""
+
+    def hit(self, key_id: str, route: str) -> _Decision: ...
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    """Server configuration.
+
+    Attributes:
+        model_path: YOLOX ONNX file.
+        model_name: name in ``/v1/models`` (default: the file stem).
+        conf_threshold: default score threshold of ``/v1/detect``.
+        min_conf_threshold: the detector's own threshold, the lowest a request may ask
+            for; ByteTrack also sees boxes down to it (its second association uses them).
+        nms_iou: NMS IoU threshold.
+        max_upload_bytes: per image, encoded.
+        max_side_px / max_pixels: decoded size limits, checked from the header.
+        max_batch: most files in one ``/v1/detect/batch`` (≤ 16).
+        keys_db: API key database (``KeyStore``) used when no key store is injected.
+        require_auth: False serves every route without a key (local use only).
+        rate_per_second / rate_burst: default token bucket per (key, route); None: no limit.
+        route_rates: route path → (per_second, burst) overrides.
+        tracker: tracker of ``session_id`` requests.
+        session_frame_rate: frame rate assumed for sessions (scales lost-track lifetime).
+        max_sessions / session_idle_s: tracking-session LRU size and idle expiry.
+        warmup: run one inference before ``/readyz`` turns 200.
+        max_streams: most server-side streams (``POST /v1/streams``) running at once.
+        stream_breaker_failures / stream_breaker_reset_s: a stream URI that failed to open
+            this many times in a row is refused with 503 for this long.
+        stream_subscriber_queue: results buffered per live (SSE) subscriber; a slower
+            client loses the oldest.
+        sse_heartbeat_s: idle time after which an SSE connection gets a comment line.
+    """
+
+    model_path: Path
+    model_name: str | None = None
+    conf_threshold: float = 0.3
+    min_conf_threshold: float = 0.1
+    nms_iou: float = 0.45
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_side_px: int = 8192
+    max_pixels: int = 40_000_000
+    max_batch: int = 16
+    keys_db: Path | None = None
+    require_auth: bool = True
+    rate_per_second: float | None = 20.0
+    rate_burst: int = 40
+    route_rates: Mapping[str, tuple[float, int]] = field(default_factory=dict)
+    tracker: str = "bytetrack"
+    session_frame_rate: float = 30.0
+    max_sessions: int = 256
+    session_idle_s: float = 300.0
+    warmup: bool = True
+    max_streams: int = 4
+    stream_breaker_failures: int = 3
+    stream_breaker_reset_s: float = 30.0
+    stream_subscriber_queue: int = 64
+    sse_heartbeat_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_conf_threshold <= self.conf_threshold <= 1.0:
+            raise ConfigError(
+                f"need 0 ≤ min_conf_threshold ≤ conf_threshold ≤ 1, got "
+                f"{self.min_conf_threshold} and {self.conf_threshold}"
+            )
+        if not 1 <= self.max_batch <= 16:
+            raise ConfigError(f"max_batch must be in [1, 16], got {self.max_batch}")
+        if self.max_upload_bytes < 1 or self.max_side_px < 1 or self.max_pixels < 1:
+            raise ConfigError("upload limits must be positive")
+        if self.max_streams < 0 or self.stream_subscriber_queue < 1:
+            raise ConfigError("max_streams must be ≥ 0 and stream_subscriber_queue ≥ 1")
+        if self.stream_breaker_failures < 1 or self.stream_breaker_reset_s <= 0:
+            raise ConfigError("stream_breaker_failures must be ≥ 1 and the reset time > 0")
+        if self.sse_heartbeat_s <= 0:
+            raise ConfigError(f"sse_heartbeat_s must be > 0, got {self.sse_heartbeat_s}")
+
+    @property
+    def name(self) -> str:
+        return self.model_name or self.model_path.stem
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(self.max_upload_bytes, self.max_side_px, self.max_pixels)
+
+
+def default_detector_factory(settings: ServeSettings) -> DetectorLike:
+    """A ``YoloxDetector`` at the settings' floor threshold (requests filter above it)."""
+    from tapetum.detect import DetectorConfig, YoloxDetector
+
+    return YoloxDetector(
+        settings.model_path,
+        DetectorConfig(conf_threshold=settings.min_conf_threshold, nms_iou=settings.nms_iou),
+    )
+
+
+# ------------------------------------------------------------------------------- errors
+
+
+class ApiError(Exception):
+    """A client-visible error: HTTP status, stable code, reason, extra headers.
+
+    Framework-free: the REST app renders it as a JSON body, the gRPC server maps the status
+    to a gRPC code and puts ``code`` in the trailing metadata.
+    """
+
+    def __init__(
+        self, status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+
+def default_key_store(settings: ServeSettings) -> KeyStore | None:
+    """The key store the settings ask for: None when auth is off, else ``keys_db``'s.
+
+    Raises:
+        ConfigError: auth is on but no ``keys_db`` is set.
+    """
+    if not settings.require_auth:
+        return None
+    if settings.keys_db is None:
+        raise ConfigError("authentication is on: give a keys database (--keys-db) or --no-auth")
+    from tapetum.serve.auth import KeyStore
+
+    return KeyStore(settings.keys_db)
+
+
+def default_rate_limiter(settings: ServeSettings) -> RateLimiter | None:
+    """A ``RateLimiter`` from the settings' rates (None when ``rate_per_second`` is None)."""
+    if settings.rate_per_second is None:
+        return None
+    from tapetum.serve.ratelimit import RateLimit, RateLimiter
+
+    return RateLimiter(
+        RateLimit(per_second=settings.rate_per_second, burst=settings.rate_burst),
+        {r: RateLimit(per_second=p, burst=b) for r, (p, b) in settings.route_rates.items()},
+    )
+
+
+def require_scope(principal: Principal, scope: KeyScope, target: str) -> None:
+    """403 ``insufficient_scope`` unless the key allows ``scope`` (``target``: the route or
+    RPC named in the message)."""
+    if not principal.allows(scope):
+        raise ApiError(
+            403,
+            "insufficient_scope",
+            f"this API key lacks the {scope.value!r} scope needed by {target}",
+        )
+
+
+def rate_limit_error(
+    rate_limiter: RateLimiterLike | None, key_id: str, route: str
+) -> ApiError | None:
+    """Count one call of ``key_id`` on ``route``; the 429 to answer when over the limit."""
+    if rate_limiter is None:
+        return None
+    decision = rate_limiter.hit(key_id, route)
+    if decision.allowed:
+        return None
+    retry = max(1, math.ceil(decision.retry_after_s))
+    return ApiError(
+        429,
+        "rate_limited",
+        f"rate limit exceeded for {route}; retry in {retry} s",
+        {"Retry-After": str(retry)},
+    )
