@@ -14,16 +14,36 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tapetum.cli.keys import DEFAULT_DB
 from tapetum.errors import ConfigError
 
+if TYPE_CHECKING:
+    from tapetum.serve.remote import RemoteDetector
+    from tapetum.serve.settings import ServeSettings
+
 
 def serve_command(  # noqa: PLR0917 - typer maps parameters to options
-    model: Annotated[Path, typer.Option("--model", "-m", help="YOLOX ONNX model file.")],
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="YOLOX ONNX model file.")
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of a local model: another Tapetum node's gRPC address "
+            "(grpc://host:50051), called behind a circuit breaker."
+        ),
+    ] = None,
+    backend_key_env: Annotated[
+        str | None,
+        typer.Option(help="Environment variable holding the backend node's API key."),
+    ] = None,
+    backend_timeout_s: Annotated[
+        float, typer.Option("--backend-timeout", help="Deadline of one backend call, seconds.")
+    ] = 2.0,
     host: Annotated[
         str, typer.Option(help="Address to listen on (0.0.0.0 exposes it to the network).")
     ] = "127.0.0.1",
@@ -45,6 +65,13 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         float, typer.Option(help="Requests per second per API key and route (0: no limit).")
     ] = 20.0,
     burst: Annotated[int, typer.Option(help="Requests a key may make at once.")] = 40,
+    rate_storage: Annotated[
+        str,
+        typer.Option(
+            help="Rate-limit counters: memory:// (this process) or redis://host:6379/0 "
+            "(shared by replicas)."
+        ),
+    ] = "memory://",
     graceful_s: Annotated[
         int,
         typer.Option(help="On SIGTERM, seconds to let in-flight requests finish."),
@@ -63,7 +90,9 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
     from tapetum.serve.service import DetectionService
     from tapetum.serve.settings import ServeSettings, default_key_store, default_rate_limiter
 
-    if not model.is_file():
+    if (model is None) == (backend is None):
+        raise ConfigError("tapetum serve needs exactly one of --model PATH or --backend ADDRESS")
+    if model is not None and not model.is_file():
         raise ConfigError(f"model file not found: {model}")
     if not no_auth and not keys_db.is_file():
         raise ConfigError(
@@ -72,18 +101,33 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = ServeSettings(
-        model_path=model,
+        model_path=model if model is not None else Path(str(backend)),
+        model_name=None if model is not None else "remote",
+        # a remote node warms its own model; one it cannot reach yet must not fail the load
+        warmup=model is not None,
         conf_threshold=conf,
         min_conf_threshold=min(conf, 0.1),
         keys_db=None if no_auth else keys_db,
         require_auth=not no_auth,
         rate_per_second=rate if rate > 0 else None,
         rate_burst=max(burst, int(rate) + (rate % 1 > 0)),
+        rate_storage=rate_storage,
     )
-    service = DetectionService(settings)
+    remote = (
+        _remote_detector(str(backend), backend_key_env, backend_timeout_s, settings)
+        if backend is not None
+        else None
+    )
+    service = (
+        DetectionService(settings)
+        if remote is None
+        else DetectionService(settings, lambda _s: remote)
+    )
     key_store = default_key_store(settings)
     rate_limiter = default_rate_limiter(settings)
     app = create_app(settings, key_store=key_store, rate_limiter=rate_limiter, service=service)
+    if remote is not None:  # its breaker state goes to /metrics with the others
+        app.state.tapetum.breakers.register(remote.breaker)
     grpc_server = None
     if grpc_port != 0:
         import_optional("grpc", "grpc", "tapetum serve --grpc-port")
@@ -117,3 +161,27 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
     finally:
         if grpc_server is not None:
             grpc_server.stop(graceful_s).wait()
+
+
+def _remote_detector(
+    backend: str, key_env: str | None, timeout_s: float, settings: ServeSettings
+) -> RemoteDetector:
+    """The backend node as a detector, behind a breaker named after it."""
+    import os
+
+    from tapetum.core.breaker import CircuitBreaker
+    from tapetum.serve.remote import RemoteDetector
+
+    key = None
+    if key_env is not None:
+        key = os.environ.get(key_env)
+        if not key:
+            raise ConfigError(f"--backend-key-env {key_env}: that environment variable is empty")
+    breaker = CircuitBreaker(f"backend:{backend}", failure_threshold=5, reset_timeout_s=30)
+    return RemoteDetector(
+        backend,
+        key,
+        timeout_s=timeout_s,
+        breaker=breaker,
+        conf_threshold=settings.min_conf_threshold,
+    )

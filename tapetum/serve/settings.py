@@ -114,6 +114,8 @@ class ServeSettings:
         keys_db: API key database (``KeyStore``) used when no key store is injected.
         require_auth: False serves every route without a key (local use only).
         rate_per_second / rate_burst: default token bucket per (key, route); None: no limit.
+        rate_storage: where the limiter counts: ``memory://`` (one process) or a Redis URI
+            (``redis://host:6379/0``) shared by several replicas.
         route_rates: route path → (per_second, burst) overrides.
         tracker: tracker of ``session_id`` requests.
         session_frame_rate: frame rate assumed for sessions (scales lost-track lifetime).
@@ -140,6 +142,7 @@ class ServeSettings:
     require_auth: bool = True
     rate_per_second: float | None = 20.0
     rate_burst: int = 40
+    rate_storage: str = "memory://"
     route_rates: Mapping[str, tuple[float, int]] = field(default_factory=dict)
     tracker: str = "bytetrack"
     session_frame_rate: float = 30.0
@@ -232,6 +235,7 @@ def default_rate_limiter(settings: ServeSettings) -> RateLimiter | None:
     return RateLimiter(
         RateLimit(per_second=settings.rate_per_second, burst=settings.rate_burst),
         {r: RateLimit(per_second=p, burst=b) for r, (p, b) in settings.route_rates.items()},
+        storage_uri=settings.rate_storage,
     )
 
 
