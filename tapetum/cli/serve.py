@@ -60,6 +60,17 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         bool,
         typer.Option("--no-auth", help="Serve every route without an API key (local use only)."),
     ] = False,
+    jwt_issuer: Annotated[
+        str | None,
+        typer.Option(help="Also accept OIDC bearer tokens (JWTs) from this issuer (exact iss)."),
+    ] = None,
+    jwt_audience: Annotated[
+        str | None, typer.Option(help="The aud those tokens must carry.")
+    ] = None,
+    jwt_jwks: Annotated[
+        str | None,
+        typer.Option(help="The issuer's JWKS: an https:// URL or a local JSON file."),
+    ] = None,
     conf: Annotated[float, typer.Option(help="Default detection confidence threshold.")] = 0.3,
     rate: Annotated[
         float, typer.Option(help="Requests per second per API key and route (0: no limit).")
@@ -94,7 +105,8 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         raise ConfigError("tapetum serve needs exactly one of --model PATH or --backend ADDRESS")
     if model is not None and not model.is_file():
         raise ConfigError(f"model file not found: {model}")
-    if not no_auth and not keys_db.is_file():
+    use_keys = not no_auth and (keys_db.is_file() or jwt_jwks is None)
+    if use_keys and not keys_db.is_file():
         raise ConfigError(
             f"no API key database at {keys_db}: create a key with `tapetum keys create` "
             "(or pass --keys-db / TAPETUM_KEYS_DB), or serve with --no-auth for local use"
@@ -107,7 +119,10 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         warmup=model is not None,
         conf_threshold=conf,
         min_conf_threshold=min(conf, 0.1),
-        keys_db=None if no_auth else keys_db,
+        keys_db=keys_db if use_keys else None,
+        jwt_issuer=jwt_issuer,
+        jwt_audience=jwt_audience,
+        jwt_jwks=jwt_jwks,
         require_auth=not no_auth,
         rate_per_second=rate if rate > 0 else None,
         rate_burst=max(burst, int(rate) + (rate % 1 > 0)),
@@ -134,7 +149,13 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         from tapetum.serve.grpc.server import create_grpc_server
 
         grpc_server = create_grpc_server(
-            settings, service, key_store, rate_limiter, grpc_port, host=host
+            settings,
+            service,
+            key_store,
+            rate_limiter,
+            grpc_port,
+            host=host,
+            streams=app.state.tapetum.streams,  # one set of streams for both APIs
         )
         service.start()  # the REST lifespan would too; gRPC may be asked first
         grpc_server.start()

@@ -58,6 +58,7 @@ from tapetum.serve.schemas import (
 )
 from tapetum.serve.service import DetectionService, EncodedImage
 from tapetum.serve.settings import (
+    MAX_CREDENTIAL_CHARS,
     SESSION_ID_PATTERN,
     ApiError,
     DetectorLike,
@@ -776,7 +777,7 @@ async def _authenticate(request: Request, key_store: KeyVerifier | None) -> Prin
             "this route needs an API key: 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
             {"WWW-Authenticate": challenge},
         )
-    if len(raw) > 512:
+    if len(raw) > MAX_CREDENTIAL_CHARS:
         principal = None
     else:
         # Key hashes (argon2) are deliberately slow: verify off the event loop.
@@ -785,7 +786,7 @@ async def _authenticate(request: Request, key_store: KeyVerifier | None) -> Prin
         raise ApiError(
             401,
             "invalid_api_key",
-            "the API key is unknown or revoked",
+            "the API key or token is unknown, revoked, expired or invalid",
             {"WWW-Authenticate": f'{challenge}, error="invalid_token"'},
         )
     return principal

@@ -15,7 +15,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from tapetum.serve.grpc._gen import tapetum_pb2 as pb
 from tapetum.serve.schemas import (
@@ -29,6 +30,7 @@ from tapetum.serve.schemas import (
     ModelInfo,
     ModelList,
 )
+from tapetum.serve.streams import StreamInfo, StreamOptions, StreamStateName, StreamStatsOut
 
 __all__ = [
     "batch_detect_response_from_proto",
@@ -41,6 +43,7 @@ __all__ = [
     "detect_response_to_proto",
     "detection_from_proto",
     "detection_to_proto",
+    "frame_record_to_proto",
     "health_from_proto",
     "health_to_proto",
     "image_size_from_proto",
@@ -49,6 +52,14 @@ __all__ = [
     "model_info_to_proto",
     "model_list_from_proto",
     "model_list_to_proto",
+    "stream_info_from_proto",
+    "stream_info_to_proto",
+    "stream_list_from_proto",
+    "stream_list_to_proto",
+    "stream_options_from_proto",
+    "stream_options_to_proto",
+    "stream_stats_from_proto",
+    "stream_stats_to_proto",
 ]
 
 _HealthStatus = Literal["ok", "loading", "failed"]
@@ -58,6 +69,13 @@ _STATUS_TO_PROTO: dict[_HealthStatus, pb.HealthResponse.Status] = {
     "failed": pb.HealthResponse.STATUS_FAILED,
 }
 _STATUS_FROM_PROTO = {v: k for k, v in _STATUS_TO_PROTO.items()}
+_STATE_TO_PROTO: dict[StreamStateName, pb.StreamInfo.State] = {
+    "running": pb.StreamInfo.STATE_RUNNING,
+    "finished": pb.StreamInfo.STATE_FINISHED,
+    "stopped": pb.StreamInfo.STATE_STOPPED,
+    "failed": pb.StreamInfo.STATE_FAILED,
+}
+_STATE_FROM_PROTO = {v: k for k, v in _STATE_TO_PROTO.items()}
 
 
 def box_to_proto(box: Box) -> pb.Box:
@@ -204,3 +222,123 @@ def health_from_proto(msg: pb.HealthResponse) -> Health:
         model_loaded=msg.model_loaded,
         detail=msg.detail if msg.HasField("detail") else None,
     )
+
+
+def stream_options_to_proto(options: StreamOptions) -> pb.StreamOptions:
+    msg = pb.StreamOptions(tracker=options.tracker, realtime=options.realtime)
+    if options.conf is not None:
+        msg.conf = options.conf
+    return msg
+
+
+def stream_options_from_proto(msg: pb.StreamOptions) -> StreamOptions:
+    return StreamOptions(
+        tracker=msg.tracker,
+        conf=msg.conf if msg.HasField("conf") else None,
+        realtime=msg.realtime,
+    )
+
+
+def stream_stats_to_proto(stats: StreamStatsOut) -> pb.StreamStats:
+    msg = pb.StreamStats(
+        frames_read=stats.frames_read,
+        frames_processed=stats.frames_processed,
+        frames_dropped=stats.frames_dropped,
+        frames_corrupt=stats.frames_corrupt,
+        frames_failed=stats.frames_failed,
+        reconnects=stats.reconnects,
+        fps=stats.fps,
+        subscribers=stats.subscribers,
+        results_dropped=stats.results_dropped,
+    )
+    if stats.p50_end_to_end_ms is not None:
+        msg.p50_end_to_end_ms = stats.p50_end_to_end_ms
+    if stats.p99_end_to_end_ms is not None:
+        msg.p99_end_to_end_ms = stats.p99_end_to_end_ms
+    return msg
+
+
+def stream_stats_from_proto(msg: pb.StreamStats) -> StreamStatsOut:
+    return StreamStatsOut(
+        frames_read=msg.frames_read,
+        frames_processed=msg.frames_processed,
+        frames_dropped=msg.frames_dropped,
+        frames_corrupt=msg.frames_corrupt,
+        frames_failed=msg.frames_failed,
+        reconnects=msg.reconnects,
+        fps=msg.fps,
+        p50_end_to_end_ms=(msg.p50_end_to_end_ms if msg.HasField("p50_end_to_end_ms") else None),
+        p99_end_to_end_ms=(msg.p99_end_to_end_ms if msg.HasField("p99_end_to_end_ms") else None),
+        subscribers=msg.subscribers,
+        results_dropped=msg.results_dropped,
+    )
+
+
+def stream_info_to_proto(info: StreamInfo) -> pb.StreamInfo:
+    msg = pb.StreamInfo(
+        stream_id=info.stream_id,
+        uri=info.uri,
+        state=_STATE_TO_PROTO[info.state],
+        is_live=info.is_live,
+        created_at=info.created_at,
+        options=stream_options_to_proto(info.options),
+        stats=stream_stats_to_proto(info.stats),
+    )
+    if info.error is not None:
+        msg.error = info.error
+    return msg
+
+
+def stream_info_from_proto(msg: pb.StreamInfo) -> StreamInfo:
+    """Raises ``ValueError`` for ``STATE_UNSPECIFIED`` (a message that never set it)."""
+    state = _STATE_FROM_PROTO.get(msg.state)
+    if state is None:
+        raise ValueError(f"stream state {msg.state} is not running, finished, stopped or failed")
+    return StreamInfo(
+        stream_id=msg.stream_id,
+        uri=msg.uri,
+        state=state,
+        is_live=msg.is_live,
+        created_at=msg.created_at,
+        options=stream_options_from_proto(msg.options),
+        stats=stream_stats_from_proto(msg.stats),
+        error=msg.error if msg.HasField("error") else None,
+    )
+
+
+def stream_list_to_proto(streams: list[StreamInfo]) -> pb.ListStreamsResponse:
+    return pb.ListStreamsResponse(streams=[stream_info_to_proto(s) for s in streams])
+
+
+def stream_list_from_proto(msg: pb.ListStreamsResponse) -> list[StreamInfo]:
+    return [stream_info_from_proto(s) for s in msg.streams]
+
+
+def frame_record_to_proto(record: Mapping[str, Any], results_dropped: int = 0) -> pb.FrameResult:
+    """One JSONL frame record (``FrameResult.to_record()``, as a stream's subscribers get
+    it) → a ``FrameResult`` message. Tracks become detections with their ``track_id``
+    (a negative id, an untracked object, is left absent)."""
+    detections = []
+    for track in record["tracks"]:
+        x1, y1, x2, y2 = track["xyxy"]
+        det = pb.Detection(
+            box=pb.Box(x1=x1, y1=y1, x2=x2, y2=y2),
+            confidence=track["confidence"],
+            class_id=track["class_id"],
+            class_name=track["class_name"],
+        )
+        track_id = track.get("track_id")
+        if track_id is not None and track_id >= 0:
+            det.track_id = track_id
+        detections.append(det)
+    msg = pb.FrameResult(
+        source_id=record["source_id"],
+        frame_index=record["frame_index"],
+        timestamp_s=record["timestamp_s"],
+        detections=detections,
+        results_dropped=results_dropped,
+    )
+    e2e = record.get("end_to_end_ms")
+    if e2e is not None:
+        msg.end_to_end_ms = e2e
+    return msg

@@ -23,10 +23,10 @@ from tapetum.serve.auth import Scope as KeyScope
 from tapetum.serve.images import ImageLimits
 
 if TYPE_CHECKING:
-    from tapetum.serve.auth import KeyStore
     from tapetum.serve.ratelimit import RateLimiter
 
 __all__ = [
+    "MAX_CREDENTIAL_CHARS",
     "SESSION_ID_PATTERN",
     "ApiError",
     "DetectorLike",
@@ -43,6 +43,9 @@ __all__ = [
 
 #: What a tracking ``session_id`` may look like (both APIs check it).
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
+
+#: Longest credential (API key or JWT) either API passes to a verifier; longer is a 401.
+MAX_CREDENTIAL_CHARS = 8192
 
 
 # --------------------------------------------------------------------------- interfaces
@@ -112,6 +115,9 @@ class ServeSettings:
         max_side_px / max_pixels: decoded size limits, checked from the header.
         max_batch: most files in one ``/v1/detect/batch`` (≤ 16).
         keys_db: API key database (``KeyStore``) used when no key store is injected.
+        jwt_issuer / jwt_audience / jwt_jwks: accept OIDC bearer tokens (JWTs) from this
+            issuer for this audience, checked against this JWKS (URL or local file); all
+            three or none (None: API keys only). See ``tapetum.serve.jwt_auth``.
         require_auth: False serves every route without a key (local use only).
         rate_per_second / rate_burst: default token bucket per (key, route); None: no limit.
         rate_storage: where the limiter counts: ``memory://`` (one process) or a Redis URI
@@ -139,6 +145,9 @@ class ServeSettings:
     max_pixels: int = 40_000_000
     max_batch: int = 16
     keys_db: Path | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_jwks: str | None = None
     require_auth: bool = True
     rate_per_second: float | None = 20.0
     rate_burst: int = 40
@@ -171,6 +180,14 @@ class ServeSettings:
             raise ConfigError("stream_breaker_failures must be ≥ 1 and the reset time > 0")
         if self.sse_heartbeat_s <= 0:
             raise ConfigError(f"sse_heartbeat_s must be > 0, got {self.sse_heartbeat_s}")
+        jwt_parts = (self.jwt_issuer, self.jwt_audience, self.jwt_jwks)
+        if any(jwt_parts) and not all(jwt_parts):
+            raise ConfigError("JWT auth needs all of jwt_issuer, jwt_audience and jwt_jwks")
+
+    @property
+    def jwt_enabled(self) -> bool:
+        """True when bearer JWTs are accepted (all three ``jwt_*`` settings are given)."""
+        return bool(self.jwt_issuer and self.jwt_audience and self.jwt_jwks)
 
     @property
     def name(self) -> str:
@@ -211,19 +228,33 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def default_key_store(settings: ServeSettings) -> KeyStore | None:
-    """The key store the settings ask for: None when auth is off, else ``keys_db``'s.
+def default_key_store(settings: ServeSettings) -> KeyVerifier | None:
+    """The verifier the settings ask for: None when auth is off; else ``keys_db``'s
+    ``KeyStore``, or, when JWT is configured, a ``ChainedVerifier`` of that store (if any)
+    and a ``JwtVerifier``.
 
     Raises:
-        ConfigError: auth is on but no ``keys_db`` is set.
+        ConfigError: auth is on but neither ``keys_db`` nor JWT is set, or the JWT settings
+            are unusable (e.g. a missing JWKS file).
     """
     if not settings.require_auth:
         return None
-    if settings.keys_db is None:
-        raise ConfigError("authentication is on: give a keys database (--keys-db) or --no-auth")
+    if settings.keys_db is None and not settings.jwt_enabled:
+        raise ConfigError(
+            "authentication is on: give a keys database (--keys-db), JWT settings "
+            "(--jwt-issuer/--jwt-audience/--jwt-jwks) or --no-auth"
+        )
     from tapetum.serve.auth import KeyStore
 
-    return KeyStore(settings.keys_db)
+    store = KeyStore(settings.keys_db) if settings.keys_db is not None else None
+    if not settings.jwt_enabled:
+        return store
+    from tapetum.serve.jwt_auth import ChainedVerifier, JwtVerifier
+
+    assert settings.jwt_issuer and settings.jwt_audience and settings.jwt_jwks
+    return ChainedVerifier(
+        store, JwtVerifier(settings.jwt_issuer, settings.jwt_audience, settings.jwt_jwks)
+    )
 
 
 def default_rate_limiter(settings: ServeSettings) -> RateLimiter | None:

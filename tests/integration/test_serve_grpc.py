@@ -185,6 +185,7 @@ def test_health_needs_no_key(served: Served) -> None:
 def _rpcs(served: Served, bus_jpg: bytes) -> dict[str, tuple[str, Callable[..., Any]]]:
     """Every protected RPC → (scope it needs, call with the given metadata)."""
     image = pb.DetectRequest(image=bus_jpg, content_type="image/jpeg")
+    unknown = pb.StreamRef(id="no-such-stream")
     return {
         "Detect": ("infer", lambda md: served.stub.Detect(image, metadata=md)),
         "DetectBatch": (
@@ -207,7 +208,29 @@ def _rpcs(served: Served, bus_jpg: bytes) -> dict[str, tuple[str, Callable[..., 
                 pb.DescribeModelRequest(name="yolox_nano"), metadata=md
             ),
         ),
+        "StartStream": (
+            "infer",
+            lambda md: served.stub.StartStream(
+                pb.StartStreamRequest(uri="/no/such/clip.ts"), metadata=md
+            ),
+        ),
+        "ListStreams": (
+            "read",
+            lambda md: served.stub.ListStreams(pb.ListStreamsRequest(), metadata=md),
+        ),
+        "GetStream": ("read", lambda md: served.stub.GetStream(unknown, metadata=md)),
+        "StopStream": ("infer", lambda md: served.stub.StopStream(unknown, metadata=md)),
+        "StreamResults": ("read", lambda md: served.stub.StreamResults(unknown, metadata=md)),
     }
+
+
+#: RPCs whose authorised call in the table fails past auth, and how.
+_AUTHORISED_ERRORS = {
+    "StartStream": (grpc.StatusCode.INVALID_ARGUMENT, "bad_source"),
+    "GetStream": (grpc.StatusCode.NOT_FOUND, "unknown_stream"),
+    "StopStream": (grpc.StatusCode.NOT_FOUND, "unknown_stream"),
+    "StreamResults": (grpc.StatusCode.NOT_FOUND, "unknown_stream"),
+}
 
 
 def test_every_rpc_but_health_needs_a_key_and_its_scope(served: Served, bus_jpg: bytes) -> None:
@@ -225,6 +248,12 @@ def test_every_rpc_but_health_needs_a_key_and_its_scope(served: Served, bus_jpg:
         denied = _error(lambda call=call, other=other: call(served.auth(other)))
         assert denied.code() == grpc.StatusCode.PERMISSION_DENIED, name  # type: ignore[attr-defined]
         assert f"lacks the {scope!r} scope needed by {name}" in denied.details()  # type: ignore[attr-defined]
+        if name in _AUTHORISED_ERRORS:
+            err = _error(lambda call=call: call(served.auth("read+infer")))
+            code, error_code = _AUTHORISED_ERRORS[name]
+            assert err.code() == code, (name, err.details())  # type: ignore[attr-defined]
+            assert _trailing(err)["tapetum-error-code"] == error_code
+            continue
         result = call(served.auth("read+infer"))
         if name == "DetectStream":
             assert len(list(result)) == 1

@@ -24,6 +24,7 @@ from tapetum.serve.schemas import (
     ModelInfo,
     ModelList,
 )
+from tapetum.serve.streams import StreamInfo, StreamOptions, StreamStatsOut
 
 _INT32 = st.integers(min_value=0, max_value=2**31 - 1)
 _POS_INT32 = st.integers(min_value=1, max_value=2**31 - 1)
@@ -74,6 +75,40 @@ healths = st.builds(
     model_loaded=st.booleans(),
     detail=st.none() | _TEXT,
 )
+_COUNT = st.integers(min_value=0, max_value=2**63 - 1)
+_OPT_MS = st.none() | st.floats(min_value=0.0, allow_nan=False, allow_infinity=False)
+stream_options = st.builds(
+    StreamOptions,
+    tracker=_TEXT,
+    conf=st.none() | st.floats(0.0, 1.0),
+    realtime=st.booleans(),
+)
+stream_stats = st.builds(
+    StreamStatsOut,
+    frames_read=_COUNT,
+    frames_processed=_COUNT,
+    frames_dropped=_COUNT,
+    frames_corrupt=_COUNT,
+    frames_failed=_COUNT,
+    reconnects=_COUNT,
+    fps=_FLOAT,
+    p50_end_to_end_ms=_OPT_MS,
+    p99_end_to_end_ms=_OPT_MS,
+    subscribers=_COUNT,
+    results_dropped=_COUNT,
+)
+stream_infos = st.builds(
+    StreamInfo,
+    stream_id=_TEXT,
+    uri=_TEXT,
+    state=st.sampled_from(["running", "finished", "stopped", "failed"]),
+    is_live=st.booleans(),
+    created_at=_FLOAT,
+    options=stream_options,
+    stats=stream_stats,
+    error=st.none() | _TEXT,
+)
+stream_lists = st.lists(stream_infos, max_size=3)
 
 CASES = [
     (detect_responses, mapping.detect_response_to_proto, mapping.detect_response_from_proto),
@@ -85,8 +120,22 @@ CASES = [
     (model_infos, mapping.model_info_to_proto, mapping.model_info_from_proto),
     (model_lists, mapping.model_list_to_proto, mapping.model_list_from_proto),
     (healths, mapping.health_to_proto, mapping.health_from_proto),
+    (stream_options, mapping.stream_options_to_proto, mapping.stream_options_from_proto),
+    (stream_stats, mapping.stream_stats_to_proto, mapping.stream_stats_from_proto),
+    (stream_infos, mapping.stream_info_to_proto, mapping.stream_info_from_proto),
+    (stream_lists, mapping.stream_list_to_proto, mapping.stream_list_from_proto),
 ]
-IDS = ["detect", "batch", "model_info", "model_list", "health"]
+IDS = [
+    "detect",
+    "batch",
+    "model_info",
+    "model_list",
+    "health",
+    "stream_options",
+    "stream_stats",
+    "stream_info",
+    "stream_list",
+]
 
 
 @pytest.mark.parametrize(("strategy", "to_proto", "from_proto"), CASES, ids=IDS)
@@ -138,3 +187,58 @@ def test_from_proto_validates_like_rest() -> None:
         )
     with pytest.raises(ValueError, match="status"):
         mapping.health_from_proto(pb.HealthResponse())
+
+
+def test_stream_info_state_unspecified_and_zero_latency() -> None:
+    with pytest.raises(ValueError, match="state"):
+        mapping.stream_info_from_proto(pb.StreamInfo())
+    stats = StreamStatsOut(
+        frames_read=0,
+        frames_processed=0,
+        frames_dropped=0,
+        frames_corrupt=0,
+        frames_failed=0,
+        reconnects=0,
+        fps=0.0,
+        p50_end_to_end_ms=0.0,
+        p99_end_to_end_ms=None,
+        subscribers=0,
+        results_dropped=0,
+    )
+    msg = mapping.stream_stats_to_proto(stats)
+    assert msg.HasField("p50_end_to_end_ms") and not msg.HasField("p99_end_to_end_ms")
+    assert mapping.stream_stats_from_proto(msg) == stats
+
+
+def test_frame_record_to_proto() -> None:
+    record = {
+        "source_id": "abc",
+        "frame_index": 7,
+        "timestamp_s": 0.28,
+        "tracks": [
+            {
+                "track_id": 3,
+                "class_id": 0,
+                "class_name": "person",
+                "confidence": 0.9,
+                "xyxy": [1.0, 2.0, 30.5, 40.25],
+            },
+            {
+                "track_id": -1,
+                "class_id": 2,
+                "class_name": "car",
+                "confidence": 0.5,
+                "xyxy": [0, 0, 1, 1],
+            },
+        ],
+        "end_to_end_ms": 41.2,
+    }
+    msg = mapping.frame_record_to_proto(record, results_dropped=2)
+    assert (msg.source_id, msg.frame_index, msg.timestamp_s) == ("abc", 7, 0.28)
+    assert msg.end_to_end_ms == 41.2 and msg.results_dropped == 2
+    person, car = msg.detections
+    assert person.track_id == 3 and person.box == pb.Box(x1=1.0, y1=2.0, x2=30.5, y2=40.25)
+    assert (person.class_name, person.confidence) == ("person", 0.9)
+    assert not car.HasField("track_id")
+    del record["end_to_end_ms"]
+    assert not mapping.frame_record_to_proto(record).HasField("end_to_end_ms")

@@ -15,6 +15,11 @@ REST                        gRPC
 413 too large               RESOURCE_EXHAUSTED
 429 rate limited            RESOURCE_EXHAUSTED, trailing ``retry-after`` (seconds)
 503 model not ready         UNAVAILABLE, trailing ``retry-after: 1``
+404 unknown stream          NOT_FOUND
+400 bad stream source       INVALID_ARGUMENT (the reason as the message)
+429 too many streams        RESOURCE_EXHAUSTED, trailing ``retry-after``
+503 source breaker open     UNAVAILABLE, trailing ``retry-after``
+501 detector cannot stream  UNIMPLEMENTED
 ==========================  ======================================================
 
 Every error also carries the REST error code (``corrupt_image``, ``rate_limited``, …) in
@@ -22,7 +27,8 @@ the trailing metadata ``tapetum-error-code``. Bad input never becomes UNKNOWN or
 
 Keys come from the metadata ``authorization: Bearer <key>`` or ``x-api-key: <key>``.
 ``Health`` needs no key (like ``/readyz``); the other RPCs need ``read`` (models) or
-``infer`` (detection). Rate limits count per key and full method name
+``infer`` (detection, starting and stopping streams; listing, inspecting and following
+streams needs ``read``). Rate limits count per key and full method name
 (``/tapetum.v1.Detector/Detect``), once per call and once per frame of ``DetectStream``.
 
 The detection work (model readiness, request checks, inference, tracking sessions) is the
@@ -31,7 +37,11 @@ gRPC adapter: metadata auth, rate limits, proto conversion, status codes.
 
 Concurrency: a ``ThreadPoolExecutor`` of ``max_workers`` threads runs the handlers (a
 ``DetectStream`` holds one for its whole life); detector calls are bounded by the service's
-inference semaphore, shared with the REST app.
+inference semaphore, shared with the REST app. Server-side streams (``StartStream`` …
+``StreamResults``) are the REST app's :class:`~tapetum.serve.streams.StreamManager` when
+one is given (``tapetum serve`` passes ``app.state.tapetum.streams``), so both APIs see and
+stop the same streams; a ``StreamResults`` call holds a handler thread and one
+subscription, released when the stream ends or the client cancels.
 
 Example:
     >>> service = DetectionService(settings); service.start()       # doctest: +SKIP
@@ -43,14 +53,17 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, NoReturn, TypeVar
 
 import grpc
 
-from tapetum.errors import ConfigError, TapetumError
+from tapetum.core.breaker import CircuitOpenError
+from tapetum.errors import ConfigError, SourceError, TapetumError
 from tapetum.serve import mapping
 from tapetum.serve.auth import Scope
 from tapetum.serve.grpc._gen import tapetum_pb2 as pb
@@ -60,6 +73,7 @@ from tapetum.serve.schemas import Health, ModelList
 from tapetum.serve.service import DetectionService, EncodedImage, NotReadyError
 from tapetum.serve.sessions import SessionTracker
 from tapetum.serve.settings import (
+    MAX_CREDENTIAL_CHARS,
     ApiError,
     KeyVerifier,
     Principal,
@@ -67,6 +81,12 @@ from tapetum.serve.settings import (
     ServeSettings,
     rate_limit_error,
     require_scope,
+)
+from tapetum.serve.streams import (
+    StreamLimitError,
+    StreamManager,
+    StreamOptions,
+    UnknownStreamError,
 )
 
 __all__ = ["SERVICE_NAME", "create_grpc_server"]
@@ -82,8 +102,11 @@ _GRPC_CODES = {
     404: grpc.StatusCode.NOT_FOUND,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
+#: how often a ``StreamResults`` call checks that its client is still there, seconds.
+_RESULTS_POLL_S = 0.5
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
@@ -100,6 +123,15 @@ def _to_api_error(exc: Exception) -> ApiError:
         return ApiError(exc.status, exc.code, str(exc))
     if isinstance(exc, ConfigError):
         return ApiError(422, "invalid_request", str(exc))
+    if isinstance(exc, UnknownStreamError):
+        return ApiError(404, "unknown_stream", str(exc))
+    if isinstance(exc, StreamLimitError):
+        return ApiError(429, "too_many_streams", str(exc), {"Retry-After": "5"})
+    if isinstance(exc, CircuitOpenError):
+        retry = max(1, math.ceil(exc.retry_after_s))
+        return ApiError(503, "source_circuit_open", str(exc), {"Retry-After": str(retry)})
+    if isinstance(exc, SourceError):
+        return ApiError(400, "bad_source", str(exc))
     if isinstance(exc, TapetumError):
         # Deliberate and not the client's (e.g. the rate-limit store is down).
         log.warning("%s: %s", type(exc).__name__, exc)
@@ -141,11 +173,13 @@ class _DetectorService(pb_grpc.DetectorServicer):
         service: DetectionService,
         key_store: KeyVerifier | None,
         rate_limiter: RateLimiterLike | None,
+        streams: StreamManager,
     ) -> None:
         self.settings = settings
         self.service = service
         self.key_store = key_store
         self.rate_limiter = rate_limiter
+        self.streams = streams
 
     # ---- RPCs ----
 
@@ -203,6 +237,65 @@ class _DetectorService(pb_grpc.DetectorServicer):
         except Exception as exc:
             _abort(context, exc)
 
+    def StartStream(  # noqa: N802 - generated servicer's name
+        self, request: pb.StartStreamRequest, context: grpc.ServicerContext
+    ) -> pb.StreamInfo:
+        return self._unary(request, context, Scope.INFER, "StartStream", self._start_stream)
+
+    def ListStreams(  # noqa: N802 - generated servicer's name
+        self, request: pb.ListStreamsRequest, context: grpc.ServicerContext
+    ) -> pb.ListStreamsResponse:
+        return self._unary(
+            request,
+            context,
+            Scope.READ,
+            "ListStreams",
+            lambda _req: mapping.stream_list_to_proto(self.streams.list()),
+        )
+
+    def GetStream(  # noqa: N802 - generated servicer's name
+        self, request: pb.StreamRef, context: grpc.ServicerContext
+    ) -> pb.StreamInfo:
+        return self._unary(
+            request,
+            context,
+            Scope.READ,
+            "GetStream",
+            lambda req: mapping.stream_info_to_proto(self.streams.get(req.id)),
+        )
+
+    def StopStream(  # noqa: N802 - generated servicer's name
+        self, request: pb.StreamRef, context: grpc.ServicerContext
+    ) -> pb.StreamInfo:
+        return self._unary(
+            request,
+            context,
+            Scope.INFER,
+            "StopStream",
+            lambda req: mapping.stream_info_to_proto(self.streams.stop(req.id)),
+        )
+
+    def StreamResults(  # noqa: N802 - generated servicer's name
+        self, request: pb.StreamRef, context: grpc.ServicerContext
+    ) -> Iterator[pb.FrameResult]:
+        """One message per processed frame from now on; ends with the stream. The
+        subscription is released when the stream ends, the client cancels or the
+        server stops."""
+        try:
+            self._guard(context, Scope.READ, "StreamResults")
+            sub = self.streams.subscribe(request.id)
+        except Exception as exc:
+            _abort(context, exc)
+        try:
+            while context.is_active():
+                items = sub.get(_RESULTS_POLL_S)
+                if items is None:
+                    return
+                for item in items:
+                    yield mapping.frame_record_to_proto(json.loads(item), sub.dropped)
+        finally:
+            self.streams.unsubscribe(request.id, sub)
+
     # ---- plumbing ----
 
     def _unary(
@@ -244,7 +337,7 @@ class _DetectorService(pb_grpc.DetectorServicer):
                 "this RPC needs an API key: metadata 'authorization: Bearer <key>' or "
                 "'x-api-key: <key>'",
             )
-        principal = None if len(raw) > 512 else self.key_store.verify(raw)
+        principal = None if len(raw) > MAX_CREDENTIAL_CHARS else self.key_store.verify(raw)
         if principal is None:
             raise ApiError(401, "invalid_api_key", "the API key is unknown or revoked")
         return principal
@@ -278,6 +371,17 @@ class _DetectorService(pb_grpc.DetectorServicer):
         )
         return mapping.detect_response_to_proto(response)
 
+    def _start_stream(self, request: pb.StartStreamRequest) -> pb.StreamInfo:
+        conf = request.conf if request.HasField("conf") else None
+        if conf is not None:
+            self.service.check_conf(conf)
+        options = StreamOptions(
+            tracker=request.tracker or "bytetrack", conf=conf, realtime=request.realtime
+        )
+        if not request.uri or len(request.uri) > 4096:
+            raise ApiError(422, "invalid_request", "uri: give 1 to 4096 characters")
+        return mapping.stream_info_to_proto(self.streams.start(request.uri, options))
+
     def _detect_batch(self, request: pb.BatchDetectRequest) -> pb.BatchDetectResponse:
         response = self.service.detect_batch(
             [EncodedImage(item.data, item.content_type) for item in request.images],
@@ -299,6 +403,7 @@ def create_grpc_server(  # noqa: PLR0917 - the REST factory's order, plus the ad
     host: str = "127.0.0.1",
     *,
     max_workers: int = 16,
+    streams: StreamManager | None = None,
 ) -> grpc.Server:
     """Build the gRPC server, bound to ``host:port`` but not started.
 
@@ -308,14 +413,31 @@ def create_grpc_server(  # noqa: PLR0917 - the REST factory's order, plus the ad
         key_store: verifies API keys (required when ``settings.require_auth``).
         rate_limiter: None: no limit.
         port: TCP port (0: any free one; ``server.add_insecure_port`` is already done).
-        max_workers: handler threads; each open ``DetectStream`` holds one.
+        max_workers: handler threads; each open ``DetectStream`` or ``StreamResults``
+            holds one.
+        streams: the server-side streams to manage, shared with the REST app
+            (``app.state.tapetum.streams``). None: a private manager of the settings'
+            limits, whose streams the caller cannot stop at shutdown other than with
+            ``StopStream``; pass the REST app's so its lifespan stops them.
 
     Raises:
         ConfigError: auth is on without a key store, or the address cannot be bound.
     """
     if settings.require_auth and key_store is None:
         raise ConfigError("gRPC authentication is on: give a key store or turn auth off")
-    servicer = _DetectorService(settings, service, key_store, rate_limiter)
+    if streams is None:
+        from tapetum.core.breaker import BreakerRegistry
+
+        streams = StreamManager(
+            service.staged_detector,
+            max_streams=settings.max_streams,
+            breakers=BreakerRegistry(
+                failure_threshold=settings.stream_breaker_failures,
+                reset_timeout_s=settings.stream_breaker_reset_s,
+            ),
+            subscriber_queue_size=settings.stream_subscriber_queue,
+        )
+    servicer = _DetectorService(settings, service, key_store, rate_limiter, streams)
     max_message = settings.max_batch * settings.max_upload_bytes + _MESSAGE_OVERHEAD_BYTES
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),

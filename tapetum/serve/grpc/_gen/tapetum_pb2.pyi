@@ -176,3 +176,115 @@ class HealthResponse(_message.Message):
     model_loaded: bool
     detail: str
     def __init__(self, status: _Optional[_Union[HealthResponse.Status, str]] = ..., model_loaded: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class StreamOptions(_message.Message):
+    __slots__ = ("tracker", "conf", "realtime")
+    TRACKER_FIELD_NUMBER: _ClassVar[int]
+    CONF_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_FIELD_NUMBER: _ClassVar[int]
+    tracker: str
+    conf: float
+    realtime: bool
+    def __init__(self, tracker: _Optional[str] = ..., conf: _Optional[float] = ..., realtime: _Optional[bool] = ...) -> None: ...
+
+class StartStreamRequest(_message.Message):
+    __slots__ = ("uri", "tracker", "conf", "realtime")
+    URI_FIELD_NUMBER: _ClassVar[int]
+    TRACKER_FIELD_NUMBER: _ClassVar[int]
+    CONF_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_FIELD_NUMBER: _ClassVar[int]
+    uri: str
+    tracker: str
+    conf: float
+    realtime: bool
+    def __init__(self, uri: _Optional[str] = ..., tracker: _Optional[str] = ..., conf: _Optional[float] = ..., realtime: _Optional[bool] = ...) -> None: ...
+
+class StreamStats(_message.Message):
+    __slots__ = ("frames_read", "frames_processed", "frames_dropped", "frames_corrupt", "frames_failed", "reconnects", "fps", "p50_end_to_end_ms", "p99_end_to_end_ms", "subscribers", "results_dropped")
+    FRAMES_READ_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_PROCESSED_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_CORRUPT_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FAILED_FIELD_NUMBER: _ClassVar[int]
+    RECONNECTS_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    P50_END_TO_END_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_END_TO_END_MS_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    frames_read: int
+    frames_processed: int
+    frames_dropped: int
+    frames_corrupt: int
+    frames_failed: int
+    reconnects: int
+    fps: float
+    p50_end_to_end_ms: float
+    p99_end_to_end_ms: float
+    subscribers: int
+    results_dropped: int
+    def __init__(self, frames_read: _Optional[int] = ..., frames_processed: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., frames_corrupt: _Optional[int] = ..., frames_failed: _Optional[int] = ..., reconnects: _Optional[int] = ..., fps: _Optional[float] = ..., p50_end_to_end_ms: _Optional[float] = ..., p99_end_to_end_ms: _Optional[float] = ..., subscribers: _Optional[int] = ..., results_dropped: _Optional[int] = ...) -> None: ...
+
+class StreamInfo(_message.Message):
+    __slots__ = ("stream_id", "uri", "state", "is_live", "created_at", "options", "stats", "error")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[StreamInfo.State]
+        STATE_RUNNING: _ClassVar[StreamInfo.State]
+        STATE_FINISHED: _ClassVar[StreamInfo.State]
+        STATE_STOPPED: _ClassVar[StreamInfo.State]
+        STATE_FAILED: _ClassVar[StreamInfo.State]
+    STATE_UNSPECIFIED: StreamInfo.State
+    STATE_RUNNING: StreamInfo.State
+    STATE_FINISHED: StreamInfo.State
+    STATE_STOPPED: StreamInfo.State
+    STATE_FAILED: StreamInfo.State
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    IS_LIVE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    uri: str
+    state: StreamInfo.State
+    is_live: bool
+    created_at: float
+    options: StreamOptions
+    stats: StreamStats
+    error: str
+    def __init__(self, stream_id: _Optional[str] = ..., uri: _Optional[str] = ..., state: _Optional[_Union[StreamInfo.State, str]] = ..., is_live: _Optional[bool] = ..., created_at: _Optional[float] = ..., options: _Optional[_Union[StreamOptions, _Mapping]] = ..., stats: _Optional[_Union[StreamStats, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ListStreamsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListStreamsResponse(_message.Message):
+    __slots__ = ("streams",)
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    streams: _containers.RepeatedCompositeFieldContainer[StreamInfo]
+    def __init__(self, streams: _Optional[_Iterable[_Union[StreamInfo, _Mapping]]] = ...) -> None: ...
+
+class StreamRef(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class FrameResult(_message.Message):
+    __slots__ = ("source_id", "frame_index", "timestamp_s", "detections", "end_to_end_ms", "results_dropped")
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
+    DETECTIONS_FIELD_NUMBER: _ClassVar[int]
+    END_TO_END_MS_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    source_id: str
+    frame_index: int
+    timestamp_s: float
+    detections: _containers.RepeatedCompositeFieldContainer[Detection]
+    end_to_end_ms: float
+    results_dropped: int
+    def __init__(self, source_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., end_to_end_ms: _Optional[float] = ..., results_dropped: _Optional[int] = ...) -> None: ...

@@ -64,6 +64,31 @@ class DetectorStub:
                 request_serializer=tapetum_dot_v1_dot_tapetum__pb2.DetectRequest.SerializeToString,
                 response_deserializer=tapetum_dot_v1_dot_tapetum__pb2.DetectResponse.FromString,
                 _registered_method=True)
+        self.StartStream = channel.unary_unary(
+                '/tapetum.v1.Detector/StartStream',
+                request_serializer=tapetum_dot_v1_dot_tapetum__pb2.StartStreamRequest.SerializeToString,
+                response_deserializer=tapetum_dot_v1_dot_tapetum__pb2.StreamInfo.FromString,
+                _registered_method=True)
+        self.ListStreams = channel.unary_unary(
+                '/tapetum.v1.Detector/ListStreams',
+                request_serializer=tapetum_dot_v1_dot_tapetum__pb2.ListStreamsRequest.SerializeToString,
+                response_deserializer=tapetum_dot_v1_dot_tapetum__pb2.ListStreamsResponse.FromString,
+                _registered_method=True)
+        self.GetStream = channel.unary_unary(
+                '/tapetum.v1.Detector/GetStream',
+                request_serializer=tapetum_dot_v1_dot_tapetum__pb2.StreamRef.SerializeToString,
+                response_deserializer=tapetum_dot_v1_dot_tapetum__pb2.StreamInfo.FromString,
+                _registered_method=True)
+        self.StopStream = channel.unary_unary(
+                '/tapetum.v1.Detector/StopStream',
+                request_serializer=tapetum_dot_v1_dot_tapetum__pb2.StreamRef.SerializeToString,
+                response_deserializer=tapetum_dot_v1_dot_tapetum__pb2.StreamInfo.FromString,
+                _registered_method=True)
+        self.StreamResults = channel.unary_stream(
+                '/tapetum.v1.Detector/StreamResults',
+                request_serializer=tapetum_dot_v1_dot_tapetum__pb2.StreamRef.SerializeToString,
+                response_deserializer=tapetum_dot_v1_dot_tapetum__pb2.FrameResult.FromString,
+                _registered_method=True)
 
 
 class DetectorServicer:
@@ -112,6 +137,44 @@ class DetectorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartStream(self, request, context):
+        """Start detecting and tracking on a source in the background. Needs "infer".
+        INVALID_ARGUMENT when the source cannot be opened, RESOURCE_EXHAUSTED at the stream
+        limit, UNAVAILABLE (with retry-after) while the URI's circuit breaker is open.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStreams(self, request, context):
+        """Running and recently finished streams with live stats. Needs "read".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStream(self, request, context):
+        """One stream with live stats; NOT_FOUND for an unknown id. Needs "read".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopStream(self, request, context):
+        """Stop a stream and forget it; returns its final state. Needs "infer".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamResults(self, request, context):
+        """Live results of a stream from now on, one message per processed frame; the call
+        ends when the stream ends. Needs "read".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DetectorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +207,31 @@ def add_DetectorServicer_to_server(servicer, server):
                     servicer.DetectStream,
                     request_deserializer=tapetum_dot_v1_dot_tapetum__pb2.DetectRequest.FromString,
                     response_serializer=tapetum_dot_v1_dot_tapetum__pb2.DetectResponse.SerializeToString,
+            ),
+            'StartStream': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartStream,
+                    request_deserializer=tapetum_dot_v1_dot_tapetum__pb2.StartStreamRequest.FromString,
+                    response_serializer=tapetum_dot_v1_dot_tapetum__pb2.StreamInfo.SerializeToString,
+            ),
+            'ListStreams': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStreams,
+                    request_deserializer=tapetum_dot_v1_dot_tapetum__pb2.ListStreamsRequest.FromString,
+                    response_serializer=tapetum_dot_v1_dot_tapetum__pb2.ListStreamsResponse.SerializeToString,
+            ),
+            'GetStream': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStream,
+                    request_deserializer=tapetum_dot_v1_dot_tapetum__pb2.StreamRef.FromString,
+                    response_serializer=tapetum_dot_v1_dot_tapetum__pb2.StreamInfo.SerializeToString,
+            ),
+            'StopStream': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopStream,
+                    request_deserializer=tapetum_dot_v1_dot_tapetum__pb2.StreamRef.FromString,
+                    response_serializer=tapetum_dot_v1_dot_tapetum__pb2.StreamInfo.SerializeToString,
+            ),
+            'StreamResults': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamResults,
+                    request_deserializer=tapetum_dot_v1_dot_tapetum__pb2.StreamRef.FromString,
+                    response_serializer=tapetum_dot_v1_dot_tapetum__pb2.FrameResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +396,141 @@ class Detector:
             '/tapetum.v1.Detector/DetectStream',
             tapetum_dot_v1_dot_tapetum__pb2.DetectRequest.SerializeToString,
             tapetum_dot_v1_dot_tapetum__pb2.DetectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tapetum.v1.Detector/StartStream',
+            tapetum_dot_v1_dot_tapetum__pb2.StartStreamRequest.SerializeToString,
+            tapetum_dot_v1_dot_tapetum__pb2.StreamInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStreams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tapetum.v1.Detector/ListStreams',
+            tapetum_dot_v1_dot_tapetum__pb2.ListStreamsRequest.SerializeToString,
+            tapetum_dot_v1_dot_tapetum__pb2.ListStreamsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tapetum.v1.Detector/GetStream',
+            tapetum_dot_v1_dot_tapetum__pb2.StreamRef.SerializeToString,
+            tapetum_dot_v1_dot_tapetum__pb2.StreamInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tapetum.v1.Detector/StopStream',
+            tapetum_dot_v1_dot_tapetum__pb2.StreamRef.SerializeToString,
+            tapetum_dot_v1_dot_tapetum__pb2.StreamInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tapetum.v1.Detector/StreamResults',
+            tapetum_dot_v1_dot_tapetum__pb2.StreamRef.SerializeToString,
+            tapetum_dot_v1_dot_tapetum__pb2.FrameResult.FromString,
             options,
             channel_credentials,
             insecure,
