@@ -39,7 +39,7 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -59,6 +59,7 @@ from tapetum.serve.schemas import (
 from tapetum.serve.service import DetectionService, EncodedImage
 from tapetum.serve.settings import (
     MAX_CREDENTIAL_CHARS,
+    MODEL_NAME_PATTERN,
     SESSION_ID_PATTERN,
     ApiError,
     DetectorLike,
@@ -186,6 +187,37 @@ _UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "Too many bytes or pixels"},
     415: {"model": ErrorResponse, "description": "Not an accepted image type"},
 }
+
+_LOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_ERROR_RESPONSES,
+    400: {"model": ErrorResponse, "description": "The path is not an existing .onnx file"},
+    409: {"model": ErrorResponse, "description": "The name is taken, or too many models"},
+    422: {"model": ErrorResponse, "description": "Invalid body, or the file does not load"},
+}
+_UNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_ERROR_RESPONSES,
+    404: {"model": ErrorResponse, "description": "Unknown model"},
+    409: {"model": ErrorResponse, "description": "The default model cannot be unloaded"},
+}
+
+
+class ModelLoad(BaseModel):
+    """Body of ``POST /v1/models``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"name": "yolox_s", "path": "/models/yolox_s.onnx", "conf": 0.4}]
+        },
+    )
+
+    name: str = Field(
+        pattern=MODEL_NAME_PATTERN, description="Name for the detect routes' `model` parameter."
+    )
+    path: str = Field(min_length=1, max_length=4096, description="A YOLOX ONNX file on the server.")
+    conf: float | None = Field(
+        None, ge=0.0, le=1.0, description="The model's default score threshold."
+    )
 
 
 # -------------------------------------------------------------------------------- metrics
@@ -400,6 +432,7 @@ def create_app(
 
     read_guard = Depends(guard(KeyScope.READ))
     infer_guard = Depends(guard(KeyScope.INFER))
+    admin_guard = Depends(guard(KeyScope.ADMIN))
 
     streams = StreamManager(
         service.staged_detector,
@@ -455,8 +488,37 @@ def create_app(
         dependencies=[read_guard],
     )
     async def list_models() -> ModelList:
-        """The loaded models. Needs the ``read`` scope."""
-        return ModelList(models=[service.model_info()])
+        """The loaded models, the default first. Needs the ``read`` scope."""
+        return service.list_models()
+
+    @app.post(
+        "/v1/models",
+        response_model=ModelInfo,
+        status_code=201,
+        tags=["models"],
+        responses=_LOAD_RESPONSES,
+        dependencies=[admin_guard],
+    )
+    async def load_model(body: ModelLoad) -> ModelInfo:
+        """Load and warm another model (a server-side ONNX file) under a name, for the
+        ``model`` parameter of the detect routes. Needs the ``admin`` scope."""
+        return await anyio.to_thread.run_sync(
+            lambda: service.load_model(body.name, body.path, body.conf)
+        )
+
+    @app.delete(
+        "/v1/models/{name}",
+        status_code=204,
+        response_class=Response,
+        tags=["models"],
+        responses=_UNLOAD_RESPONSES,
+        dependencies=[admin_guard],
+    )
+    async def unload_model(name: str) -> Response:
+        """Unload a model loaded at runtime (not the default one: 409). Needs the
+        ``admin`` scope."""
+        service.unload_model(name)
+        return Response(status_code=204)
 
     @app.get(
         "/v1/models/{name}",
@@ -518,12 +580,19 @@ def create_app(
             description="Track objects across calls of this session (one camera's frames).",
             examples=["cam-1"],
         ),
+        model: str | None = Query(
+            None,
+            max_length=64,
+            description="Name of the loaded model to run (default: the server's default "
+            "model). A tracking session should stick to one model.",
+            examples=["yolox_nano"],
+        ),
     ) -> DetectResponse:
         """Detect objects in one image. Needs the ``infer`` scope."""
         service.detector()
-        service.check_conf(conf)
+        service.check_conf(conf, model)
         wanted = _split_classes(classes)
-        service.check_request(conf, wanted, session_id)  # before reading the body
+        service.check_request(conf, wanted, session_id, model)  # before reading the body
         t0 = time.perf_counter()
         data, ctype = await _read_single_upload(request, settings.max_upload_bytes)
         observe = metrics.inference.labels("detect").observe
@@ -535,6 +604,7 @@ def create_app(
                 session_id,
                 started_s=t0,
                 observe=observe,
+                model=model,
             )
         )
 
@@ -571,20 +641,27 @@ def create_app(
         _key: Principal = infer_guard,
         conf: float | None = Query(None, ge=0.0, le=1.0, examples=[0.35]),
         classes: str | None = Query(None, max_length=2000, examples=["person"]),
+        model: str | None = Query(
+            None,
+            max_length=64,
+            description="Name of the loaded model to run (default: the server's default "
+            "model). A tracking session should stick to one model.",
+            examples=["yolox_nano"],
+        ),
     ) -> BatchDetectResponse:
         """Detect objects in several images (multipart ``files``) with one batched model
         call. Needs the ``infer`` scope."""
         service.detector()
-        service.check_conf(conf)
+        service.check_conf(conf, model)
         wanted = _split_classes(classes)
-        service.check_request(conf, wanted)  # before reading the body
+        service.check_request(conf, wanted, model=model)  # before reading the body
         t0 = time.perf_counter()
         uploads = await _read_batch_upload(request, settings.max_upload_bytes, settings.max_batch)
         images = [EncodedImage(data, ctype) for data, ctype in uploads]
         observe = metrics.inference.labels("detect_batch").observe
         return await anyio.to_thread.run_sync(
             lambda: service.detect_batch(
-                images, conf, wanted, field="files", started_s=t0, observe=observe
+                images, conf, wanted, field="files", started_s=t0, observe=observe, model=model
             )
         )
 

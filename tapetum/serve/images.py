@@ -11,6 +11,14 @@ Checks run cheapest first, so a hostile upload costs as little as possible:
 5. the full decode; a truncated or corrupt file is refused (422) rather than returned
    half-grey, which is what OpenCV's ``imdecode`` does with a cut JPEG.
 
+The decode itself takes a fast path where completeness can be checked cheaply: an 8-bit
+grey/RGB JPEG that ends in its EOI marker (``FF D9``; the entropy-coded data cannot contain
+it, so a cut file does not end in it), or a grey/RGB/RGBA PNG that ends in its ``IEND``
+chunk, is decoded by OpenCV's ``imdecode`` (libjpeg-turbo/libpng, BGR directly, EXIF
+orientation ignored as Pillow does), and the result must have the header's size. Anything
+else — WebP, BMP, other modes, a file without its end marker, or one OpenCV refuses — goes
+through Pillow's full decode, which raises on truncation and gives the reason.
+
 Example:
     >>> from pathlib import Path
     >>> data = Path("bus.jpg").read_bytes()                       # doctest: +SKIP
@@ -146,6 +154,10 @@ def decode_image(
                 status=415,
                 code="content_type_mismatch",
             )
+        if _complete_for_fast_path(data, expected_format, img.mode):
+            fast = _cv2_decode(data, width, height)
+            if fast is not None:
+                return fast
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -162,6 +174,49 @@ def decode_image(
     # RGB → BGR, the layout every detector in Tapetum takes; one contiguous copy.
     bgr: npt.NDArray[np.uint8] = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8)[:, :, ::-1])
     return bgr
+
+
+#: Pillow modes (per format) whose ``convert("RGB")`` OpenCV's IMREAD_COLOR reproduces.
+_FAST_MODES: dict[str, frozenset[str]] = {
+    "JPEG": frozenset({"L", "RGB"}),
+    "PNG": frozenset({"L", "RGB", "RGBA"}),
+}
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def _complete_for_fast_path(data: bytes, fmt: str, mode: str) -> bool:
+    """Whether ``data`` (already sniffed as ``fmt``) visibly ends where its format ends.
+
+    JPEG: the last bytes (trailing NUL padding aside) are the EOI marker ``FF D9``, which
+    entropy-coded data never contains (``FF`` there is always stuffed with ``00`` or is a
+    restart marker). PNG: the file ends with the fixed 12-byte ``IEND`` chunk.
+    """
+    if mode not in _FAST_MODES.get(fmt, ()):
+        return False
+    if fmt == "JPEG":
+        return data.rstrip(b"\x00").endswith(b"\xff\xd9")
+    return data.endswith(_PNG_IEND)
+
+
+def _cv2_decode(data: bytes, width: int, height: int) -> npt.NDArray[np.uint8] | None:
+    """OpenCV decode to (H, W, 3) BGR uint8, or None when it fails or disagrees with the
+    header's size (the caller then decodes with Pillow, which gives the reason)."""
+    import cv2
+
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    try:
+        out = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        return None
+    if (
+        out is None
+        or out.dtype != np.uint8
+        or out.ndim != 3
+        or out.shape != (height, width, 3)
+        or not out.flags.c_contiguous
+    ):
+        return None
+    return np.asarray(out, dtype=np.uint8)  # already uint8 and contiguous: no copy
 
 
 def _too_many_pixels_error(size: tuple[int, int] | None, lim: ImageLimits) -> ImageError:

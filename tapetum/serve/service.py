@@ -16,7 +16,12 @@ It owns:
   the session's intra-op threads were sized for, so requests queue instead of
   oversubscribing the cores. No lock around the model: ``InferenceSession.run`` is
   thread-safe;
-- the tracking sessions (one tracker per ``session_id``, shared by both APIs);
+- the models: the default one of the settings plus models loaded at runtime
+  (:meth:`~DetectionService.load_model`, :meth:`~DetectionService.unload_model`; at most
+  ``settings.max_models`` in all), by name; every model shares the one inference limit;
+- the tracking sessions (one tracker per ``session_id``, shared by both APIs). A session
+  is keyed by its id only, not by model: a session should stick to one model (its tracker
+  would otherwise mix boxes of different detectors);
 - the request-level operations: :meth:`~DetectionService.check_conf`,
   :meth:`~DetectionService.class_ids`, :meth:`~DetectionService.model_info`,
   :meth:`~DetectionService.detect` and :meth:`~DetectionService.detect_batch`.
@@ -30,12 +35,14 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -43,6 +50,7 @@ import numpy.typing as npt
 
 from tapetum.core.detections import Detections
 from tapetum.detect.base import StagedDetector
+from tapetum.errors import ConfigError, ModelLoadError
 from tapetum.serve.images import ImageError, decode_image
 from tapetum.serve.schemas import (
     BatchDetectResponse,
@@ -50,11 +58,13 @@ from tapetum.serve.schemas import (
     DetectResponse,
     ImageSize,
     ModelInfo,
+    ModelList,
     detections_to_out,
     detections_to_response,
 )
 from tapetum.serve.sessions import SessionTracker, SessionTrackers
 from tapetum.serve.settings import (
+    MODEL_NAME_PATTERN,
     SESSION_ID_PATTERN,
     ApiError,
     DetectorLike,
@@ -68,6 +78,7 @@ __all__ = ["DetectionService", "EncodedImage", "NotReadyError"]
 log = logging.getLogger("tapetum.serve")
 
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
+_MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 
 Image = npt.NDArray[np.uint8]
 
@@ -86,6 +97,15 @@ class EncodedImage:
 
     data: bytes
     content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Model:
+    """A loaded model: its name, detector and settings (its default threshold)."""
+
+    name: str
+    detector: DetectorLike
+    settings: ServeSettings
 
 
 class DetectionService:
@@ -116,6 +136,9 @@ class DetectionService:
         self._done = threading.Event()
         self._start_lock = threading.Lock()
         self._loader: threading.Thread | None = None
+        self._models_lock = threading.Lock()
+        self._extra: dict[str, _Model] = {}  # loaded at runtime, in load order
+        self._loading: set[str] = set()  # names reserved by loads in progress
 
     # ---- lifecycle ----
 
@@ -188,21 +211,42 @@ class DetectionService:
 
         return make_tracker(self.settings.tracker, self.settings.session_frame_rate)
 
-    def _infer(self, images: Sequence[Image]) -> list[Detections]:
+    def _infer(self, images: Sequence[Image], detector: DetectorLike) -> list[Detections]:
         self.detector()
         assert self._slots is not None  # set before the detector
         with self._slots:
-            return self._detector_unchecked()(images)
-
-    def _detector_unchecked(self) -> DetectorLike:
-        assert self._detector is not None
-        return self._detector
+            return detector(images)
 
     # ---- request checks ----
 
-    def check_conf(self, conf: float | None) -> float:
-        """The request's score threshold (the default for None); 422 out of range."""
-        value = self.settings.conf_threshold if conf is None else conf
+    def _model(self, name: str | None) -> _Model:
+        """The model of a request: the default for None or empty; 503 until the default
+        is ready, 404 for an unknown name."""
+        detector = self.detector()
+        if not name or name == self.settings.name:
+            return _Model(self.settings.name, detector, self.settings)
+        model = self._extra.get(name)
+        if model is None:
+            raise ApiError(
+                404,
+                "unknown_model",
+                f"no model named {name!r}; loaded: {', '.join(map(repr, self.model_names()))}",
+            )
+        return model
+
+    def model_names(self) -> list[str]:
+        """The loaded models' names, the default first (empty until it is ready)."""
+        if not self.ready:
+            return []
+        return [self.settings.name, *list(self._extra)]
+
+    def check_conf(self, conf: float | None, model: str | None = None) -> float:
+        """The request's score threshold (the model's default for None); 422 out of
+        range; 404 for an unknown ``model``."""
+        default = self.settings.conf_threshold
+        if model:
+            default = self._model(model).settings.conf_threshold
+        value = default if conf is None else conf
         if not 0.0 <= value <= 1.0:
             raise ApiError(422, "invalid_request", f"conf: {value} is not in [0, 1]")
         if value < self.settings.min_conf_threshold:
@@ -213,12 +257,14 @@ class DetectionService:
             )
         return value
 
-    def class_ids(self, names: Sequence[str] | None) -> frozenset[int] | None:
+    def class_ids(
+        self, names: Sequence[str] | None, model: str | None = None
+    ) -> frozenset[int] | None:
         """Class names or ids → the ids to keep (None or empty: all); 422 for a blank
         entry, ``ConfigError`` for an unknown class. Needs the model."""
         from tapetum.detect.classes import resolve_class_filter
 
-        detector = self.detector()
+        detector = self._model(model).detector
         wanted = [c for c in names or () if c.strip()]
         if names is not None and len(wanted) != len(names):
             raise ApiError(422, "invalid_request", "classes: an entry is empty")
@@ -238,12 +284,14 @@ class DetectionService:
         conf: float | None = None,
         classes: Sequence[str] | None = None,
         session_id: str | None = None,
+        model: str | None = None,
     ) -> tuple[float, frozenset[int] | None]:
         """Every check of a detection request, in the order the APIs report them: not
-        ready (503), conf, classes, session id (422). Returns (threshold, class ids)."""
-        self.detector()
-        threshold = self.check_conf(conf)
-        class_ids = self.class_ids(classes)
+        ready (503), unknown model (404), conf, classes, session id (422). Returns
+        (threshold, class ids)."""
+        self._model(model)
+        threshold = self.check_conf(conf, model)
+        class_ids = self.class_ids(classes, model)
         if session_id:
             self.check_session_id(session_id)
         return threshold, class_ids
@@ -251,15 +299,24 @@ class DetectionService:
     # ---- operations ----
 
     def model_info(self, name: str | None = None) -> ModelInfo:
-        """The loaded model; with ``name``, 404 unless it is the loaded model's."""
-        detector = self.detector()
-        if name is not None and name != self.settings.name:
-            raise ApiError(
-                404, "unknown_model", f"no model named {name!r}; loaded: {self.settings.name!r}"
-            )
+        """A loaded model (None: the default one); 404 for an unknown name."""
+        if name is not None and not name:
+            raise ApiError(404, "unknown_model", "no model named ''")
+        return self._info(self._model(name))
+
+    def list_models(self) -> ModelList:
+        """Every loaded model, the default first then in load order."""
+        self.detector()
+        with self._models_lock:
+            extra = list(self._extra.values())
+        return ModelList(models=[self.model_info(), *(self._info(m) for m in extra)])
+
+    @staticmethod
+    def _info(model: _Model) -> ModelInfo:
+        detector = model.detector
         h, w = detector.input_hw
         return ModelInfo(
-            name=self.settings.name,
+            name=model.name,
             path=str(detector.model.path),
             input_width=w,
             input_height=h,
@@ -287,6 +344,7 @@ class DetectionService:
         session: SessionTracker | None = None,
         started_s: float | None = None,
         observe: Callable[[float], None] | None = None,
+        model: str | None = None,
     ) -> DetectResponse:
         """Detect (and with a session, track) objects in one image. Blocking.
 
@@ -297,20 +355,23 @@ class DetectionService:
             session: track with this session instead (``session_id`` is only echoed).
             started_s: ``time.perf_counter()`` when the request began (default: now).
             observe: gets the model call's seconds (metrics).
+            model: the loaded model to run (None: the default one; 404 when unknown). A
+                session should stick to one model.
 
         Raises:
             NotReadyError, ApiError, ImageError, ConfigError.
         """
         t0 = time.perf_counter() if started_s is None else started_s
+        loaded = self._model(model)
         threshold, class_ids = self.check_request(
-            conf, classes, None if session is not None else session_id
+            conf, classes, None if session is not None else session_id, model
         )
         decoded = self._decode(image)
         t1 = time.perf_counter()
         if session is None and session_id:
             session = self.sessions.get(session_id)
         start = time.perf_counter()
-        found = self._infer([decoded])[0]
+        found = self._infer([decoded], loaded.detector)[0]
         if observe is not None:
             observe(time.perf_counter() - start)
         if class_ids is not None:
@@ -330,8 +391,8 @@ class DetectionService:
         t2 = time.perf_counter()
         return detections_to_response(
             found,
-            class_names=self._detector_unchecked().class_names,
-            model=self.settings.name,
+            class_names=loaded.detector.class_names,
+            model=loaded.name,
             image_hw=(int(decoded.shape[0]), int(decoded.shape[1])),
             timings_ms={
                 "decode": (t1 - t0) * 1e3,
@@ -350,18 +411,20 @@ class DetectionService:
         field: str = "images",
         started_s: float | None = None,
         observe: Callable[[float], None] | None = None,
+        model: str | None = None,
     ) -> BatchDetectResponse:
         """Detect objects in several images with one batched model call. Blocking.
 
         Args:
             field: the request field named in per-image errors (``images[2]: …``).
-            started_s / observe: as :meth:`detect`.
+            started_s / observe / model: as :meth:`detect`.
 
         Raises:
             NotReadyError, ApiError (none or too many images), ImageError, ConfigError.
         """
         t0 = time.perf_counter() if started_s is None else started_s
-        threshold, class_ids = self.check_request(conf, classes)
+        loaded = self._model(model)
+        threshold, class_ids = self.check_request(conf, classes, model=model)
         if not images:
             raise ApiError(422, "missing_file", "the request needs one or more images")
         if len(images) > self.settings.max_batch:
@@ -371,7 +434,7 @@ class DetectionService:
         decoded = [self._decode(img, f"{field}[{i}]") for i, img in enumerate(images)]
         t1 = time.perf_counter()
         start = time.perf_counter()
-        results = self._infer(decoded)
+        results = self._infer(decoded, loaded.detector)
         if observe is not None:
             observe(time.perf_counter() - start)
         wanted = None if class_ids is None else np.fromiter(class_ids, np.int64)
@@ -382,9 +445,9 @@ class DetectionService:
                 mask &= np.isin(det.class_id, wanted)
             kept.append(det[mask])
         t2 = time.perf_counter()
-        class_names = self._detector_unchecked().class_names
+        class_names = loaded.detector.class_names
         return BatchDetectResponse(
-            model=self.settings.name,
+            model=loaded.name,
             results=[
                 BatchItem(
                     image=ImageSize(width=int(img.shape[1]), height=int(img.shape[0])),
@@ -398,3 +461,92 @@ class DetectionService:
                 "total": round((t2 - t0) * 1e3, 2),
             },
         )
+
+    # ---- runtime models ----
+
+    def load_model(self, name: str, path: str | Path, conf: float | None = None) -> ModelInfo:
+        """Load and warm another model under ``name``, in the calling thread. Blocking.
+
+        Args:
+            name: the model's name in requests (``model=``); :data:`MODEL_NAME_PATTERN`.
+            path: an existing ONNX file the detector adapter accepts.
+            conf: the model's default score threshold (None: the settings' default).
+
+        Raises:
+            NotReadyError: the default model is not ready (503).
+            ApiError: 422 bad name or conf, or the file does not load as a detector
+                (``model_load_failed``, with the loader's reason); 400 ``bad_model_path``
+                when ``path`` is not an existing ``.onnx`` file; 409 ``model_exists`` for
+                a name in use, ``too_many_models`` at ``settings.max_models``.
+        """
+        self.detector()
+        if not _MODEL_NAME.match(name):
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"name: must match {MODEL_NAME_PATTERN} (letters, digits, ._-)",
+            )
+        try:
+            settings = dataclasses.replace(
+                self.settings,
+                model_path=Path(path),
+                model_name=name,
+                conf_threshold=self.settings.conf_threshold if conf is None else conf,
+            )
+        except ConfigError as exc:
+            raise ApiError(422, "invalid_request", f"conf: {exc}") from exc
+        file = settings.model_path
+        if file.suffix.lower() != ".onnx" or not file.is_file():
+            raise ApiError(
+                400, "bad_model_path", f"path: {str(file)!r} is not an existing .onnx file"
+            )
+        with self._models_lock:
+            if name == self.settings.name or name in self._extra or name in self._loading:
+                raise ApiError(409, "model_exists", f"a model named {name!r} is already loaded")
+            count = 1 + len(self._extra) + len(self._loading)
+            if count >= self.settings.max_models:
+                raise ApiError(
+                    409,
+                    "too_many_models",
+                    f"this server holds at most {self.settings.max_models} models; "
+                    "unload one first",
+                )
+            self._loading.add(name)
+        try:
+            t0 = time.perf_counter()
+            try:
+                detector = self._factory(settings)
+                if settings.warmup:
+                    h, w = detector.input_hw
+                    self._infer([np.full((h, w, 3), 114, np.uint8)], detector)
+            except (ModelLoadError, ConfigError) as exc:
+                raise ApiError(422, "model_load_failed", f"path: {exc}") from exc
+            except Exception as exc:  # the adapter refused the file in its own words
+                raise ApiError(
+                    422, "model_load_failed", f"path: {type(exc).__name__}: {exc}"
+                ) from exc
+            loaded = _Model(name, detector, settings)
+            with self._models_lock:
+                self._extra[name] = loaded
+            log.info("model %s (%s) loaded in %.2f s", name, file, time.perf_counter() - t0)
+            return self._info(loaded)
+        finally:
+            with self._models_lock:
+                self._loading.discard(name)
+
+    def unload_model(self, name: str) -> None:
+        """Forget a model loaded at runtime (in-flight requests on it finish).
+
+        Raises:
+            NotReadyError (503); ApiError: 409 ``default_model`` for the default model,
+            404 ``unknown_model`` for a name not loaded.
+        """
+        self.detector()
+        if name == self.settings.name:
+            raise ApiError(
+                409, "default_model", f"{name!r} is the server's default model; it stays loaded"
+            )
+        with self._models_lock:
+            if self._extra.pop(name, None) is None:
+                raise ApiError(404, "unknown_model", f"no model named {name!r}")
+        log.info("model %s unloaded", name)

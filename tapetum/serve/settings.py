@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_CREDENTIAL_CHARS",
+    "MODEL_NAME_PATTERN",
     "SESSION_ID_PATTERN",
     "ApiError",
     "DetectorLike",
@@ -43,6 +44,9 @@ __all__ = [
 
 #: What a tracking ``session_id`` may look like (both APIs check it).
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
+
+#: What a model name loaded at runtime may look like (it appears in URL paths).
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9._\-]{1,64}$"
 
 #: Longest credential (API key or JWT) either API passes to a verifier; longer is a 401.
 MAX_CREDENTIAL_CHARS = 8192
@@ -133,6 +137,8 @@ class ServeSettings:
         stream_subscriber_queue: results buffered per live (SSE) subscriber; a slower
             client loses the oldest.
         sse_heartbeat_s: idle time after which an SSE connection gets a comment line.
+        max_models: most models loaded at once, the default one included (more can be
+            loaded at runtime with ``POST /v1/models`` / ``LoadModel``).
     """
 
     model_path: Path
@@ -163,6 +169,7 @@ class ServeSettings:
     stream_breaker_reset_s: float = 30.0
     stream_subscriber_queue: int = 64
     sse_heartbeat_s: float = 10.0
+    max_models: int = 4
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_conf_threshold <= self.conf_threshold <= 1.0:
@@ -180,6 +187,8 @@ class ServeSettings:
             raise ConfigError("stream_breaker_failures must be ≥ 1 and the reset time > 0")
         if self.sse_heartbeat_s <= 0:
             raise ConfigError(f"sse_heartbeat_s must be > 0, got {self.sse_heartbeat_s}")
+        if self.max_models < 1:
+            raise ConfigError(f"max_models must be ≥ 1, got {self.max_models}")
         jwt_parts = (self.jwt_issuer, self.jwt_audience, self.jwt_jwks)
         if any(jwt_parts) and not all(jwt_parts):
             raise ConfigError("JWT auth needs all of jwt_issuer, jwt_audience and jwt_jwks")

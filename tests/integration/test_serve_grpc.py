@@ -60,7 +60,10 @@ def served(yolox_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     settings = ServeSettings(model_path=yolox_path, conf_threshold=0.35, max_batch=4)
     detector: DetectorLike = default_detector_factory(settings)
     port = _free_port()
-    service = DetectionService(settings, lambda _settings: detector)
+    # The default model is built here; models loaded at runtime (LoadModel) for real.
+    service = DetectionService(
+        settings, lambda s: detector if s is settings else default_detector_factory(s)
+    )
     service.start()
     assert service.wait_ready(120.0), service.load_error
     server = create_grpc_server(settings, service, store, limiter, port)
@@ -182,6 +185,66 @@ def test_health_needs_no_key(served: Served) -> None:
     assert resp.status == pb.HealthResponse.STATUS_OK and resp.model_loaded
 
 
+def test_admin_loads_detects_with_and_unloads_a_model(
+    served: Served, bus_jpg: bytes, yolox_path: Path, tmp_path: Path
+) -> None:
+    stub, admin = served.stub, served.auth("admin")
+    request = pb.LoadModelRequest(name="second", path=str(yolox_path), conf=0.35)
+    for other in ("read", "infer", "read+infer"):
+        err = _error(lambda other=other: stub.LoadModel(request, metadata=served.auth(other)))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+    err = _error(
+        lambda: stub.LoadModel(
+            pb.LoadModelRequest(name="second", path="/no/such.onnx"), metadata=admin
+        )
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "/no/such.onnx" in err.details()  # type: ignore[attr-defined]
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    err = _error(
+        lambda: stub.LoadModel(pb.LoadModelRequest(name="second", path=str(junk)), metadata=admin)
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert _trailing(err)["tapetum-error-code"] == "model_load_failed"
+
+    info = stub.LoadModel(request, metadata=admin)
+    try:
+        assert (info.name, info.num_classes, info.path) == ("second", 80, str(yolox_path))
+        err = _error(lambda: stub.LoadModel(request, metadata=admin))
+        assert err.code() == grpc.StatusCode.ALREADY_EXISTS  # type: ignore[attr-defined]
+        assert _trailing(err)["tapetum-error-code"] == "model_exists"
+        listed = stub.ListModels(pb.ListModelsRequest(), metadata=served.auth("read+infer"))
+        assert [m.name for m in listed.models] == ["yolox_nano", "second"]
+        resp = stub.Detect(
+            pb.DetectRequest(image=bus_jpg, content_type="image/jpeg", model="second"),
+            metadata=served.auth("infer"),
+        )
+        assert resp.model == "second"
+        assert _classes(resp) == ["bus", "person", "person", "person"]
+        batch = stub.DetectBatch(
+            pb.BatchDetectRequest(
+                images=[pb.ImageData(data=bus_jpg, content_type="image/jpeg")], model="second"
+            ),
+            metadata=served.auth("infer"),
+        )
+        assert batch.model == "second"
+        assert _classes(batch.results[0]) == ["bus", "person", "person", "person"]
+        err = _error(lambda: stub.UnloadModel(pb.ModelRef(name="yolox_nano"), metadata=admin))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    finally:
+        left = stub.UnloadModel(pb.ModelRef(name="second"), metadata=admin)
+    assert [m.name for m in left.models] == ["yolox_nano"]
+    err = _error(
+        lambda: stub.Detect(
+            pb.DetectRequest(image=bus_jpg, content_type="image/jpeg", model="second"),
+            metadata=served.auth("infer"),
+        )
+    )
+    assert err.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+    assert _trailing(err)["tapetum-error-code"] == "unknown_model"
+
+
 def _rpcs(served: Served, bus_jpg: bytes) -> dict[str, tuple[str, Callable[..., Any]]]:
     """Every protected RPC → (scope it needs, call with the given metadata)."""
     image = pb.DetectRequest(image=bus_jpg, content_type="image/jpeg")
@@ -221,6 +284,16 @@ def _rpcs(served: Served, bus_jpg: bytes) -> dict[str, tuple[str, Callable[..., 
         "GetStream": ("read", lambda md: served.stub.GetStream(unknown, metadata=md)),
         "StopStream": ("infer", lambda md: served.stub.StopStream(unknown, metadata=md)),
         "StreamResults": ("read", lambda md: served.stub.StreamResults(unknown, metadata=md)),
+        "LoadModel": (
+            "admin",
+            lambda md: served.stub.LoadModel(
+                pb.LoadModelRequest(name="extra", path="/no/such.onnx"), metadata=md
+            ),
+        ),
+        "UnloadModel": (
+            "admin",
+            lambda md: served.stub.UnloadModel(pb.ModelRef(name="no-such-model"), metadata=md),
+        ),
     }
 
 
@@ -230,6 +303,8 @@ _AUTHORISED_ERRORS = {
     "GetStream": (grpc.StatusCode.NOT_FOUND, "unknown_stream"),
     "StopStream": (grpc.StatusCode.NOT_FOUND, "unknown_stream"),
     "StreamResults": (grpc.StatusCode.NOT_FOUND, "unknown_stream"),
+    "LoadModel": (grpc.StatusCode.INVALID_ARGUMENT, "bad_model_path"),
+    "UnloadModel": (grpc.StatusCode.NOT_FOUND, "unknown_model"),
 }
 
 
@@ -248,13 +323,14 @@ def test_every_rpc_but_health_needs_a_key_and_its_scope(served: Served, bus_jpg:
         denied = _error(lambda call=call, other=other: call(served.auth(other)))
         assert denied.code() == grpc.StatusCode.PERMISSION_DENIED, name  # type: ignore[attr-defined]
         assert f"lacks the {scope!r} scope needed by {name}" in denied.details()  # type: ignore[attr-defined]
+        allowed = served.auth("admin" if scope == "admin" else "read+infer")
         if name in _AUTHORISED_ERRORS:
-            err = _error(lambda call=call: call(served.auth("read+infer")))
+            err = _error(lambda call=call, allowed=allowed: call(allowed))
             code, error_code = _AUTHORISED_ERRORS[name]
             assert err.code() == code, (name, err.details())  # type: ignore[attr-defined]
             assert _trailing(err)["tapetum-error-code"] == error_code
             continue
-        result = call(served.auth("read+infer"))
+        result = call(allowed)
         if name == "DetectStream":
             assert len(list(result)) == 1
 

@@ -27,6 +27,7 @@ from tapetum.core.detections import Detections
 from tapetum.serve.app import DetectorLike, ServeSettings, create_app, default_detector_factory
 from tapetum.serve.auth import KeyStore, Scope
 from tapetum.serve.ratelimit import RateLimit, RateLimiter
+from tapetum.serve.settings import ApiError
 from tests.integration.serve_harness import LoopbackServer
 from tests.integration.serve_harness import assert_error as _assert_error
 
@@ -42,6 +43,8 @@ ROUTE_SCOPES = {
     ("GET", "/metrics"): Scope.READ,
     ("GET", "/v1/models"): Scope.READ,
     ("GET", "/v1/models/{name}"): Scope.READ,
+    ("POST", "/v1/models"): Scope.ADMIN,
+    ("DELETE", "/v1/models/{name}"): Scope.ADMIN,
     ("POST", "/v1/detect"): Scope.INFER,
     ("POST", "/v1/detect/batch"): Scope.INFER,
     ("POST", "/v1/streams"): Scope.INFER,
@@ -209,7 +212,7 @@ def test_models_list_describe_unknown(served: Served) -> None:
 
 
 def test_every_protected_route_needs_a_key_and_its_scope(served: Served) -> None:
-    wrong_key = {Scope.READ: "infer", Scope.INFER: "read"}
+    wrong_key = {Scope.READ: "infer", Scope.INFER: "read", Scope.ADMIN: "read"}
     checked = set()
     for route in served.app.routes:
         if not isinstance(route, APIRoute) or route.path in PUBLIC_ROUTES:
@@ -388,6 +391,115 @@ def test_openapi_lists_routes_with_examples(served: Served) -> None:
     detect = spec["paths"]["/v1/detect"]["post"]
     assert "image/jpeg" in detect["requestBody"]["content"]
     assert {"401", "403", "413", "415", "422", "429"} <= set(detect["responses"])
+
+
+def test_admin_loads_detects_with_and_unloads_a_model(
+    yolox_path: Path, bus_jpg: bytes, tmp_path: Path
+) -> None:
+    store = KeyStore(tmp_path / "keys.db")
+    admin = {"Authorization": f"Bearer {store.create('admin', [Scope.ADMIN])[1]}"}
+    infer = {"Authorization": f"Bearer {store.create('inferrer', [Scope.INFER])[1]}"}
+    read = {"Authorization": f"Bearer {store.create('reader', [Scope.READ, Scope.INFER])[1]}"}
+    settings = ServeSettings(model_path=yolox_path, conf_threshold=0.35, rate_per_second=None)
+    server = LoopbackServer(create_app(settings, key_store=store)).start()
+    second = {"name": "second", "path": str(yolox_path)}
+    jpeg = {"Content-Type": "image/jpeg"}
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            deadline = time.monotonic() + 60
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "model never became ready"
+                time.sleep(0.05)
+            for key in (infer, read):
+                _assert_error(
+                    client.post("/v1/models", json=second, headers=key), 403, "insufficient_scope"
+                )
+            bad = client.post("/v1/models", json={**second, "path": "/no/such.onnx"}, headers=admin)
+            _assert_error(bad, 400, "bad_model_path")
+            assert "/no/such.onnx" in bad.json()["detail"]
+            not_onnx = tmp_path / "junk.onnx"
+            not_onnx.write_bytes(b"not a model")
+            junk = client.post("/v1/models", json={**second, "path": str(not_onnx)}, headers=admin)
+            _assert_error(junk, 422, "model_load_failed")
+            assert "junk.onnx" in junk.json()["detail"]
+            _assert_error(
+                client.post("/v1/models", json={**second, "name": "a/b"}, headers=admin),
+                422,
+                "invalid_request",
+            )
+
+            loaded = client.post("/v1/models", json=second, headers=admin)
+            assert loaded.status_code == 201, loaded.text
+            assert loaded.json()["name"] == "second" and loaded.json()["num_classes"] == 80
+            _assert_error(
+                client.post("/v1/models", json=second, headers=admin), 409, "model_exists"
+            )
+            _assert_error(
+                client.post("/v1/models", json={**second, "name": "yolox_nano"}, headers=admin),
+                409,
+                "model_exists",
+            )
+            listed = client.get("/v1/models", headers=read).json()["models"]
+            assert [m["name"] for m in listed] == ["yolox_nano", "second"]
+            assert client.get("/v1/models/second", headers=read).json() == loaded.json()
+
+            resp = client.post(
+                "/v1/detect", content=bus_jpg, params={"model": "second"}, headers={**infer, **jpeg}
+            )
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["model"] == "second"
+            assert _classes(resp.json()) == ["bus", "person", "person", "person"]
+            batch = client.post(
+                "/v1/detect/batch",
+                params={"model": "second"},
+                files=[("files", ("bus.jpg", bus_jpg, "image/jpeg"))],
+                headers=infer,
+            )
+            assert batch.status_code == 200, batch.text
+            assert batch.json()["model"] == "second"
+            assert _classes(batch.json()["results"][0]) == ["bus", "person", "person", "person"]
+
+            _assert_error(client.delete("/v1/models/second", headers=infer), 403)
+            _assert_error(client.delete("/v1/models/yolox_nano", headers=admin), 409)
+            gone = client.delete("/v1/models/second", headers=admin)
+            assert gone.status_code == 204 and not gone.content
+            _assert_error(client.delete("/v1/models/second", headers=admin), 404, "unknown_model")
+            assert [m["name"] for m in client.get("/v1/models", headers=read).json()["models"]] == [
+                "yolox_nano"
+            ]
+            for route in ("/v1/detect", "/v1/detect/batch"):
+                _assert_error(
+                    client.post(
+                        route,
+                        content=bus_jpg,
+                        params={"model": "second"},
+                        headers={**infer, **jpeg},
+                    ),
+                    404,
+                    "unknown_model",
+                )
+    finally:
+        server.stop()
+        store.close()
+
+
+def test_model_limit_is_a_409(yolox_path: Path) -> None:
+    settings = ServeSettings(model_path=yolox_path, require_auth=False, max_models=2)
+    from tapetum.serve.service import DetectionService
+
+    service = DetectionService(settings)
+    service.start()
+    assert service.wait_ready(60.0), service.load_error
+    service.load_model("two", yolox_path, conf=0.5)
+    assert [m.name for m in service.list_models().models] == ["yolox_nano", "two"]
+    with pytest.raises(ApiError) as info:
+        service.load_model("three", yolox_path)
+    assert (info.value.status, info.value.code) == (409, "too_many_models")
+    with pytest.raises(ApiError) as info:
+        service.load_model("low", yolox_path, conf=0.01)
+    assert (info.value.status, info.value.code) == (422, "invalid_request")
+    service.unload_model("two")
+    service.load_model("three", yolox_path)
 
 
 class _SlowDetector:

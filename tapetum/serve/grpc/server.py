@@ -20,6 +20,10 @@ REST                        gRPC
 429 too many streams        RESOURCE_EXHAUSTED, trailing ``retry-after``
 503 source breaker open     UNAVAILABLE, trailing ``retry-after``
 501 detector cannot stream  UNIMPLEMENTED
+400 / 422 model won't load  INVALID_ARGUMENT (``bad_model_path``, ``model_load_failed``)
+409 model name in use       ALREADY_EXISTS
+409 too many models         RESOURCE_EXHAUSTED
+409 unload default model    FAILED_PRECONDITION
 ==========================  ======================================================
 
 Every error also carries the REST error code (``corrupt_image``, ``rate_limited``, …) in
@@ -28,8 +32,9 @@ the trailing metadata ``tapetum-error-code``. Bad input never becomes UNKNOWN or
 Keys come from the metadata ``authorization: Bearer <key>`` or ``x-api-key: <key>``.
 ``Health`` needs no key (like ``/readyz``); the other RPCs need ``read`` (models) or
 ``infer`` (detection, starting and stopping streams; listing, inspecting and following
-streams needs ``read``). Rate limits count per key and full method name
-(``/tapetum.v1.Detector/Detect``), once per call and once per frame of ``DetectStream``.
+streams needs ``read``) or ``admin`` (``LoadModel``, ``UnloadModel``). Rate limits
+count per key and full method name (``/tapetum.v1.Detector/Detect``), once per call and
+once per frame of ``DetectStream``.
 
 The detection work (model readiness, request checks, inference, tracking sessions) is the
 :class:`~tapetum.serve.service.DetectionService` the REST app serves too; this module is the
@@ -69,7 +74,7 @@ from tapetum.serve.auth import Scope
 from tapetum.serve.grpc._gen import tapetum_pb2 as pb
 from tapetum.serve.grpc._gen import tapetum_pb2_grpc as pb_grpc
 from tapetum.serve.images import ImageError
-from tapetum.serve.schemas import Health, ModelList
+from tapetum.serve.schemas import Health
 from tapetum.serve.service import DetectionService, EncodedImage, NotReadyError
 from tapetum.serve.sessions import SessionTracker
 from tapetum.serve.settings import (
@@ -104,6 +109,12 @@ _GRPC_CODES = {
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     501: grpc.StatusCode.UNIMPLEMENTED,
     503: grpc.StatusCode.UNAVAILABLE,
+}
+#: error codes whose gRPC status is not their HTTP status's.
+_GRPC_CODES_BY_ERROR = {
+    "model_exists": grpc.StatusCode.ALREADY_EXISTS,
+    "too_many_models": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "default_model": grpc.StatusCode.FAILED_PRECONDITION,
 }
 #: how often a ``StreamResults`` call checks that its client is still there, seconds.
 _RESULTS_POLL_S = 0.5
@@ -142,7 +153,9 @@ def _to_api_error(exc: Exception) -> ApiError:
 
 def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
     err = _to_api_error(exc)
-    if err.status in _GRPC_CODES:
+    if err.code in _GRPC_CODES_BY_ERROR:
+        code = _GRPC_CODES_BY_ERROR[err.code]
+    elif err.status in _GRPC_CODES:
         code = _GRPC_CODES[err.status]
     elif 400 <= err.status < 500:
         code = grpc.StatusCode.INVALID_ARGUMENT
@@ -202,6 +215,16 @@ class _DetectorService(pb_grpc.DetectorServicer):
         self, request: pb.DescribeModelRequest, context: grpc.ServicerContext
     ) -> pb.ModelInfo:
         return self._unary(request, context, Scope.READ, "DescribeModel", self._describe_model)
+
+    def LoadModel(  # noqa: N802 - generated servicer's name
+        self, request: pb.LoadModelRequest, context: grpc.ServicerContext
+    ) -> pb.ModelInfo:
+        return self._unary(request, context, Scope.ADMIN, "LoadModel", self._load_model)
+
+    def UnloadModel(  # noqa: N802 - generated servicer's name
+        self, request: pb.ModelRef, context: grpc.ServicerContext
+    ) -> pb.ListModelsResponse:
+        return self._unary(request, context, Scope.ADMIN, "UnloadModel", self._unload_model)
 
     def Health(  # noqa: N802 - generated servicer's name
         self, request: pb.HealthRequest, context: grpc.ServicerContext
@@ -350,10 +373,23 @@ class _DetectorService(pb_grpc.DetectorServicer):
     # ---- handlers ----
 
     def _list_models(self, request: pb.ListModelsRequest) -> pb.ListModelsResponse:
-        return mapping.model_list_to_proto(ModelList(models=[self.service.model_info()]))
+        return mapping.model_list_to_proto(self.service.list_models())
 
     def _describe_model(self, request: pb.DescribeModelRequest) -> pb.ModelInfo:
         return mapping.model_info_to_proto(self.service.model_info(request.name))
+
+    def _load_model(self, request: pb.LoadModelRequest) -> pb.ModelInfo:
+        if not request.path or len(request.path) > 4096:
+            raise ApiError(422, "invalid_request", "path: give 1 to 4096 characters")
+        conf = request.conf if request.HasField("conf") else None
+        if conf is not None and not 0.0 <= conf <= 1.0:
+            raise ApiError(422, "invalid_request", f"conf: {conf} is not in [0, 1]")
+        info = self.service.load_model(request.name, request.path, conf)
+        return mapping.model_info_to_proto(info)
+
+    def _unload_model(self, request: pb.ModelRef) -> pb.ListModelsResponse:
+        self.service.unload_model(request.name)
+        return mapping.model_list_to_proto(self.service.list_models())
 
     def _detect(
         self,
@@ -368,6 +404,7 @@ class _DetectorService(pb_grpc.DetectorServicer):
             list(request.classes),
             session_id if session is not None else request.session_id,
             session=session,
+            model=request.model or None,
         )
         return mapping.detect_response_to_proto(response)
 
@@ -387,6 +424,7 @@ class _DetectorService(pb_grpc.DetectorServicer):
             [EncodedImage(item.data, item.content_type) for item in request.images],
             request.conf if request.HasField("conf") else None,
             list(request.classes),
+            model=request.model or None,
         )
         return mapping.batch_detect_response_to_proto(response)
 

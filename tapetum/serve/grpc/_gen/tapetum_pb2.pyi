@@ -42,18 +42,20 @@ class ImageSize(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class DetectRequest(_message.Message):
-    __slots__ = ("image", "content_type", "conf", "classes", "session_id")
+    __slots__ = ("image", "content_type", "conf", "classes", "session_id", "model")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     CONF_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     content_type: str
     conf: float
     classes: _containers.RepeatedScalarFieldContainer[str]
     session_id: str
-    def __init__(self, image: _Optional[bytes] = ..., content_type: _Optional[str] = ..., conf: _Optional[float] = ..., classes: _Optional[_Iterable[str]] = ..., session_id: _Optional[str] = ...) -> None: ...
+    model: str
+    def __init__(self, image: _Optional[bytes] = ..., content_type: _Optional[str] = ..., conf: _Optional[float] = ..., classes: _Optional[_Iterable[str]] = ..., session_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class DetectResponse(_message.Message):
     __slots__ = ("model", "image", "detections", "session_id", "timings_ms")
@@ -85,14 +87,16 @@ class ImageData(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class BatchDetectRequest(_message.Message):
-    __slots__ = ("images", "conf", "classes")
+    __slots__ = ("images", "conf", "classes", "model")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     CONF_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[ImageData]
     conf: float
     classes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, images: _Optional[_Iterable[_Union[ImageData, _Mapping]]] = ..., conf: _Optional[float] = ..., classes: _Optional[_Iterable[str]] = ...) -> None: ...
+    model: str
+    def __init__(self, images: _Optional[_Iterable[_Union[ImageData, _Mapping]]] = ..., conf: _Optional[float] = ..., classes: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class BatchItem(_message.Message):
     __slots__ = ("image", "detections")
@@ -148,6 +152,22 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class DescribeModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class LoadModelRequest(_message.Message):
+    __slots__ = ("name", "path", "conf")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CONF_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    conf: float
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., conf: _Optional[float] = ...) -> None: ...
+
+class ModelRef(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str

@@ -54,6 +54,16 @@ class DetectorStub:
                 request_serializer=tapetum_dot_v1_dot_tapetum__pb2.DescribeModelRequest.SerializeToString,
                 response_deserializer=tapetum_dot_v1_dot_tapetum__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/tapetum.v1.Detector/LoadModel',
+                request_serializer=tapetum_dot_v1_dot_tapetum__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=tapetum_dot_v1_dot_tapetum__pb2.ModelInfo.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/tapetum.v1.Detector/UnloadModel',
+                request_serializer=tapetum_dot_v1_dot_tapetum__pb2.ModelRef.SerializeToString,
+                response_deserializer=tapetum_dot_v1_dot_tapetum__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/tapetum.v1.Detector/Health',
                 request_serializer=tapetum_dot_v1_dot_tapetum__pb2.HealthRequest.SerializeToString,
@@ -117,6 +127,23 @@ class DetectorServicer:
 
     def DescribeModel(self, request, context):
         """One loaded model by name; NOT_FOUND for another name. Needs "read".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadModel(self, request, context):
+        """Load and warm another model under a name. Needs "admin". INVALID_ARGUMENT when the
+        path is not an existing ONNX file or does not load, ALREADY_EXISTS for a name in use,
+        RESOURCE_EXHAUSTED at the server's model limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Unload a model loaded at runtime; returns the models still loaded. Needs "admin".
+        NOT_FOUND for a name not loaded, FAILED_PRECONDITION for the default model.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,6 +224,16 @@ def add_DetectorServicer_to_server(servicer, server):
                     servicer.DescribeModel,
                     request_deserializer=tapetum_dot_v1_dot_tapetum__pb2.DescribeModelRequest.FromString,
                     response_serializer=tapetum_dot_v1_dot_tapetum__pb2.ModelInfo.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=tapetum_dot_v1_dot_tapetum__pb2.LoadModelRequest.FromString,
+                    response_serializer=tapetum_dot_v1_dot_tapetum__pb2.ModelInfo.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=tapetum_dot_v1_dot_tapetum__pb2.ModelRef.FromString,
+                    response_serializer=tapetum_dot_v1_dot_tapetum__pb2.ListModelsResponse.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
@@ -342,6 +379,60 @@ class Detector:
             '/tapetum.v1.Detector/DescribeModel',
             tapetum_dot_v1_dot_tapetum__pb2.DescribeModelRequest.SerializeToString,
             tapetum_dot_v1_dot_tapetum__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tapetum.v1.Detector/LoadModel',
+            tapetum_dot_v1_dot_tapetum__pb2.LoadModelRequest.SerializeToString,
+            tapetum_dot_v1_dot_tapetum__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tapetum.v1.Detector/UnloadModel',
+            tapetum_dot_v1_dot_tapetum__pb2.ModelRef.SerializeToString,
+            tapetum_dot_v1_dot_tapetum__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
