@@ -29,24 +29,19 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from tapetum.core.boxes import box_iou
 from tapetum.core.detections import Detections
 from tapetum.core.frame import Frame
 from tapetum.errors import ConfigError
-from tapetum.track.assignment import fuse_score, iou_distance, linear_assignment
-from tapetum.track.bytetrack import TrackState
+from tapetum.track import byte_association as ba
+from tapetum.track.assignment import fuse_score, iou_distance
 from tapetum.track.cmc import CMC_METHODS, CameraMotionEstimator, make_cmc, warp_states
 from tapetum.track.kalman_xywh import KalmanFilterXYWH, xywh_to_xyxy, xyxy_to_xywh
 from tapetum.track.reid import ReidEmbedder
-from tapetum.track.table import ColumnTable
 
 Float64Array = npt.NDArray[np.float64]
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
-
-_TRACKED = np.int8(TrackState.TRACKED)
-_LOST = np.int8(TrackState.LOST)
 
 CmcMethod = Literal["sparseOptFlow", "ecc", "none"]
 
@@ -196,51 +191,18 @@ def _normalise_rows(x: npt.ArrayLike) -> FloatArray:
 
 
 @dataclass(slots=True)
-class _TrackTable(ColumnTable):
+class _TrackTable(ba.ByteTrackTable):
     """All live tracks of one tracker, one row per track (structure of arrays).
 
+    The columns are :class:`~tapetum.track.byte_association.ByteTrackTable`'s, with
+    ``mean`` the Kalman state ``x, y, w, h`` and velocities in pixels, and:
+
     Attributes:
-        mean: (T, 8) Kalman state ``x, y, w, h`` and velocities, pixels.
-        covariance: (T, 8, 8) Kalman covariance.
         features: (T, D) float32 unit-length moving average of the track's embeddings
             (D = 0 without re-identification).
-        track_id: (T,) positive identity.
-        state: (T,) ``TrackState`` values.
-        activated: (T,) False for a track born after frame 1 until its second detection.
-        score: (T,) confidence of the last associated detection.
-        class_id: (T,) class of the last associated detection.
-        start_frame: (T,) frame number the track was born on.
-        last_frame: (T,) frame number of the last associated detection.
-        det_index: (T,) row of this frame's detections associated to the track, -1 if none.
     """
 
-    mean: Float64Array
-    covariance: Float64Array
     features: FloatArray
-    track_id: IntArray
-    state: npt.NDArray[np.int8]
-    activated: BoolArray
-    score: npt.NDArray[np.float32]
-    class_id: IntArray
-    start_frame: IntArray
-    last_frame: IntArray
-    det_index: IntArray
-
-    @classmethod
-    def empty(cls, feature_dim: int = 0) -> _TrackTable:
-        return cls(
-            mean=np.empty((0, 8), np.float64),
-            covariance=np.empty((0, 8, 8), np.float64),
-            features=np.empty((0, feature_dim), np.float32),
-            track_id=np.empty(0, np.int64),
-            state=np.empty(0, np.int8),
-            activated=np.empty(0, np.bool_),
-            score=np.empty(0, np.float32),
-            class_id=np.empty(0, np.int64),
-            start_frame=np.empty(0, np.int64),
-            last_frame=np.empty(0, np.int64),
-            det_index=np.empty(0, np.int64),
-        )
 
     def boxes(self) -> Float64Array:
         """(T, 4) xyxy boxes of the Kalman means, in pixels."""
@@ -283,7 +245,7 @@ class BoTSortTracker:
         self._kalman = KalmanFilterXYWH()
         self._cmc: CameraMotionEstimator | None = make_cmc(self.config.cmc_method)
         self._feature_dim = embedder.embedding_dim if embedder is not None else 0
-        self._tracks = _TrackTable.empty(self._feature_dim)
+        self._tracks = _TrackTable.empty(features=np.empty((0, self._feature_dim), np.float32))
         self._frame_id = 0
         self._next_id = 1
         #: (2, 3) camera warp applied on the last ``update`` (identity without CMC).
@@ -291,7 +253,7 @@ class BoTSortTracker:
 
     def reset(self) -> None:
         """Forget every track and the previous frame; ids restart at 1."""
-        self._tracks = _TrackTable.empty(self._feature_dim)
+        self._tracks = _TrackTable.empty(features=np.empty((0, self._feature_dim), np.float32))
         self._frame_id = 0
         self._next_id = 1
         self.last_warp = np.eye(2, 3, dtype=np.float64)
@@ -340,14 +302,11 @@ class BoTSortTracker:
         self._frame_id += 1
         frame_id = self._frame_id
         t = self._tracks
-        t.det_index[:] = -1
+        groups = ba.group_tracks(t)
 
         scores = detections.confidence
         det_xywh = xyxy_to_xywh(detections.xyxy)
-        # Strict inequalities as in the reference: a score of exactly track_high_thresh
-        # joins neither association.
-        high = np.flatnonzero(scores > cfg.track_high_thresh)
-        low = np.flatnonzero((scores > cfg.track_low_thresh) & (scores < cfg.track_high_thresh))
+        high, low = ba.split_by_score(scores, cfg.track_high_thresh, cfg.track_low_thresh)
 
         feats: FloatArray | None = None
         if cfg.with_reid:
@@ -361,16 +320,8 @@ class BoTSortTracker:
                 t.features = np.empty((0, feats.shape[1]), np.float32)
             self._feature_dim = int(feats.shape[1])
 
-        was_lost = t.state == _LOST
-        unconfirmed = np.flatnonzero((t.state == _TRACKED) & ~t.activated)
-        pool = np.flatnonzero(((t.state == _TRACKED) & t.activated) | was_lost)
-
-        # Predict confirmed and lost tracks; a lost track's size velocities are zeroed so
-        # its box does not run away while unobserved. Unconfirmed tracks are not predicted
-        # (as in the reference).
-        pool_mean = t.mean[pool]
-        pool_mean[np.ix_(was_lost[pool], (6, 7))] = 0.0
-        t.mean[pool], t.covariance[pool] = self._kalman.predict(pool_mean, t.covariance[pool])
+        # Predict confirmed and lost tracks; a lost track's size velocities are zeroed.
+        ba.predict_pool(t, self._kalman, groups, size_velocity=(6, 7))
 
         # Camera motion moves every track, unconfirmed ones included. The estimator sees
         # every frame, even one with no tracks, so it always holds the previous frame.
@@ -384,84 +335,57 @@ class BoTSortTracker:
         # below uses a block of it.
         dist = iou_distance(t.boxes(), detections.xyxy)
 
-        # First association: confirmed + lost tracks with high-score detections.
-        cost = self._cost(
-            t, track_rows=pool, det_rows=high, iou_dist=dist, dets=detections, feats=feats
-        )
-        matches_1, free_pool, free_high = linear_assignment(cost, cfg.match_thresh)
-        match_tracks = [pool[matches_1[:, 0]]]
-        match_dets = [high[matches_1[:, 1]]]
+        # The second association (tracked tracks with low-score detections) is on IoU
+        # alone: low-score boxes are often occluded, so appearance is unreliable there,
+        # and they are not embedded.
+        def high_cost(track_rows: IntArray, det_rows: IntArray) -> Float64Array:
+            return self._cost(
+                t,
+                track_rows=track_rows,
+                det_rows=det_rows,
+                iou_dist=dist,
+                dets=detections,
+                feats=feats,
+            )
 
-        # Second association: tracks that were tracked last frame with low-score
-        # detections, on IoU alone (low-score boxes are often occluded: appearance is
-        # unreliable there, and they are not embedded).
-        leftover = pool[free_pool]
-        leftover = leftover[t.state[leftover] == _TRACKED]
-        cost = dist[leftover][:, low]
-        matches_2, free_leftover, _ = linear_assignment(cost, cfg.low_match_thresh)
-        match_tracks.append(leftover[matches_2[:, 0]])
-        match_dets.append(low[matches_2[:, 1]])
-        t.state[leftover[free_leftover]] = _LOST
-
-        # Unconfirmed tracks (born last frame) with the high-score detections left over.
-        remaining_high = high[free_high]
-        cost = self._cost(
+        assoc = ba.associate(
             t,
-            track_rows=unconfirmed,
-            det_rows=remaining_high,
+            groups,
+            self._kalman,
+            params=cfg,
             iou_dist=dist,
-            dets=detections,
-            feats=feats,
+            high=high,
+            low=low,
+            high_cost=high_cost,
+            measurements=det_xywh,
+            detections=detections,
+            frame_id=frame_id,
         )
-        matches_3, free_unconfirmed, free_remaining = linear_assignment(
-            cost, cfg.unconfirmed_match_thresh
-        )
-        match_tracks.append(unconfirmed[matches_3[:, 0]])
-        match_dets.append(remaining_high[matches_3[:, 1]])
-
-        # Correct every matched track in one batched Kalman update.
-        rows = np.concatenate(match_tracks)
-        det_rows = np.concatenate(match_dets)
-        t.mean[rows], t.covariance[rows] = self._kalman.update(
-            t.mean[rows], t.covariance[rows], det_xywh[det_rows]
-        )
-        t.state[rows] = _TRACKED
-        t.activated[rows] = True
-        t.score[rows] = scores[det_rows]
-        t.class_id[rows] = detections.class_id[det_rows]
-        t.last_frame[rows] = frame_id
-        t.det_index[rows] = det_rows
 
         if feats is not None:
             # Moving average of the embeddings, from the high-score matches only (the
             # low-score boxes carry no embedding), renormalised to unit length.
-            emb_rows = np.concatenate((match_tracks[0], match_tracks[2]))
-            emb_dets = np.concatenate((match_dets[0], match_dets[2]))
+            emb_rows = np.concatenate((assoc.tracks[0], assoc.tracks[2]))
+            emb_dets = np.concatenate((assoc.dets[0], assoc.dets[2]))
             a = cfg.ema_alpha
             t.features[emb_rows] = _normalise_rows(
                 a * t.features[emb_rows] + (1.0 - a) * feats[emb_dets]
             )
 
-        # Drop unconfirmed tracks that found no detection and tracks lost for too long.
-        remove = np.zeros(len(t), np.bool_)
-        remove[unconfirmed[free_unconfirmed]] = True
-        remove |= was_lost & (t.state == _LOST) & (frame_id - t.last_frame > cfg.max_frames_lost)
-        t = t.select(~remove)
-
-        # Start tracks from confident high-score detections nobody claimed.
-        new = remaining_high[free_remaining]
-        new = new[scores[new] >= cfg.new_track_thresh]
-        t = t.concat(self._start_tracks(new, det_xywh, detections, feats, frame_id))
-
-        t = self._remove_duplicates(t)
+        t, out_rows, track_ids = ba.finish_frame(
+            t,
+            groups,
+            assoc,
+            params=cfg,
+            scores=scores,
+            frame_id=frame_id,
+            start_tracks=lambda rows: self._start_tracks(
+                rows, det_xywh, detections, feats, frame_id
+            ),
+        )
         self._tracks = t
-
-        out_mask = (t.state == _TRACKED) & t.activated
-        out_rows = t.det_index[out_mask]
-        order = np.argsort(out_rows, kind="stable")
-        out_rows = out_rows[order]
         result = detections[out_rows]
-        result.tracker_id = t.track_id[out_mask][order].copy()
+        result.tracker_id = track_ids
         if feats is not None and detections.embeddings is None:
             result.embeddings = feats[out_rows]
         return result
@@ -511,29 +435,5 @@ class BoTSortTracker:
             covariance=covariance,
             features=features,
             track_id=ids,
-            state=np.full(n, _TRACKED, np.int8),
-            # Only on the first frame is a track reported before its second detection.
-            activated=np.full(n, frame_id == 1, np.bool_),
-            score=detections.confidence[det_rows],
-            class_id=detections.class_id[det_rows],
-            start_frame=np.full(n, frame_id, np.int64),
-            last_frame=np.full(n, frame_id, np.int64),
-            det_index=det_rows.astype(np.int64, copy=True),
+            **ba.new_track_columns(det_rows, detections, frame_id),
         )
-
-    def _remove_duplicates(self, t: _TrackTable) -> _TrackTable:
-        """Of each tracked/lost pair with IoU above ``duplicate_iou`` drop the younger one."""
-        tracked = np.flatnonzero(t.state == _TRACKED)
-        lost = np.flatnonzero(t.state == _LOST)
-        if tracked.size == 0 or lost.size == 0:
-            return t
-        boxes = t.boxes()
-        pairs = box_iou(boxes[tracked], boxes[lost]) > self.config.duplicate_iou
-        if not pairs.any():
-            return t
-        age = t.last_frame - t.start_frame
-        tracked_older = age[tracked][:, None] > age[lost][None, :]
-        remove = np.zeros(len(t), np.bool_)
-        remove[tracked[(pairs & ~tracked_older).any(axis=1)]] = True
-        remove[lost[(pairs & tracked_older).any(axis=0)]] = True
-        return t.select(~remove)

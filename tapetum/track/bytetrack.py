@@ -22,36 +22,24 @@ cost matrices are array operations over all tracks at once.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from tapetum.core.boxes import box_iou
 from tapetum.core.detections import Detections
 from tapetum.core.frame import Frame
 from tapetum.errors import ConfigError
-from tapetum.track.assignment import fuse_score, iou_distance, linear_assignment
+from tapetum.track import byte_association as ba
+from tapetum.track.assignment import fuse_score, iou_distance
+from tapetum.track.byte_association import TrackState
 from tapetum.track.kalman import KalmanFilter, xyah_to_xyxy, xyxy_to_xyah
-from tapetum.track.table import ColumnTable
+
+__all__ = ["ByteTrackConfig", "ByteTracker", "TrackState"]
 
 Float64Array = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
-
-
-class TrackState(enum.IntEnum):
-    """Life-cycle state of a track; removed tracks are deleted from the table."""
-
-    TRACKED = 1
-    LOST = 2
-
-
-# Plain numpy scalars for the per-frame comparisons: an enum member costs an attribute
-# lookup through the enum machinery on every use, which adds up at ~20 uses per frame.
-_TRACKED = np.int8(TrackState.TRACKED)
-_LOST = np.int8(TrackState.LOST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,47 +114,12 @@ class ByteTrackConfig:
 
 
 @dataclass(slots=True)
-class _TrackTable(ColumnTable):
+class _TrackTable(ba.ByteTrackTable):
     """All live tracks of one tracker, one row per track (structure of arrays).
 
-    Attributes:
-        mean: (T, 8) Kalman state ``x, y, a, h`` and velocities.
-        covariance: (T, 8, 8) Kalman covariance.
-        track_id: (T,) positive identity.
-        state: (T,) ``TrackState`` values.
-        activated: (T,) False for a track born after frame 1 until its second detection.
-        score: (T,) confidence of the last associated detection.
-        class_id: (T,) class of the last associated detection.
-        start_frame: (T,) frame number the track was born on.
-        last_frame: (T,) frame number of the last associated detection.
-        det_index: (T,) row of this frame's detections associated to the track, -1 if none.
+    The columns are :class:`~tapetum.track.byte_association.ByteTrackTable`'s; ``mean``
+    is the Kalman state ``x, y, a, h`` and velocities.
     """
-
-    mean: Float64Array
-    covariance: Float64Array
-    track_id: IntArray
-    state: npt.NDArray[np.int8]
-    activated: BoolArray
-    score: npt.NDArray[np.float32]
-    class_id: IntArray
-    start_frame: IntArray
-    last_frame: IntArray
-    det_index: IntArray
-
-    @classmethod
-    def empty(cls) -> _TrackTable:
-        return cls(
-            mean=np.empty((0, 8), np.float64),
-            covariance=np.empty((0, 8, 8), np.float64),
-            track_id=np.empty(0, np.int64),
-            state=np.empty(0, np.int8),
-            activated=np.empty(0, np.bool_),
-            score=np.empty(0, np.float32),
-            class_id=np.empty(0, np.int64),
-            start_frame=np.empty(0, np.int64),
-            last_frame=np.empty(0, np.int64),
-            det_index=np.empty(0, np.int64),
-        )
 
     def boxes(self) -> Float64Array:
         """(T, 4) xyxy boxes of the Kalman means, in pixels."""
@@ -222,89 +175,47 @@ class ByteTracker:
         self._frame_id += 1
         frame_id = self._frame_id
         t = self._tracks
-        t.det_index[:] = -1
+        groups = ba.group_tracks(t)
 
         scores = detections.confidence
         det_xyah = xyxy_to_xyah(detections.xyxy)
-        # Strict inequalities as in the reference: a score of exactly track_thresh joins
-        # neither association.
-        high = np.flatnonzero(scores > cfg.track_thresh)
-        low = np.flatnonzero((scores > cfg.low_thresh) & (scores < cfg.track_thresh))
+        high, low = ba.split_by_score(scores, cfg.track_thresh, cfg.low_thresh)
 
-        was_lost = t.state == _LOST
-        unconfirmed = np.flatnonzero((t.state == _TRACKED) & ~t.activated)
-        pool = np.flatnonzero(((t.state == _TRACKED) & t.activated) | was_lost)
-
-        # Predict confirmed and lost tracks. A lost track's height velocity is zeroed so a
-        # shrinking or growing box does not run away while unobserved. Unconfirmed tracks
-        # are not predicted (as in the reference).
-        pool_mean = t.mean[pool]
-        pool_mean[was_lost[pool], 7] = 0.0
-        t.mean[pool], t.covariance[pool] = self._kalman.predict(pool_mean, t.covariance[pool])
+        # Predict confirmed and lost tracks; a lost track's height velocity is zeroed.
+        ba.predict_pool(t, self._kalman, groups, size_velocity=(7,))
         # 1 - IoU of every track with every detection, computed once: each association
         # below uses a block of it.
         dist = iou_distance(t.boxes(), detections.xyxy)
 
-        # First association: confirmed + lost tracks with high-score detections.
-        cost = dist[pool][:, high]
-        if cfg.fuse_score:
-            cost = fuse_score(cost, scores[high])
-        matches_1, free_pool, free_high = linear_assignment(cost, cfg.match_thresh)
-        match_tracks = [pool[matches_1[:, 0]]]
-        match_dets = [high[matches_1[:, 1]]]
+        def high_cost(track_rows: IntArray, det_rows: IntArray) -> Float64Array:
+            cost = dist[track_rows][:, det_rows]
+            return fuse_score(cost, scores[det_rows]) if cfg.fuse_score else cost
 
-        # Second association: tracks that were tracked last frame with low-score detections.
-        leftover = pool[free_pool]
-        leftover = leftover[t.state[leftover] == _TRACKED]
-        cost = dist[leftover][:, low]
-        matches_2, free_leftover, _ = linear_assignment(cost, cfg.low_match_thresh)
-        match_tracks.append(leftover[matches_2[:, 0]])
-        match_dets.append(low[matches_2[:, 1]])
-        t.state[leftover[free_leftover]] = _LOST
-
-        # Unconfirmed tracks (born last frame) with the high-score detections left over.
-        remaining_high = high[free_high]
-        cost = dist[unconfirmed][:, remaining_high]
-        if cfg.fuse_score:
-            cost = fuse_score(cost, scores[remaining_high])
-        matches_3, free_unconfirmed, free_remaining = linear_assignment(
-            cost, cfg.unconfirmed_match_thresh
+        assoc = ba.associate(
+            t,
+            groups,
+            self._kalman,
+            params=cfg,
+            iou_dist=dist,
+            high=high,
+            low=low,
+            high_cost=high_cost,
+            measurements=det_xyah,
+            detections=detections,
+            frame_id=frame_id,
         )
-        match_tracks.append(unconfirmed[matches_3[:, 0]])
-        match_dets.append(remaining_high[matches_3[:, 1]])
-
-        # Correct every matched track in one batched Kalman update.
-        rows = np.concatenate(match_tracks)
-        det_rows = np.concatenate(match_dets)
-        t.mean[rows], t.covariance[rows] = self._kalman.update(
-            t.mean[rows], t.covariance[rows], det_xyah[det_rows]
+        t, out_rows, track_ids = ba.finish_frame(
+            t,
+            groups,
+            assoc,
+            params=cfg,
+            scores=scores,
+            frame_id=frame_id,
+            start_tracks=lambda rows: self._start_tracks(rows, det_xyah, detections, frame_id),
         )
-        t.state[rows] = _TRACKED
-        t.activated[rows] = True
-        t.score[rows] = scores[det_rows]
-        t.class_id[rows] = detections.class_id[det_rows]
-        t.last_frame[rows] = frame_id
-        t.det_index[rows] = det_rows
-
-        # Drop unconfirmed tracks that found no detection and tracks lost for too long.
-        remove = np.zeros(len(t), np.bool_)
-        remove[unconfirmed[free_unconfirmed]] = True
-        remove |= was_lost & (t.state == _LOST) & (frame_id - t.last_frame > cfg.max_frames_lost)
-        t = t.select(~remove)
-
-        # Start tracks from confident high-score detections nobody claimed.
-        new = remaining_high[free_remaining]
-        new = new[scores[new] >= cfg.new_track_thresh]
-        t = t.concat(self._start_tracks(new, det_xyah, detections, frame_id))
-
-        t = self._remove_duplicates(t)
         self._tracks = t
-
-        out_mask = (t.state == _TRACKED) & t.activated
-        out_rows = t.det_index[out_mask]
-        order = np.argsort(out_rows, kind="stable")
-        result = detections[out_rows[order]]
-        result.tracker_id = t.track_id[out_mask][order].copy()
+        result = detections[out_rows]
+        result.tracker_id = track_ids
         return result
 
     def _start_tracks(
@@ -318,29 +229,5 @@ class ByteTracker:
             mean=mean,
             covariance=covariance,
             track_id=ids,
-            state=np.full(n, _TRACKED, np.int8),
-            # Only on the first frame is a track reported before its second detection.
-            activated=np.full(n, frame_id == 1, np.bool_),
-            score=detections.confidence[det_rows],
-            class_id=detections.class_id[det_rows],
-            start_frame=np.full(n, frame_id, np.int64),
-            last_frame=np.full(n, frame_id, np.int64),
-            det_index=det_rows.astype(np.int64, copy=True),
+            **ba.new_track_columns(det_rows, detections, frame_id),
         )
-
-    def _remove_duplicates(self, t: _TrackTable) -> _TrackTable:
-        """Of each tracked/lost pair with IoU above ``duplicate_iou`` drop the younger one."""
-        tracked = np.flatnonzero(t.state == _TRACKED)
-        lost = np.flatnonzero(t.state == _LOST)
-        if tracked.size == 0 or lost.size == 0:
-            return t
-        boxes = t.boxes()
-        pairs = box_iou(boxes[tracked], boxes[lost]) > self.config.duplicate_iou
-        if not pairs.any():
-            return t
-        age = t.last_frame - t.start_frame
-        tracked_older = age[tracked][:, None] > age[lost][None, :]
-        remove = np.zeros(len(t), np.bool_)
-        remove[tracked[(pairs & ~tracked_older).any(axis=1)]] = True
-        remove[lost[(pairs & tracked_older).any(axis=0)]] = True
-        return t.select(~remove)

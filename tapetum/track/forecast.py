@@ -416,7 +416,11 @@ class _LinearForecaster:
         rows, found = self._lookup(ids)
         if origin is None:
             found[:] = False
-        elif found.any():
+        else:
+            # Absent longer than max_age_s at the forecast's origin: gone, whether or not an
+            # update has pruned it yet (so forecasts do not depend on who else was updated).
+            found[found] &= (float(origin) - self._obs_time_s[rows[found]]) <= self._max_age_s
+        if found.any() and origin is not None:
             idx = rows[found]
             dt = (float(origin) - self._obs_time_s[idx])[:, None] + horizons[None, :]  # (M, H)
             f0 = self._transition(dt)[..., 0, :]  # (M, H, K): position row
