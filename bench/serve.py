@@ -10,6 +10,9 @@ One run, with the real YOLOX-nano model and a real (argon2) key store:
    ``--seconds`` seconds, whichever comes first. RPS and latency p50/p95/p99 per level.
 3. ``overhead_p50_ms``: REST p50 − direct p50 at 1 client (target < 5 ms): HTTP parsing,
    auth (cached key), JPEG decode, JSON encoding, the thread hops and the loopback.
+   Measured twice: with the async httpx client of the levels above, and with one
+   sequential keep-alive ``http.client`` connection (``rest_lean_client``), whose own
+   parsing costs less of the two shared cores; the gap between them is client time.
 4. ``grpc``: ``create_grpc_server`` (the public factory) on a free loopback port, sharing
    the direct call's detector; a grpc.aio client with one channel (its own connection) per
    client sends ``Detect`` with the same JPEG, key (``authorization: Bearer`` metadata),
@@ -233,7 +236,64 @@ def bench_rest(
             )
             for c in LEVELS
         }
+        levels["1_lean"] = _in_client_process(
+            _rest_lean_level,
+            url=server.url,
+            headers=headers,
+            jpeg=jpeg,
+            requests=args.requests,
+            seconds=args.seconds,
+        )
     return levels, n_dets
+
+
+def _rest_lean_level(
+    *, url: str, headers: dict[str, str], jpeg: bytes, requests: int, seconds: float
+) -> dict[str, Any]:
+    """One client on one keep-alive connection with the standard library's http.client:
+    the leanest Python client, so less of the client's own parsing is counted."""
+    import http.client
+
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    latencies: list[float] = []
+    server_ms: dict[str, list[float]] = {}
+    errors: dict[str, int] = {}
+
+    def post() -> tuple[int, bytes]:
+        conn.request("POST", "/v1/detect", body=jpeg, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+
+    for _ in range(5):
+        post()
+    start = time.perf_counter()
+    while len(latencies) < requests and time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        status, body = post()
+        dt = (time.perf_counter() - t0) * 1e3
+        if status == 200:
+            latencies.append(dt)
+            for k, v in json.loads(body)["timings_ms"].items():
+                server_ms.setdefault(k, []).append(v)
+        else:
+            errors[str(status)] = errors.get(str(status), 0) + 1
+    elapsed = time.perf_counter() - start
+    conn.close()
+    out: dict[str, Any] = {
+        "clients": 1,
+        "client": "http.client",
+        "requests": len(latencies),
+        "seconds": round(elapsed, 2),
+        "rps": round(len(latencies) / elapsed, 1),
+        **pct(latencies),
+        "server_timings_p50_ms": {
+            k: round(float(np.median(v)), 2) for k, v in server_ms.items() if v
+        },
+    }
+    if errors:
+        out["errors"] = errors
+    return out
 
 
 def _rest_level(
@@ -380,9 +440,11 @@ def bench_grpc(
         server.stop(grace=5).wait()
 
 
-def overhead(levels: dict[str, dict[str, Any]], direct: dict[str, Any]) -> dict[str, Any]:
+def overhead(
+    levels: dict[str, dict[str, Any]], direct: dict[str, Any], level: str = "1"
+) -> dict[str, Any]:
     """p50 at 1 client − direct p50, and the part of it that is the server's JPEG decode."""
-    one = levels["1"]
+    one = levels[level]
     over = one["p50_ms"] - direct["p50_ms"]
     decode = one["server_timings_p50_ms"].get("decode")
     out: dict[str, Any] = {
@@ -431,11 +493,14 @@ def _print_levels(name: str, levels: dict[str, Any], direct_p50: float) -> None:
     for lvl in levels.values():
         ratio = lvl["p50_ms"] / direct_p50
         print(
-            f"{lvl['clients']:>8} {lvl['requests']:>9} {lvl['rps']:>8} {lvl['p50_ms']:>8} "
+            f"{lvl['clients']:>8}{'*' if lvl.get('client') else ' '}{lvl['requests']:>8} "
+            f"{lvl['rps']:>8} {lvl['p50_ms']:>8} "
             f"{lvl['p95_ms']:>8} {lvl['p99_ms']:>8} {ratio:>10.2f}x"
             + (f"  errors {lvl['errors']}" if "errors" in lvl else "")
         )
     print(f"server-side timings_ms p50 at 1 client: {levels['1']['server_timings_p50_ms']}")
+    if any(lvl.get("client") for lvl in levels.values()):
+        print("* one sequential client with the standard library's http.client")
 
 
 def _print_overhead(name: str, over: dict[str, Any]) -> None:
@@ -466,7 +531,8 @@ def print_table(result: dict[str, Any]) -> None:
     if isinstance(grpc_result, dict):
         _print_levels("gRPC Detect", grpc_result["levels"], direct["p50_ms"])
     print()
-    _print_overhead("REST", result["overhead"]["rest"])
+    _print_overhead("REST (httpx client)", result["overhead"]["rest"])
+    _print_overhead("REST (http.client)", result["overhead"]["rest_lean_client"])
     if isinstance(grpc_result, dict):
         _print_overhead("gRPC", result["overhead"]["grpc"])
         print("\nREST vs gRPC (ratio = gRPC / REST)")
@@ -547,7 +613,10 @@ def main() -> int:
         "grpc": grpc_result,
         # Per protocol: p50 at 1 client − direct p50; the JPEG decode part is the server's
         # own timings_ms["decode"] (p50), so the part without it is not blamed on decode.
-        "overhead": {"rest": overhead(rest, direct)},
+        "overhead": {
+            "rest": overhead(rest, direct),
+            "rest_lean_client": overhead(rest, direct, "1_lean"),
+        },
     }
     if isinstance(grpc_result, dict):
         result["overhead"]["grpc"] = overhead(grpc_result["levels"], direct)

@@ -62,6 +62,7 @@ from tapetum.serve.settings import (
     MODEL_NAME_PATTERN,
     SESSION_ID_PATTERN,
     ApiError,
+    CachingKeyVerifier,
     DetectorLike,
     KeyVerifier,
     Principal,
@@ -587,7 +588,7 @@ def create_app(
             "model). A tracking session should stick to one model.",
             examples=["yolox_nano"],
         ),
-    ) -> DetectResponse:
+    ) -> Response:
         """Detect objects in one image. Needs the ``infer`` scope."""
         service.detector()
         service.check_conf(conf, model)
@@ -597,14 +598,16 @@ def create_app(
         data, ctype = await _read_single_upload(request, settings.max_upload_bytes)
         observe = metrics.inference.labels("detect").observe
         return await anyio.to_thread.run_sync(
-            lambda: service.detect(
-                EncodedImage(data, ctype),
-                conf,
-                wanted,
-                session_id,
-                started_s=t0,
-                observe=observe,
-                model=model,
+            lambda: _json_response(
+                service.detect(
+                    EncodedImage(data, ctype),
+                    conf,
+                    wanted,
+                    session_id,
+                    started_s=t0,
+                    observe=observe,
+                    model=model,
+                )
             )
         )
 
@@ -648,7 +651,7 @@ def create_app(
             "model). A tracking session should stick to one model.",
             examples=["yolox_nano"],
         ),
-    ) -> BatchDetectResponse:
+    ) -> Response:
         """Detect objects in several images (multipart ``files``) with one batched model
         call. Needs the ``infer`` scope."""
         service.detector()
@@ -660,8 +663,10 @@ def create_app(
         images = [EncodedImage(data, ctype) for data, ctype in uploads]
         observe = metrics.inference.labels("detect_batch").observe
         return await anyio.to_thread.run_sync(
-            lambda: service.detect_batch(
-                images, conf, wanted, field="files", started_s=t0, observe=observe, model=model
+            lambda: _json_response(
+                service.detect_batch(
+                    images, conf, wanted, field="files", started_s=t0, observe=observe, model=model
+                )
             )
         )
 
@@ -836,6 +841,16 @@ _IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp")
 # ------------------------------------------------------------------------------- helpers
 
 
+def _json_response(body: BaseModel) -> Response:
+    """Serialise a response model once, in the calling (worker) thread.
+
+    The route still declares ``response_model`` for the OpenAPI document; returning a
+    ready ``Response`` skips FastAPI's second validation pass over a model that the
+    service has just built and validated.
+    """
+    return Response(body.model_dump_json(), media_type="application/json")
+
+
 async def _authenticate(request: Request, key_store: KeyVerifier | None) -> Principal:
     if key_store is None:
         return _Anonymous()
@@ -857,8 +872,13 @@ async def _authenticate(request: Request, key_store: KeyVerifier | None) -> Prin
     if len(raw) > MAX_CREDENTIAL_CHARS:
         principal = None
     else:
-        # Key hashes (argon2) are deliberately slow: verify off the event loop.
-        principal = await anyio.to_thread.run_sync(key_store.verify, raw)
+        # A key seen within the cache TTL answers here; anything else may hash (argon2 is
+        # deliberately slow) or fetch keys, so it is verified off the event loop.
+        principal = (
+            key_store.verify_cached(raw) if isinstance(key_store, CachingKeyVerifier) else None
+        )
+        if principal is None:
+            principal = await anyio.to_thread.run_sync(key_store.verify, raw)
     if principal is None:
         raise ApiError(
             401,

@@ -223,6 +223,22 @@ class KeyStore:
         record = ApiKey(key_id, name, parsed, created_at, revoked=False)
         return record, f"{KEY_PREFIX}_{key_id}_{secret}"
 
+    def verify_cached(self, raw: str) -> ApiKey | None:
+        """The key for ``raw`` if this process verified it within ``cache_ttl_s``, else None.
+
+        No hashing and no database: cheap enough to call on the event loop, so a request
+        with a recently seen key skips the worker-thread hop that :meth:`verify` needs.
+        None means "not known here", not "invalid": call :meth:`verify` then.
+        """
+        if not isinstance(raw, str) or _RAW_KEY.fullmatch(raw) is None:
+            return None
+        digest = hashlib.sha256(raw.encode()).digest()
+        with self._lock:
+            cached = self._cache.get(digest)
+        if cached is None or cached[1] <= time.monotonic():
+            return None
+        return cached[0]
+
     def verify(self, raw: str) -> ApiKey | None:
         """The key for ``raw``, or None when it is malformed, unknown, revoked or wrong.
 

@@ -256,3 +256,11 @@ class ChainedVerifier:
         if self.key_store is None:
             return None
         return self.key_store.verify(raw)
+
+    def verify_cached(self, raw: str) -> Principal | None:
+        """API keys from the key store's cache; None for JWTs (verified per request)."""
+        from tapetum.serve.settings import CachingKeyVerifier
+
+        if looks_like_jwt(raw) or not isinstance(self.key_store, CachingKeyVerifier):
+            return None
+        return self.key_store.verify_cached(raw)

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -86,6 +86,17 @@ class KeyVerifier(Protocol):
     """``tapetum.serve.auth.KeyStore`` fits."""
 
     def verify(self, raw: str) -> Principal | None: ...
+
+
+@runtime_checkable
+class CachingKeyVerifier(KeyVerifier, Protocol):
+    """A verifier that can answer from its cache without blocking (``KeyStore`` fits).
+
+    ``verify_cached`` returns the principal only for a credential verified recently; None
+    means "ask :meth:`verify`", which may hash and is run off the event loop.
+    """
+
+    def verify_cached(self, raw: str) -> Principal | None: ...
 
 
 class _Decision(Protocol):

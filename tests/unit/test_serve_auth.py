@@ -122,6 +122,21 @@ def test_cache_skips_hashing_until_the_ttl_expires(tmp_path: Path) -> None:
         assert CountingHasher.verifications == 2
 
 
+def test_verify_cached_answers_only_for_recently_verified_keys(tmp_path: Path) -> None:
+    with KeyStore(tmp_path / "k.sqlite", hasher=FAST_HASHER, cache_ttl_s=0.2) as store:
+        record, raw = store.create("ci-bot", ["infer"])
+        assert store.verify_cached(raw) is None  # never verified: ask verify()
+        assert store.verify(raw) is not None
+        cached = store.verify_cached(raw)
+        assert cached is not None and cached.key_id == record.key_id
+        assert store.verify_cached("tpk_nonsense") is None
+        time.sleep(0.25)
+        assert store.verify_cached(raw) is None  # expired
+        assert store.verify(raw) is not None
+        store.revoke(record.key_id)
+        assert store.verify_cached(raw) is None  # revocation clears it at once
+
+
 def test_only_an_argon2id_hash_is_stored(tmp_path: Path) -> None:
     db = tmp_path / "keys.sqlite"
     with KeyStore(db, hasher=FAST_HASHER) as store:
