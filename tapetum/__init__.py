@@ -27,6 +27,8 @@ _EXPORTS: dict[str, str] = {
     "NO_TRACK": "tapetum.core",
     "DetectorConfig": "tapetum.detect",
     "YoloxDetector": "tapetum.detect",
+    "OnnxDetector": "tapetum.detect",
+    "load_detector": "tapetum.detect",
     "RuntimeOptions": "tapetum.detect",
     "LetterboxTransform": "tapetum.detect",
     "open_source": "tapetum.sources",
@@ -57,19 +59,28 @@ __all__ = [
     "ImageFolderSource",
     "JsonlSink",
     "LetterboxTransform",
+    "OnnxDetector",
     "Pipeline",
     "PipelineConfig",
     "RuntimeOptions",
     "VideoSource",
     "YoloxDetector",
     "__version__",
+    "load_detector",
     "make_tracker",
     "open_source",
 ]
 
 if TYPE_CHECKING:
     from tapetum.core import NO_TRACK, Detections, Frame, FrameResult
-    from tapetum.detect import DetectorConfig, LetterboxTransform, RuntimeOptions, YoloxDetector
+    from tapetum.detect import (
+        DetectorConfig,
+        LetterboxTransform,
+        OnnxDetector,
+        RuntimeOptions,
+        YoloxDetector,
+        load_detector,
+    )
     from tapetum.pipeline import DropPolicy, Pipeline, PipelineConfig
     from tapetum.sinks import AnnotatedVideoSink, CallbackSink, JsonlSink
     from tapetum.sources import ImageFolderSource, VideoSource, open_source

@@ -19,6 +19,11 @@ class ConfigError(TapetumError):
     """A configuration value is invalid (bad threshold, unknown option, wrong input size)."""
 
 
+class DatasetError(TapetumError):
+    """A labelled data set cannot be read: missing folder or file, malformed annotation JSON or
+    label line (the message names the file and line), classes that do not match the model."""
+
+
 class SinkError(TapetumError):
     """A sink cannot be opened or written (unwritable path, unsupported codec)."""
 

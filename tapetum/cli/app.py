@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -15,7 +16,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from tapetum.cli.eval import eval_app
+from tapetum.cli.export import export_command
 from tapetum.cli.keys import keys_app
+from tapetum.cli.optimize import optimize_command
 from tapetum.cli.serve import serve_command
 from tapetum.errors import ConfigError, TapetumError
 
@@ -33,6 +36,8 @@ console = Console(stderr=True)
 app.add_typer(eval_app, name="eval")
 app.add_typer(keys_app, name="keys")
 app.command("serve")(serve_command)
+app.command("export")(export_command)
+app.command("optimize")(optimize_command)
 
 
 @app.callback()
@@ -51,7 +56,14 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
     sources: Annotated[
         list[str], typer.Argument(help="Video files, stream URLs or image folders.")
     ],
-    model: Annotated[Path, typer.Option("--model", "-m", help="YOLOX ONNX model file.")],
+    model: Annotated[
+        Path,
+        typer.Option(
+            "--model",
+            "-m",
+            help="ONNX detector: YOLOX, YOLOv5, Ultralytics YOLOv5u/v8/11, RT-DETR, EfficientDet.",
+        ),
+    ],
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output folder (default runs/<time>).")
     ] = None,
@@ -83,6 +95,13 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
     imgsz: Annotated[
         int | None, typer.Option(help="Model input size (must match a fixed-size model).")
     ] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            help="Model family when the file does not say (yolox, yolox-decoded, yolov5, "
+            "yolov8, rtdetr, effdet; or a model name such as yolo11n)."
+        ),
+    ] = None,
     realtime: Annotated[
         bool, typer.Option("--realtime", help="Pace files at their native frame rate.")
     ] = False,
@@ -103,6 +122,13 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
     threads: Annotated[
         int, typer.Option(help="ONNX Runtime threads per worker (0: cores / workers).")
     ] = 0,
+    provider: Annotated[
+        str | None,
+        typer.Option(
+            help="Execution providers to try, comma-separated: tensorrt, cuda, openvino, cpu "
+            "(default: the best installed; CPU is always the last resort)."
+        ),
+    ] = None,
     max_batch: Annotated[
         int | None, typer.Option(help="Frames per inference (default: one per source).")
     ] = None,
@@ -126,12 +152,14 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         reid=reid,
         topology=topology,
         imgsz=imgsz,
+        arch=arch,
         realtime=realtime,
         video=video,
         trail=trail,
         forecast=forecast,
         workers=workers,
         threads=threads,
+        provider=provider,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
         drop_policy=drop_policy,
@@ -172,13 +200,15 @@ class RunOptions:
     max_batch: int | None
     max_wait_ms: float
     drop_policy: str | None
+    arch: str | None = None
+    provider: str | None = None
 
 
 def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
     """Open sources, model, tracker factory and sinks; every user error is a TapetumError."""
     from tapetum._optional import import_optional
-    from tapetum.detect import DetectorConfig, RuntimeOptions, YoloxDetector
-    from tapetum.detect.classes import COCO80, resolve_class_filter
+    from tapetum.detect import DetectorConfig, RuntimeOptions, load_detector
+    from tapetum.detect.classes import resolve_class_filter
     from tapetum.pipeline import DropPolicy, Enricher, EnricherFactory, Pipeline, PipelineConfig
     from tapetum.sinks import AnnotatedVideoSink, JsonlSink, Sink
     from tapetum.sources import Source, open_source
@@ -200,8 +230,7 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
         raise ConfigError("--reid is used by --tracker botsort or by --topology")
     make_tracker(opts.tracker, 30.0, tracker_reid)  # a bad name fails before anything opens
     policy = DropPolicy.parse(opts.drop_policy) if opts.drop_policy else None
-    class_ids = resolve_class_filter(COCO80, opts.classes.split(",") if opts.classes else None)
-    config = DetectorConfig(conf_threshold=opts.conf, nms_iou=opts.nms_iou, class_ids=class_ids)
+    config = DetectorConfig(conf_threshold=opts.conf, nms_iou=opts.nms_iou)
     opened: list[Source] = []
     seen: dict[str, int] = {}
     for uri in opts.sources:
@@ -211,12 +240,22 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
         if n:  # two sources with one name (a.mp4 in two folders): number the later ones
             src = open_source(uri, realtime=opts.realtime, source_id=f"{src.source_id}-{n}")
         opened.append(src)
-    detector = YoloxDetector(
+    detector = load_detector(
         opts.model,
+        opts.arch,
         config,
-        RuntimeOptions(intra_op_threads=opts.threads, workers=opts.workers),
+        RuntimeOptions(
+            intra_op_threads=opts.threads,
+            workers=opts.workers,
+            providers=_parse_providers(opts.provider),
+        ),
         input_hw=(opts.imgsz, opts.imgsz) if opts.imgsz else None,
     )
+    # class names come from the model (its metadata, or COCO for COCO-sized heads)
+    class_ids = resolve_class_filter(
+        detector.class_names, opts.classes.split(",") if opts.classes else None
+    )
+    detector.config = dataclasses.replace(config, class_ids=class_ids)
     out_dir = opts.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     sinks: list[Sink] = [JsonlSink(out_dir / "tracks.jsonl")]
     if opts.video:
@@ -268,6 +307,15 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
         ),
     )
     return pipe, out_dir
+
+
+def _parse_providers(text: str | None) -> tuple[str, ...] | None:
+    """``"cuda,cpu"`` → full provider names; an unknown name is a ConfigError."""
+    if not text:
+        return None
+    from tapetum.detect.providers import resolve_provider_name
+
+    return tuple(resolve_provider_name(p) for p in text.split(",") if p.strip()) or None
 
 
 def _parse_horizons(text: str) -> tuple[float, ...]:

@@ -1,12 +1,13 @@
-"""``tapetum eval``: score trackers on MOTChallenge data.
+"""``tapetum eval``: score trackers on MOTChallenge data and detectors on labelled images.
 
-Heavy modules (TrackEval, scipy, the trackers) are imported inside the commands so that
-``tapetum --help`` stays fast.
+Heavy modules (TrackEval, scipy, the trackers, faster-coco-eval, matplotlib) are imported
+inside the commands so that ``tapetum --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,11 +16,14 @@ import typer
 from tapetum.errors import ConfigError
 
 if TYPE_CHECKING:
+    from tapetum.detect.detector import DetectorConfig
     from tapetum.eval import TrackerRun, TrackingReport, TrackingScores
+    from tapetum.eval.datasets import DetectionDataset
+    from tapetum.eval.detect import BatchDetector, DetectionReport
 
 eval_app = typer.Typer(
     name="eval",
-    help="Evaluate trackers (and later detectors) on benchmark data.",
+    help="Evaluate trackers and detectors on benchmark data.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -151,3 +155,171 @@ def _print_table(report: TrackingReport, runs: list[TrackerRun], title: str) -> 
         )
     Console().print(table)
     Console().print("HOTA … IDF1 in percent (TrackEval); ms: tracker update time per frame.")
+
+
+@eval_app.command("detect")
+def detect(  # noqa: PLR0917 - typer maps parameters to options
+    model: Annotated[Path, typer.Option("--model", "-m", help="Detector ONNX model file.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="Labelled images: a COCO instances_*.json, a YOLO data.yaml, or a dataset "
+            "folder (with --split: images/<split> + labels/<split>, or "
+            "annotations/instances_<split>.json).",
+        ),
+    ],
+    split: Annotated[
+        str | None,
+        typer.Option(help="Split of a dataset folder or data.yaml (e.g. val2017; yaml: val)."),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Image folder of a COCO json (default: found next to the json)."),
+    ] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(help="Model family (yolox, yolov8, …); default: detected from the model."),
+    ] = None,
+    conf: Annotated[
+        float,
+        typer.Option(
+            help="Confidence threshold. mAP needs the whole precision/recall curve: keep the "
+            "COCO protocol's 0.001 unless you measure a deployment setting."
+        ),
+    ] = 0.001,
+    nms_iou: Annotated[
+        float, typer.Option("--nms", help="NMS IoU threshold (YOLOX's COCO evaluation: 0.65).")
+    ] = 0.65,
+    max_det: Annotated[
+        int, typer.Option("--max-det", help="Detections kept per image (COCO: 100).")
+    ] = 100,
+    batch: Annotated[int, typer.Option(help="Images per detector call.")] = 1,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Write precision/recall curves and best/worst classes to this PNG."),
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the report as JSON here.")
+    ] = None,
+    per_class: Annotated[
+        bool, typer.Option("--per-class", help="Also print the AP of every class.")
+    ] = False,
+) -> None:
+    """Run MODEL over the labelled images in DATA and print COCO mAP, recall and speed."""
+    from rich.console import Console
+
+    from tapetum.detect.detector import DetectorConfig
+    from tapetum.eval.datasets import load_dataset
+
+    config = DetectorConfig(conf_threshold=conf, nms_iou=nms_iou, max_detections=max_det)
+    if batch < 1:
+        raise ConfigError(f"--batch must be ≥ 1, got {batch}")
+    detector = _load_detector(model, arch, config)
+    dataset = load_dataset(data, images=images, split=split)
+    report = _evaluate_with_progress(detector, dataset, batch)
+    if report.images_skipped:
+        Console(stderr=True).print(
+            f"[yellow]warning:[/] {report.images_skipped} unreadable images were skipped",
+            highlight=False,
+        )
+    _print_detection_table(report, title=f"{model.name} on {dataset.name}")
+    if per_class:
+        _print_per_class(report)
+    if json_out is not None:
+        result = {
+            "model": str(model),
+            "arch": arch,
+            "data": str(data),
+            "dataset": dataset.name,
+            "settings": {
+                "conf_threshold": conf,
+                "nms_iou": nms_iou,
+                "max_detections": max_det,
+                "batch_size": batch,
+            },
+            **report.to_dict(),
+        }
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+    if plot is not None:
+        from tapetum.eval.plots import plot_pr_curves
+
+        plot_pr_curves(report, plot)
+
+
+def _load_detector(model: Path, arch: str | None, config: DetectorConfig) -> BatchDetector:
+    """Any supported model family (``--arch`` or detected from the file)."""
+    from tapetum.detect.detector import load_detector
+    from tapetum.detect.runtime import RuntimeOptions
+
+    # One run at a time over all cores: the evaluator calls the detector sequentially.
+    return load_detector(model, arch=arch, config=config, runtime=RuntimeOptions(workers=1))
+
+
+def _evaluate_with_progress(
+    detector: BatchDetector, dataset: DetectionDataset, batch: int
+) -> DetectionReport:
+    """``evaluate_detector`` with a progress bar on stderr (gone when done)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from tapetum.eval.detect import evaluate_detector
+
+    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress("detecting", *columns, transient=True, console=Console(stderr=True)) as bar:
+        task = bar.add_task("detecting", total=len(dataset))
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return evaluate_detector(detector, dataset, batch_size=batch, progress=progress)
+
+
+def _print_detection_table(report: DetectionReport, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric", no_wrap=True)
+    table.add_column("value", justify="right")
+    table.add_column("what", style="dim")
+    rows = [
+        ("mAP", _percent(report.map_50_95), "AP@[.5:.95], COCO's headline number"),
+        ("mAP50", _percent(report.map_50), "AP at IoU 0.5"),
+        ("mAP75", _percent(report.map_75), "AP at IoU 0.75"),
+        ("AP small", _percent(report.map_small), "objects < 32² px"),
+        ("AP medium", _percent(report.map_medium), "objects 32²-96² px"),
+        ("AP large", _percent(report.map_large), "objects > 96² px"),
+        ("recall@.5", _percent(report.recall_50), "found at IoU ≥ 0.5 (≤100 dets/image/class)"),
+        ("recall@.75", _percent(report.recall_75), "found at IoU ≥ 0.75"),
+        ("images", str(report.images), f"{report.ground_truth_objects} objects"),
+        ("images/s", _number(report.images_per_s, 1), "whole evaluation"),
+        ("latency p50", _number(report.latency_p50_ms, 1), "ms per image, detector call"),
+        ("latency p99", _number(report.latency_p99_ms, 1), "ms per image"),
+    ]
+    for i, row in enumerate(rows):
+        table.add_row(*row, end_section=i in {2, 5, 7})
+    Console().print(table)
+    Console().print(f"metrics in percent ({report.evaluator})", highlight=False)
+
+
+def _print_per_class(report: DetectionReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="AP per class (best first)", title_justify="left")
+    table.add_column("class", no_wrap=True)
+    table.add_column("AP", justify="right")
+    table.add_column("AP50", justify="right")
+    for name, ap in sorted(report.per_class_ap.items(), key=lambda kv: -kv[1]):
+        table.add_row(name, _percent(ap), _percent(report.per_class_ap_50[name]))
+    Console().print(table)
+
+
+def _percent(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

@@ -28,7 +28,11 @@ if TYPE_CHECKING:
 
 def serve_command(  # noqa: PLR0917 - typer maps parameters to options
     model: Annotated[
-        Path | None, typer.Option("--model", "-m", help="YOLOX ONNX model file.")
+        Path | None, typer.Option("--model", "-m", help="ONNX detector model file.")
+    ] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(help="Model family when the file does not say (yolox, yolov8, rtdetr...)."),
     ] = None,
     backend: Annotated[
         str | None,
@@ -115,6 +119,7 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
     settings = ServeSettings(
         model_path=model if model is not None else Path(str(backend)),
         model_name=None if model is not None else "remote",
+        model_arch=arch,
         # a remote node warms its own model; one it cannot reach yet must not fail the load
         warmup=model is not None,
         conf_threshold=conf,

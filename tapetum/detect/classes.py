@@ -16,6 +16,19 @@ COCO80: tuple[str, ...] = (
     "teddy bear", "hair drier", "toothbrush",
 )  # fmt: skip
 
+#: COCO category ids (1-90) that no class uses: the 80 classes have ids 1-90 with gaps.
+_COCO_UNUSED_IDS = frozenset({12, 26, 29, 30, 45, 66, 68, 69, 71, 83})
+
+
+def _coco90() -> tuple[str, ...]:
+    names = iter(COCO80)
+    return tuple("N/A" if cid in _COCO_UNUSED_IDS else next(names) for cid in range(1, 91))
+
+
+#: The 90 COCO category slots, index = category id - 1 ("N/A" where no class has the id):
+#: how EfficientDet and other TF-lineage detectors number classes.
+COCO90: tuple[str, ...] = _coco90()
+
 
 def resolve_class_filter(names: tuple[str, ...], wanted: list[str] | None) -> frozenset[int] | None:
     """Turn class names or numeric ids into a set of class ids (None keeps every class).

@@ -4,19 +4,33 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from tapetum.errors import ModelLoadError
+from tapetum.detect.providers import (
+    GPU_PROVIDERS,
+    PROVIDER_PREFERENCE,
+    ProviderOptions,
+    ProviderReport,
+    ProviderSpec,
+    SessionFactory,
+    default_session_factory,
+    first_line,
+    open_with_fallback,
+    plan_providers,
+)
+from tapetum.errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
-#: Providers in order of preference; the first one installed is used.
-PROVIDER_PREFERENCE = ("CUDAExecutionProvider", "CPUExecutionProvider")
+__all__ = ["PROVIDER_PREFERENCE", "OnnxModel", "RuntimeOptions", "plan_cpu_workers"]
+
+_EXECUTION_MODES = ("sequential", "parallel")
 
 
 def available_cores() -> int:
@@ -54,13 +68,75 @@ class RuntimeOptions:
             see :func:`plan_cpu_workers`; always 1 on a GPU provider).
         allow_spinning: let idle ORT threads busy-wait. Off by default: on a small machine
             spinning steals the cores that decode and tracking need.
-        providers: execution providers to try, in order; None = ``PROVIDER_PREFERENCE``.
+        providers: execution providers to try, in order (full names or ``tensorrt``,
+            ``cuda``, ``openvino``, ``cpu``); None = ``PROVIDER_PREFERENCE``. The CPU
+            provider is always the last resort (see :mod:`tapetum.detect.providers`).
+        provider_options: device id, TensorRT precision flags and engine cache, OpenVINO
+            device type.
+        inter_op_threads: threads running independent graph branches at once (only with
+            ``execution_mode="parallel"``).
+        execution_mode: ``sequential`` (one operator at a time, the right choice for
+            single-path CNNs) or ``parallel`` (branches concurrently).
+        cpu_cores: pin this session's intra-op threads to these cores (0-based, as
+            ``os.sched_getaffinity`` lists them). ORT pins its pool threads only: thread
+            ``i ≥ 1`` goes to ``cpu_cores[i % len]``; the calling thread, which does a share
+            of each run, stays where the OS puts it. With ``intra_op_threads=0`` the session
+            gets one thread per listed core.
     """
 
     intra_op_threads: int = 0
     workers: int = 0
     allow_spinning: bool = False
     providers: tuple[str, ...] | None = None
+    provider_options: ProviderOptions = field(default_factory=ProviderOptions)
+    inter_op_threads: int = 1
+    execution_mode: str = "sequential"
+    cpu_cores: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.execution_mode not in _EXECUTION_MODES:
+            raise ConfigError(
+                f"execution_mode must be one of {', '.join(_EXECUTION_MODES)}, "
+                f"got {self.execution_mode!r}"
+            )
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0 or self.workers < 0:
+            raise ConfigError("thread and worker counts must be ≥ 0")
+        if self.cpu_cores is not None and (
+            not self.cpu_cores or any(c < 0 for c in self.cpu_cores)
+        ):
+            raise ConfigError(f"cpu_cores must list core ids ≥ 0, got {self.cpu_cores}")
+
+
+def thread_affinities(cores: Sequence[int], threads: int) -> str:
+    """ORT's ``session.intra_op_thread_affinities`` value pinning ``threads`` to ``cores``.
+
+    ORT wants one entry per pool thread (``threads - 1``: it never pins the caller's
+    thread), ``;``-separated, with 1-based processor ids. Empty for a single thread.
+    """
+    return ";".join(str(cores[i % len(cores)] + 1) for i in range(1, threads))
+
+
+def make_session_options(options: RuntimeOptions, threads: int) -> Any:
+    """``onnxruntime.SessionOptions`` for ``options`` with ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = options.inter_op_threads
+    so.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL
+        if options.execution_mode == "parallel"
+        else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if options.allow_spinning else "0"
+    )
+    if options.cpu_cores and threads > 1:
+        so.add_session_config_entry(
+            "session.intra_op_thread_affinities", thread_affinities(options.cpu_cores, threads)
+        )
+    return so
 
 
 def _make_batch_dynamic(model_bytes: bytes) -> bytes | None:
@@ -110,9 +186,22 @@ class OnnxModel:
 
     ``max_batch`` is 1 for a fixed-batch model whose graph could not be made dynamic;
     :meth:`run` then loops over the batch (still correct, just not batched).
+
+    The execution provider is the first of ``options.providers`` (default: TensorRT, CUDA,
+    OpenVINO, CPU) that is installed and opens the model; ``provider_report`` says which
+    and why (see :mod:`tapetum.detect.providers`). ``session_factory`` and
+    ``available_providers`` replace ORT's for tests.
     """
 
-    def __init__(self, path: str | Path, options: RuntimeOptions | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        options: RuntimeOptions | None = None,
+        *,
+        session_factory: SessionFactory | None = None,
+        available_providers: Sequence[str] | None = None,
+        input_hw: tuple[int, int] | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -120,56 +209,69 @@ class OnnxModel:
         if not self.path.is_file():
             raise ModelLoadError(f"model file not found: {self.path}")
         raw = self.path.read_bytes()
-        so = ort.SessionOptions()
-        workers, threads = plan_cpu_workers(self.options.workers, self.options.intra_op_threads)
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if self.options.allow_spinning else "0"
+        cores = len(self.options.cpu_cores) if self.options.cpu_cores else None
+        workers, threads = plan_cpu_workers(
+            self.options.workers, self.options.intra_op_threads, cores
         )
-        wanted = self.options.providers or PROVIDER_PREFERENCE
-        installed = set(ort.get_available_providers())
-        providers = [p for p in wanted if p in installed] or ["CPUExecutionProvider"]
+        so = make_session_options(self.options, threads)
+        plan = plan_providers(
+            self.options.providers,
+            ort.get_available_providers() if available_providers is None else available_providers,
+        )
+        factory = session_factory or default_session_factory
+        _check_parses(raw, self.path)
         try:
             dynamic = _make_batch_dynamic(raw)
-        except Exception:  # not a parseable ONNX graph; the session below says why
+        except Exception:  # a graph the rewrite does not understand: keep its fixed batch
             dynamic = None
-        self.session: Any = None
-        if dynamic is not None:
-            try:
-                self.session = ort.InferenceSession(dynamic, so, providers=providers)
-            except Exception:  # the rewrite did not fit this graph: keep its fixed batch
-                dynamic = None
-        if self.session is None:
-            try:
-                self.session = ort.InferenceSession(raw, so, providers=providers)
-            except Exception as exc:
-                raise ModelLoadError(
-                    f"cannot load {self.path} as an ONNX model: {_first_line(exc)}"
-                ) from exc
+        chain: list[ProviderSpec] = []
+
+        def open_session(specs: list[ProviderSpec]) -> Any:
+            nonlocal dynamic, chain
+            chain = specs
+            if dynamic is not None:
+                try:
+                    return factory(dynamic, so, specs)
+                except Exception:  # the rewrite did not fit this graph: keep its fixed batch
+                    pass
+            session = factory(raw, so, specs)
+            dynamic = None
+            return session
+
+        self.session: Any
+        self.provider_report: ProviderReport
+        self.session, self.provider_report = open_with_fallback(
+            open_session, plan, self.options.provider_options, what=f"{self.path}"
+        )
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             shapes = [(i.name, i.shape) for i in inputs]
             raise ModelLoadError(f"{self.path}: expected one NCHW image input, found {shapes}")
         self.input_name: str = inputs[0].name
         shape = inputs[0].shape
-        if not all(isinstance(d, int) for d in shape[2:]):
-            raise ModelLoadError(f"{self.path}: input {self.input_name} has no fixed size {shape}")
-        self.input_hw: tuple[int, int] = (int(shape[2]), int(shape[3]))
+        # A dynamic height/width takes the caller's ``input_hw`` (e.g. from the metadata).
+        hw = [d if isinstance(d, int) else None for d in shape[2:]]
+        if None in hw:
+            if input_hw is None:
+                raise ModelLoadError(
+                    f"{self.path}: input {self.input_name} has no fixed size {shape}; "
+                    f"give its input size"
+                )
+            hw = [d if d is not None else int(input_hw[i]) for i, d in enumerate(hw)]
+        self.input_hw: tuple[int, int] = (int(hw[0] or 0), int(hw[1] or 0))
         self.output_name: str = self.session.get_outputs()[0].name
+        #: providers of the session, the one running the model first.
         self.providers: list[str] = list(self.session.get_providers())
         self.threads = threads
         #: concurrent runs this session is sized for (the pipeline's inference workers).
-        self.workers = workers if self.providers[0] == "CPUExecutionProvider" else 1
+        self.workers = workers if self.providers[0] not in GPU_PROVIDERS else 1
         self.max_batch = (
             64
             if dynamic is not None and self._batch_works()
             else (64 if not isinstance(shape[0], int) else int(shape[0]))
         )
         if dynamic is not None and self.max_batch == 1:
-            self.session = ort.InferenceSession(raw, so, providers=providers)
+            self.session = factory(raw, so, chain)
         log.info(
             "loaded %s on %s (%d threads, input %s, max batch %d)",
             self.path.name,
@@ -206,7 +308,42 @@ class OnnxModel:
     def output_shape(self) -> list[int | str | None]:
         return list(self.session.get_outputs()[0].shape)
 
+    @property
+    def output_names(self) -> list[str]:
+        """Every output's name, in the graph's order (what :meth:`run_all` returns)."""
+        return [o.name for o in self.session.get_outputs()]
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    def output_shapes(self) -> list[list[int | str | None]]:
+        """Every output's declared shape (a str or None for a dynamic dimension)."""
+        return [list(o.shape) for o in self.session.get_outputs()]
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The file's ``metadata_props`` (ONNX custom metadata), e.g. Ultralytics' ``names``."""
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def run_all(self, batch: npt.NDArray[np.float32]) -> list[npt.NDArray[Any]]:
+        """Run (B, 3, H, W) float32; returns every output (each (B, ...)) in graph order."""
+        if batch.shape[0] <= self.max_batch:
+            return list(self.session.run(None, {self.input_name: batch}))
+        chunks = [
+            self.session.run(None, {self.input_name: batch[i : i + self.max_batch]})
+            for i in range(0, batch.shape[0], self.max_batch)
+        ]
+        return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+
+
+def _check_parses(raw: bytes, path: Path) -> None:
+    """Refuse a file that is not an ONNX model before any provider is tried, so the error
+    says what is wrong with the file rather than listing every provider's failure."""
+    import onnx
+
+    try:
+        model = onnx.ModelProto()
+        model.ParseFromString(raw)
+        valid = model.ir_version > 0 and len(model.graph.node) > 0
+        reason = "no IR version or no graph"
+    except Exception as exc:  # protobuf's DecodeError and friends
+        valid, reason = False, first_line(exc)
+    if not valid:
+        raise ModelLoadError(f"cannot load {path} as an ONNX model: {reason}")

@@ -1,7 +1,10 @@
-"""Evaluation: MOTChallenge I/O, simulated detections and multi-object-tracking metrics.
+"""Evaluation: MOTChallenge I/O, simulated detections and multi-object-tracking metrics;
+labelled image sets and COCO detection metrics.
 
-Heavy dependencies (``trackeval``, which pulls in scipy) are imported only when
-:func:`evaluate_runs` is called; install them with ``pip install tapetum[eval]``.
+Heavy dependencies (``trackeval``, which pulls in scipy; ``faster-coco-eval``; matplotlib)
+are imported only when :func:`evaluate_runs`, :func:`evaluate_detector` /
+:func:`evaluate_predictions` or :func:`tapetum.eval.plots.plot_pr_curves` are called;
+install them with ``pip install tapetum[eval]``.
 
 Example:
     >>> from functools import partial
@@ -10,8 +13,22 @@ Example:
     >>> seq = load_sequence("MOT15/train/TUD-Campus")  # doctest: +SKIP
     >>> run = run_tracker(partial(make_tracker, "bytetrack"), seq)  # doctest: +SKIP
     >>> evaluate_runs([(seq, run.tracks)]).combined.hota  # doctest: +SKIP
+
+Detection:
+    >>> from tapetum.detect import DetectorConfig, YoloxDetector
+    >>> from tapetum.eval import evaluate_detector, load_dataset
+    >>> config = DetectorConfig(conf_threshold=0.001, nms_iou=0.65, max_detections=100)
+    >>> det = YoloxDetector("yolox_nano.onnx", config)  # doctest: +SKIP
+    >>> evaluate_detector(det, load_dataset("coco128", split="val2017")).map_50_95  # doctest: +SKIP
 """
 
+from tapetum.eval.datasets import DetectionDataset, load_dataset
+from tapetum.eval.detect import (
+    BatchDetector,
+    DetectionReport,
+    evaluate_detector,
+    evaluate_predictions,
+)
 from tapetum.eval.mot import (
     DetectionRows,
     GroundTruth,
@@ -37,7 +54,10 @@ from tapetum.eval.track_metrics import (
 )
 
 __all__ = [
+    "BatchDetector",
+    "DetectionDataset",
     "DetectionNoise",
+    "DetectionReport",
     "DetectionRows",
     "GroundTruth",
     "MotSequence",
@@ -47,8 +67,11 @@ __all__ = [
     "TrackerRun",
     "TrackingReport",
     "TrackingScores",
+    "evaluate_detector",
+    "evaluate_predictions",
     "evaluate_runs",
     "find_sequences",
+    "load_dataset",
     "load_sequence",
     "normalize_detection_scores",
     "read_detections",

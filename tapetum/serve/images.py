@@ -103,7 +103,7 @@ def decode_image(
             415 (not an accepted type, or bytes of another format) or 422 (corrupt or
             truncated).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     lim = limits or ImageLimits()
     ctype = normalize_content_type(content_type)
@@ -132,7 +132,10 @@ def decode_image(
             img = Image.open(io.BytesIO(data))  # lazy: header only
     except Image.DecompressionBombError as exc:
         raise _too_many_pixels_error(None, lim) from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except Exception as exc:
+        # UnidentifiedImageError, OSError, ValueError, SyntaxError from Pillow's parsers;
+        # anything else (a third-party plugin or patch failing on hostile bytes) is still
+        # the upload's fault, never a 500.
         raise ImageError(
             f"the bytes are not a readable {ctype} image ({_first_line(exc)})",
             status=422,

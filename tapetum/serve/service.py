@@ -491,6 +491,7 @@ class DetectionService:
                 self.settings,
                 model_path=Path(path),
                 model_name=name,
+                model_arch=None,  # the new file's metadata or shapes decide
                 conf_threshold=self.settings.conf_threshold if conf is None else conf,
             )
         except ConfigError as exc:

@@ -63,7 +63,7 @@ class _ModelHandle(Protocol):
 
 
 class DetectorLike(Protocol):
-    """What the server needs of a detector (``YoloxDetector`` fits)."""
+    """What the server needs of a detector (``OnnxDetector`` fits)."""
 
     @property
     def class_names(self) -> tuple[str, ...]: ...
@@ -120,8 +120,10 @@ class ServeSettings:
     """Server configuration.
 
     Attributes:
-        model_path: YOLOX ONNX file.
+        model_path: ONNX detector file (any family :func:`tapetum.detect.load_detector` reads).
         model_name: name in ``/v1/models`` (default: the file stem).
+        model_arch: the model's family when its file does not say (``--arch``); None:
+            from the file's metadata or output shapes.
         conf_threshold: default score threshold of ``/v1/detect``.
         min_conf_threshold: the detector's own threshold, the lowest a request may ask
             for; ByteTrack also sees boxes down to it (its second association uses them).
@@ -154,6 +156,7 @@ class ServeSettings:
 
     model_path: Path
     model_name: str | None = None
+    model_arch: str | None = None
     conf_threshold: float = 0.3
     min_conf_threshold: float = 0.1
     nms_iou: float = 0.45
@@ -219,11 +222,13 @@ class ServeSettings:
 
 
 def default_detector_factory(settings: ServeSettings) -> DetectorLike:
-    """A ``YoloxDetector`` at the settings' floor threshold (requests filter above it)."""
-    from tapetum.detect import DetectorConfig, YoloxDetector
+    """An ONNX detector of any family at the settings' floor threshold (requests filter
+    above it)."""
+    from tapetum.detect import DetectorConfig, load_detector
 
-    return YoloxDetector(
+    return load_detector(
         settings.model_path,
+        settings.model_arch,
         DetectorConfig(conf_threshold=settings.min_conf_threshold, nms_iou=settings.nms_iou),
     )
 

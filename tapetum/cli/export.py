@@ -1,0 +1,88 @@
+"""``tapetum export``: a PyTorch detector → an ONNX file Tapetum loads with no ``--arch``.
+
+Registered by the CLI as ``app.command("export")(export_command)``. The work is in
+:func:`tapetum.detect.export.export_model`; torch, Ultralytics and effdet are the
+``export`` extra, imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tapetum.errors import ConfigError
+
+
+def export_command(  # noqa: PLR0917 - typer maps parameters to options
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="Ultralytics .pt checkpoint or model .yaml (yolo11n.yaml, rtdetr-l.yaml: "
+            "random weights), or an effdet model name (tf_efficientdet_d0)."
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="ONNX file to write (default: <source name>.onnx)."),
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="Family the model must turn out to be (checked).")
+    ] = None,
+    imgsz: Annotated[
+        int | None, typer.Option(help="Square input size, a multiple of 32 (default: model's).")
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="effdet checkpoint to load (a local file).")
+    ] = None,
+    names: Annotated[
+        str | None,
+        typer.Option(help="Class names to store: a text file with one per line, or coco80."),
+    ] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default: exporter's).")] = None,
+    simplify: Annotated[
+        bool, typer.Option("--simplify/--no-simplify", help="Simplify the graph with onnxslim.")
+    ] = True,
+) -> None:
+    """Export a PyTorch detector to ONNX: dynamic batch axis, onnxslim, Tapetum metadata."""
+    from rich.console import Console
+
+    from tapetum.detect.export import export_model
+
+    target = out or Path(Path(source).stem + ".onnx")
+    result = export_model(
+        source,
+        target,
+        arch=arch,
+        imgsz=imgsz,
+        weights=weights,
+        class_names=_read_names(names) if names else None,
+        opset=opset,
+        simplify=simplify,
+    )
+    meta = result.meta
+    h, w = meta.input_hw
+    shown = ", ".join(meta.class_names[:5]) + (", …" if len(meta.class_names) > 5 else "")
+    Console().print(
+        f"wrote {result.path} in {result.seconds:.1f} s: {meta.family} ({meta.arch}), "
+        f"input {h}x{w}, {len(meta.class_names)} classes ({shown})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _read_names(spec: str) -> tuple[str, ...]:
+    from tapetum.detect.classes import COCO80, COCO90
+
+    if spec.lower() in ("coco80", "coco"):
+        return COCO80
+    if spec.lower() == "coco90":
+        return COCO90
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"--names: {spec} is neither coco80/coco90 nor a file")
+    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    if not names:
+        raise ConfigError(f"--names: {spec} lists no class names")
+    return names

@@ -1,0 +1,97 @@
+"""Classic YOLOv5 layout: [B, N, 5 + C] rows of ``cx, cy, w, h`` (input pixels), objectness
+and class scores (both already sigmoided); decoded in the graph, NMS left to us.
+
+The YOLOX export with decoding in the graph has the same layout (see ``yolox.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from tapetum.detect.families.base import (
+    YOLO_STRIDES,
+    Candidates,
+    Family,
+    FloatArray,
+    OutputInfo,
+    as_float32,
+    cxcywh_to_xyxy,
+    describe,
+    grid_points,
+    single_rank3,
+)
+from tapetum.errors import ModelLoadError
+
+
+def decode_objectness_head(raw: FloatArray, conf_threshold: float) -> Candidates:
+    """One image's (N, 5 + C) rows → boxes whose ``objectness × best class score`` passes.
+
+    Class scores are probabilities (≤ 1), so rows whose objectness alone is under the
+    threshold are dropped before the per-class work.
+    """
+    rows = raw[raw[:, 4] >= conf_threshold]
+    cls_scores = rows[:, 5:]
+    class_id = cls_scores.argmax(axis=1)
+    score = rows[:, 4] * cls_scores[np.arange(rows.shape[0]), class_id]
+    keep = score >= conf_threshold
+    return (
+        cxcywh_to_xyxy(rows[keep, :4]),
+        score[keep].astype(np.float32, copy=False),
+        class_id[keep].astype(np.int64, copy=False),
+    )
+
+
+def check_objectness_layout(out: OutputInfo, num_classes: int | None, what: str) -> int | None:
+    """Check ``[B, N, 5 + C]`` (rows outnumber columns); returns C when known."""
+    anchors, width = out.dim(1), out.dim(2)
+    if width is not None and (width < 6 or (num_classes is not None and width != 5 + num_classes)):
+        expected = f"5 + {num_classes} = {5 + num_classes}" if num_classes else "≥ 6"
+        raise ModelLoadError(
+            f"output {describe([out])} is not {what}: rows of {expected} values expected"
+        )
+    if anchors is not None and width is not None and anchors <= width:
+        raise ModelLoadError(
+            f"output {describe([out])} is not {what} ([B, boxes, 5 + classes], with more "
+            f"boxes than columns); an Ultralytics [B, 4 + classes, boxes] output is --arch yolov8"
+        )
+    return width - 5 if width is not None else num_classes
+
+
+class Yolov5Head(Family):
+    """YOLOv5 (anchor-based, ``ultralytics/yolov5`` export) output."""
+
+    name: ClassVar[str] = "yolov5"
+    needs_nms: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        outputs: Sequence[OutputInfo],
+        input_hw: tuple[int, int],
+        num_classes: int | None,
+        options: Mapping[str, Any],
+    ) -> None:
+        out = single_rank3(outputs, "a YOLOv5 output [B, N, 5 + classes]")
+        self._num_classes = check_objectness_layout(out, num_classes, "a YOLOv5 output")
+
+    @property
+    def num_classes(self) -> int | None:
+        return self._num_classes
+
+    @staticmethod
+    def looks_like(outputs: Sequence[OutputInfo], input_hw: tuple[int, int]) -> bool:
+        if len(outputs) != 1 or outputs[0].rank != 3:
+            return False
+        anchors, width = outputs[0].dim(1), outputs[0].dim(2)
+        # three anchors per cell on P3-P5 (or P3-P6 for the *6 models)
+        counts = {3 * grid_points(input_hw), 3 * grid_points(input_hw, (*YOLO_STRIDES, 64))}
+        return anchors in counts and width is not None and width >= 6
+
+    def merge(self, outputs: Sequence[npt.NDArray[Any]]) -> FloatArray:
+        return as_float32(outputs[0])
+
+    def decode(self, raw: FloatArray, conf_threshold: float) -> Candidates:
+        return decode_objectness_head(raw, conf_threshold)
