@@ -21,7 +21,11 @@ One run, with the real YOLOX-nano model and a real (argon2) key store:
 
 For both protocols ``overhead`` splits the p50 overhead by the server's own
 ``timings_ms["decode"]`` (p50): how much of it is the JPEG decode the direct call skips.
-The < 5 ms target is reported as met or not met, never asserted.
+``paired_p50_ms`` asks the same question under the same load: per request, the client's
+latency minus the server's own timing of its detector call (``timings_ms["inference"]``,
+which at 1 client has no queueing in it), p50. The separately timed direct call runs with
+the client process idle, so on 2 cores it is faster than the same call during the load
+and inflates ``p50_ms``. The < 5 ms target is reported as met or not met, never asserted.
 
 The image is ``images/bus.jpg`` (810×1080) resized (stretched) to 640×480 with OpenCV and
 re-encoded as JPEG at quality 90. The client runs in the same process as the server (as
@@ -170,6 +174,7 @@ async def _load_level(
 ) -> dict[str, Any]:
     latencies: list[float] = []
     server_ms: dict[str, list[float]] = {"decode": [], "inference": [], "total": []}
+    paired: list[float] = []
     errors: dict[str, int] = {}
     issued = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -190,8 +195,10 @@ async def _load_level(
                 dt = (time.perf_counter() - t0) * 1e3
                 if resp.status_code == 200:
                     latencies.append(dt)
-                    for k, v in resp.json()["timings_ms"].items():
+                    timings = resp.json()["timings_ms"]
+                    for k, v in timings.items():
                         server_ms.setdefault(k, []).append(v)
+                    paired.append(dt - timings["inference"])
                 else:
                     errors[str(resp.status_code)] = errors.get(str(resp.status_code), 0) + 1
 
@@ -207,6 +214,9 @@ async def _load_level(
         "server_timings_p50_ms": {
             k: round(float(np.median(v)), 2) for k, v in server_ms.items() if v
         },
+        # Per request: client latency − the server's own detector call (same moment, same
+        # load), p50. The detector call in the server *is* the direct call.
+        "minus_inference_p50_ms": round(float(np.median(paired)), 2) if paired else None,
     }
     if errors:
         out["errors"] = errors
@@ -258,6 +268,7 @@ def _rest_lean_level(
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
     latencies: list[float] = []
     server_ms: dict[str, list[float]] = {}
+    paired: list[float] = []
     errors: dict[str, int] = {}
 
     def post() -> tuple[int, bytes]:
@@ -274,8 +285,10 @@ def _rest_lean_level(
         dt = (time.perf_counter() - t0) * 1e3
         if status == 200:
             latencies.append(dt)
-            for k, v in json.loads(body)["timings_ms"].items():
+            timings = json.loads(body)["timings_ms"]
+            for k, v in timings.items():
                 server_ms.setdefault(k, []).append(v)
+            paired.append(dt - timings["inference"])
         else:
             errors[str(status)] = errors.get(str(status), 0) + 1
     elapsed = time.perf_counter() - start
@@ -290,6 +303,9 @@ def _rest_lean_level(
         "server_timings_p50_ms": {
             k: round(float(np.median(v)), 2) for k, v in server_ms.items() if v
         },
+        # Per request: client latency − the server's own detector call (same moment, same
+        # load), p50. The detector call in the server *is* the direct call.
+        "minus_inference_p50_ms": round(float(np.median(paired)), 2) if paired else None,
     }
     if errors:
         out["errors"] = errors
@@ -359,6 +375,7 @@ async def _grpc_load_level(
 
     request = pb.DetectRequest(image=jpeg, content_type="image/jpeg")
     latencies: list[float] = []
+    paired: list[float] = []
     server_ms: dict[str, list[float]] = {"decode": [], "inference": [], "total": []}
     errors: dict[str, int] = {}
     issued = 0
@@ -385,9 +402,11 @@ async def _grpc_load_level(
                 except grpc.aio.AioRpcError as exc:
                     errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
                     continue
-                latencies.append((time.perf_counter() - t0) * 1e3)
+                dt = (time.perf_counter() - t0) * 1e3
+                latencies.append(dt)
                 for k, v in resp.timings_ms.items():
                     server_ms.setdefault(k, []).append(v)
+                paired.append(dt - resp.timings_ms["inference"])
 
         await asyncio.gather(*(worker(stub) for stub in stubs))
         elapsed = time.perf_counter() - start
@@ -403,6 +422,9 @@ async def _grpc_load_level(
         "server_timings_p50_ms": {
             k: round(float(np.median(v)), 2) for k, v in server_ms.items() if v
         },
+        # Per request: client latency − the server's own detector call (same moment, same
+        # load), p50. The detector call in the server *is* the direct call.
+        "minus_inference_p50_ms": round(float(np.median(paired)), 2) if paired else None,
     }
     if errors:
         out["errors"] = errors
@@ -464,6 +486,13 @@ def overhead(
         out["outside_server_timings_p50_ms"] = round(
             one["p50_ms"] - one["server_timings_p50_ms"].get("total", decode + inference), 2
         )
+    paired = one.get("minus_inference_p50_ms")
+    if paired is not None:
+        # The same question under the same load: the server's own detector call is timed
+        # on every request, so the separately measured direct p50 (taken with the client
+        # process idle) does not have to stand in for it.
+        out["paired_p50_ms"] = paired
+        out["target_met_paired"] = bool(paired < OVERHEAD_TARGET_MS)
     return out
 
 
@@ -515,6 +544,12 @@ def _print_overhead(name: str, over: dict[str, Any]) -> None:
             f"; of which JPEG decode {over['server_decode_p50_ms']} ms"
             + (f" ({share:.0%})" if share is not None else "")
             + f", without it {over['excl_server_decode_p50_ms']} ms"
+        )
+    if "paired_p50_ms" in over:
+        paired = "met" if over["target_met_paired"] else "not met"
+        line += (
+            f"\n    per request, latency − the server's own detector call: "
+            f"{over['paired_p50_ms']} ms ({paired})"
         )
     print(line)
 

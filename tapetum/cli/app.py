@@ -209,6 +209,7 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
     from tapetum._optional import import_optional
     from tapetum.detect import DetectorConfig, RuntimeOptions, load_detector
     from tapetum.detect.classes import resolve_class_filter
+    from tapetum.detect.providers import parse_provider_list
     from tapetum.pipeline import DropPolicy, Enricher, EnricherFactory, Pipeline, PipelineConfig
     from tapetum.sinks import AnnotatedVideoSink, JsonlSink, Sink
     from tapetum.sources import Source, open_source
@@ -247,7 +248,7 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
         RuntimeOptions(
             intra_op_threads=opts.threads,
             workers=opts.workers,
-            providers=_parse_providers(opts.provider),
+            providers=parse_provider_list(opts.provider),
         ),
         input_hw=(opts.imgsz, opts.imgsz) if opts.imgsz else None,
     )
@@ -307,15 +308,6 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
         ),
     )
     return pipe, out_dir
-
-
-def _parse_providers(text: str | None) -> tuple[str, ...] | None:
-    """``"cuda,cpu"`` → full provider names; an unknown name is a ConfigError."""
-    if not text:
-        return None
-    from tapetum.detect.providers import resolve_provider_name
-
-    return tuple(resolve_provider_name(p) for p in text.split(",") if p.strip()) or None
 
 
 def _parse_horizons(text: str) -> tuple[float, ...]:

@@ -34,6 +34,13 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         str | None,
         typer.Option(help="Model family when the file does not say (yolox, yolov8, rtdetr...)."),
     ] = None,
+    provider: Annotated[
+        str | None,
+        typer.Option(
+            help="Execution providers to try, comma-separated: tensorrt, cuda, openvino, cpu "
+            "(default: the best installed; CPU is always the last resort)."
+        ),
+    ] = None,
     backend: Annotated[
         str | None,
         typer.Option(
@@ -101,6 +108,7 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
 
     uvicorn = import_optional("uvicorn", "serve", "tapetum serve")
     import_optional("fastapi", "serve", "tapetum serve")
+    from tapetum.detect.providers import parse_provider_list
     from tapetum.serve.app import create_app
     from tapetum.serve.service import DetectionService
     from tapetum.serve.settings import ServeSettings, default_key_store, default_rate_limiter
@@ -120,6 +128,7 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         model_path=model if model is not None else Path(str(backend)),
         model_name=None if model is not None else "remote",
         model_arch=arch,
+        providers=parse_provider_list(provider),
         # a remote node warms its own model; one it cannot reach yet must not fail the load
         warmup=model is not None,
         conf_threshold=conf,

@@ -142,6 +142,17 @@ def resolve_provider_name(name: str) -> str:
         raise ConfigError(f"unknown execution provider {name!r}; use one of {known}") from None
 
 
+def parse_provider_list(text: str | None) -> tuple[str, ...] | None:
+    """``"cuda,cpu"`` (a CLI option) → full provider names; None or empty → None.
+
+    Raises:
+        ConfigError: an unknown short name.
+    """
+    if not text:
+        return None
+    return tuple(resolve_provider_name(p) for p in text.split(",") if p.strip()) or None
+
+
 def plan_providers(requested: Sequence[str] | None, available: Sequence[str]) -> ProviderPlan:
     """Order the providers to try.
 

@@ -124,6 +124,8 @@ class ServeSettings:
         model_name: name in ``/v1/models`` (default: the file stem).
         model_arch: the model's family when its file does not say (``--arch``); None:
             from the file's metadata or output shapes.
+        providers: ONNX Runtime execution providers to try, in order (``--provider``);
+            None: the best installed (see :mod:`tapetum.detect.providers`).
         conf_threshold: default score threshold of ``/v1/detect``.
         min_conf_threshold: the detector's own threshold, the lowest a request may ask
             for; ByteTrack also sees boxes down to it (its second association uses them).
@@ -157,6 +159,7 @@ class ServeSettings:
     model_path: Path
     model_name: str | None = None
     model_arch: str | None = None
+    providers: tuple[str, ...] | None = None
     conf_threshold: float = 0.3
     min_conf_threshold: float = 0.1
     nms_iou: float = 0.45
@@ -224,12 +227,13 @@ class ServeSettings:
 def default_detector_factory(settings: ServeSettings) -> DetectorLike:
     """An ONNX detector of any family at the settings' floor threshold (requests filter
     above it)."""
-    from tapetum.detect import DetectorConfig, load_detector
+    from tapetum.detect import DetectorConfig, RuntimeOptions, load_detector
 
     return load_detector(
         settings.model_path,
         settings.model_arch,
         DetectorConfig(conf_threshold=settings.min_conf_threshold, nms_iou=settings.nms_iou),
+        RuntimeOptions(providers=settings.providers),
     )
 
 

@@ -267,3 +267,14 @@ def test_bad_runtime_options_are_config_errors() -> None:
         RuntimeOptions(execution_mode="eager")
     with pytest.raises(ConfigError, match="cpu_cores"):
         RuntimeOptions(cpu_cores=())
+
+
+def test_provider_lists_from_the_command_line() -> None:
+    from tapetum.detect.providers import parse_provider_list
+
+    assert parse_provider_list(None) is None
+    assert parse_provider_list(" ") is None
+    assert parse_provider_list("cuda, cpu") == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert parse_provider_list("ROCMExecutionProvider") == ("ROCMExecutionProvider",)
+    with pytest.raises(ConfigError, match="unknown execution provider 'foo'"):
+        parse_provider_list("cuda,foo")
