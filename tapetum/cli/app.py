@@ -5,10 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -23,6 +27,8 @@ from tapetum.cli.serve import serve_command
 from tapetum.errors import ConfigError, TapetumError
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
     from tapetum.pipeline import Pipeline, PipelineStats
 
 app = typer.Typer(
@@ -324,39 +330,61 @@ def _parse_horizons(text: str) -> tuple[float, ...]:
 def _run_with_progress(pipeline: Pipeline, quiet: bool) -> PipelineStats:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    # Ctrl-C is counted by a handler rather than caught as KeyboardInterrupt: the exception
+    # would surface wherever the main thread happens to be (a stats call, a progress
+    # redraw) and escape the loop; the count is read at one place per iteration.
     interrupts = 0
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        nonlocal interrupts
+        interrupts += 1
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
     pipeline.start()
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        TextColumn("{task.fields[line]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=quiet,
-        transient=False,
-    ) as progress:
-        task = progress.add_task("tracking", line="starting…")
-        while True:
-            try:
-                if pipeline.join(0.25):
-                    break
-            except KeyboardInterrupt:
-                interrupts += 1
-                drain = interrupts == 1
-                progress.update(task, description="draining" if drain else "stopping")
-                pipeline.stop(drain=drain)
-                continue
-            s = pipeline.stats()
-            p99 = pipeline.recent_latency_ms("end_to_end").p99_ms
-            progress.update(
-                task,
-                line=(
-                    f"frames {s.frames_processed}/{s.frames_read}  fps {s.fps:5.1f}  "
-                    f"dropped {s.frames_dropped}  corrupt {s.frames_corrupt}  "
-                    f"p99 {p99:5.1f} ms"
-                ),
-            )
+    try:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.fields[line]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=quiet,
+            transient=False,
+        ) as progress:
+            task = progress.add_task("tracking", line="starting…")
+            _progress_loop(pipeline, progress, task, lambda: interrupts)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
     return pipeline.stats()
+
+
+def _progress_loop(
+    pipeline: Pipeline, progress: Progress, task: TaskID, interrupts: Callable[[], int]
+) -> None:
+    """Refresh the progress line until the pipeline ends; the first Ctrl-C drains what is
+    queued, a second one drops it."""
+    handled = 0
+    while True:
+        seen = interrupts()
+        if seen > handled:
+            handled = seen
+            drain = handled == 1
+            progress.update(task, description="draining" if drain else "stopping")
+            pipeline.stop(drain=drain)
+        if pipeline.join(0.25):
+            return
+        s = pipeline.stats()
+        p99 = pipeline.recent_latency_ms("end_to_end").p99_ms
+        progress.update(
+            task,
+            line=(
+                f"frames {s.frames_processed}/{s.frames_read}  fps {s.fps:5.1f}  "
+                f"dropped {s.frames_dropped}  corrupt {s.frames_corrupt}  "
+                f"p99 {p99:5.1f} ms"
+            ),
+        )
 
 
 def _print_summary(stats: PipelineStats, out_dir: Path) -> None:
