@@ -595,6 +595,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200, help="per level, at most")
     parser.add_argument("--seconds", type=float, default=10.0, help="per level, at most")
     parser.add_argument("--direct-n", type=int, default=100)
+    parser.add_argument(
+        "--batch-requests",
+        type=int,
+        default=ServeSettings.batch_requests,
+        help="server-side dynamic batching of concurrent requests (1: off)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve.json")
     args = parser.parse_args()
 
@@ -603,7 +609,9 @@ def main() -> int:
     if not model.exists():
         raise SystemExit(f"model not found: {model} (set TAPETUM_ASSETS)")
     jpeg = make_jpeg(assets)
-    settings = ServeSettings(model_path=model, rate_per_second=None)
+    settings = ServeSettings(
+        model_path=model, rate_per_second=None, batch_requests=args.batch_requests
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         store = KeyStore(Path(tmp) / "keys.db")
@@ -635,6 +643,7 @@ def main() -> int:
             "detections_at_default_conf": n_dets,
         },
         "bounds": {"requests_per_level": args.requests, "seconds_per_level": args.seconds},
+        "batch_requests": args.batch_requests,
         "rest_client": "httpx.AsyncClient in a separate process (keep-alive, one connection "
         "per client), so the client's work is not counted as server overhead",
         "direct": direct,

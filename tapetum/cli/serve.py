@@ -41,6 +41,13 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
             "(default: the best installed; CPU is always the last resort)."
         ),
     ] = None,
+    batch_requests: Annotated[
+        int,
+        typer.Option(
+            help="Images of concurrent requests run as one model call, at most (1: off). "
+            "They queue only while every inference worker is busy."
+        ),
+    ] = 8,
     backend: Annotated[
         str | None,
         typer.Option(
@@ -129,6 +136,7 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         model_name=None if model is not None else "remote",
         model_arch=arch,
         providers=parse_provider_list(provider),
+        batch_requests=batch_requests,
         # a remote node warms its own model; one it cannot reach yet must not fail the load
         warmup=model is not None,
         conf_threshold=conf,
@@ -196,6 +204,7 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
     finally:
         if grpc_server is not None:
             grpc_server.stop(graceful_s).wait()
+        service.close()  # both APIs have drained: stop the request batchers
 
 
 def _remote_detector(

@@ -388,6 +388,7 @@ def create_app(
         key_store = default_key_store(settings)
     if rate_limiter is None:
         rate_limiter = default_rate_limiter(settings)
+    owns_service = service is None
     if service is None:
         service = DetectionService(settings, detector_factory)  # a bad tracker fails now
     breakers = BreakerRegistry(
@@ -404,6 +405,8 @@ def create_app(
         log.info("shutting down: %d tracking sessions dropped", len(service.sessions))
         stopped = await anyio.to_thread.run_sync(streams.stop_all)
         log.info("shutting down: %d streams stopped", stopped)
+        if owns_service:  # a shared service is closed by whoever shares it
+            await anyio.to_thread.run_sync(service.close)
 
     app = FastAPI(
         title="Tapetum",

@@ -108,6 +108,54 @@ class _Model:
     settings: ServeSettings
 
 
+class _BatchedRunner:
+    """Runs concurrent requests' images through one :class:`DynamicBatcher`.
+
+    Preprocessing and postprocessing stay in each request's thread; only the model call
+    is shared. With ``max_wait_ms`` 0 a free worker takes whatever is queued at once, so
+    images queue (and batch) only while every worker is busy: more throughput under load,
+    no added wait for a lone client.
+    """
+
+    def __init__(
+        self, detector: StagedDetector, workers: int, max_batch: int, max_wait_ms: float, name: str
+    ) -> None:
+        from tapetum.detect.batcher import DynamicBatcher
+
+        self.detector = detector
+        self.batcher: DynamicBatcher[npt.NDArray[np.float32], npt.NDArray[np.float32]] = (
+            DynamicBatcher(
+                self._run_batch,
+                max_batch=max(1, min(max_batch, detector.max_batch)),
+                max_wait_ms=max_wait_ms,
+                workers=workers,
+                name=f"batcher[{name}]",
+            )
+        )
+
+    def _run_batch(self, tensors: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+        return self.detector.infer(np.stack(tensors))
+
+    def __call__(self, images: Sequence[Image]) -> list[Detections] | None:
+        """Detections per image, or None once the batcher is closed (model unloaded while
+        this request was under way: the caller runs the detector directly)."""
+        from tapetum.detect.batcher import BatcherClosedError
+
+        prepared = [self.detector.preprocess(image) for image in images]
+        try:
+            futures = [self.batcher.submit(tensor) for tensor, _ in prepared]
+            raws = [future.result() for future in futures]
+        except BatcherClosedError:
+            return None
+        return [
+            self.detector.postprocess(raw, meta)
+            for raw, (_, meta) in zip(raws, prepared, strict=True)
+        ]
+
+    def close(self) -> None:
+        self.batcher.close(drain=True)
+
+
 class DetectionService:
     """Model lifecycle, inference limit, tracking sessions and the detection operations.
 
@@ -138,6 +186,7 @@ class DetectionService:
         self._loader: threading.Thread | None = None
         self._models_lock = threading.Lock()
         self._extra: dict[str, _Model] = {}  # loaded at runtime, in load order
+        self._runners: dict[int, _BatchedRunner] = {}  # id(detector) → its batcher
         self._loading: set[str] = set()  # names reserved by loads in progress
 
     # ---- lifecycle ----
@@ -158,6 +207,7 @@ class DetectionService:
                 detector([np.full((h, w, 3), 114, np.uint8)])
             workers = max(1, int(getattr(detector, "recommended_workers", 1) or 1))
             self._slots = threading.BoundedSemaphore(workers)
+            self._add_runner(detector, self.settings.name)
             self._detector = detector
             log.info(
                 "model %s ready in %.2f s (%d inference slots)",
@@ -211,8 +261,43 @@ class DetectionService:
 
         return make_tracker(self.settings.tracker, self.settings.session_frame_rate)
 
+    def _add_runner(self, detector: DetectorLike, name: str) -> None:
+        """Batch concurrent requests on a staged detector (``batch_requests`` > 1)."""
+        staged = ("preprocess", "infer", "postprocess", "max_batch")
+        if self.settings.batch_requests <= 1 or not all(hasattr(detector, a) for a in staged):
+            return
+        workers = max(1, int(getattr(detector, "recommended_workers", 1) or 1))
+        runner = _BatchedRunner(
+            cast(StagedDetector, detector),
+            workers,
+            self.settings.batch_requests,
+            self.settings.batch_wait_ms,
+            name,
+        )
+        with self._models_lock:
+            self._runners[id(detector)] = runner
+
+    def _drop_runner(self, detector: DetectorLike) -> None:
+        with self._models_lock:
+            runner = self._runners.pop(id(detector), None)
+        if runner is not None:
+            runner.close()  # queued images still run; later calls go direct
+
+    def close(self) -> None:
+        """Stop the batchers (queued images still run). Idempotent."""
+        with self._models_lock:
+            runners = list(self._runners.values())
+            self._runners.clear()
+        for runner in runners:
+            runner.close()
+
     def _infer(self, images: Sequence[Image], detector: DetectorLike) -> list[Detections]:
         self.detector()
+        runner = self._runners.get(id(detector))
+        if runner is not None:
+            found = runner(images)
+            if found is not None:
+                return found
         assert self._slots is not None  # set before the detector
         with self._slots:
             return detector(images)
@@ -527,6 +612,7 @@ class DetectionService:
                     422, "model_load_failed", f"path: {type(exc).__name__}: {exc}"
                 ) from exc
             loaded = _Model(name, detector, settings)
+            self._add_runner(detector, name)
             with self._models_lock:
                 self._extra[name] = loaded
             log.info("model %s (%s) loaded in %.2f s", name, file, time.perf_counter() - t0)
@@ -548,6 +634,8 @@ class DetectionService:
                 409, "default_model", f"{name!r} is the server's default model; it stays loaded"
             )
         with self._models_lock:
-            if self._extra.pop(name, None) is None:
-                raise ApiError(404, "unknown_model", f"no model named {name!r}")
+            model = self._extra.pop(name, None)
+        if model is None:
+            raise ApiError(404, "unknown_model", f"no model named {name!r}")
+        self._drop_runner(model.detector)
         log.info("model %s unloaded", name)

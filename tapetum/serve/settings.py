@@ -133,6 +133,11 @@ class ServeSettings:
         max_upload_bytes: per image, encoded.
         max_side_px / max_pixels: decoded size limits, checked from the header.
         max_batch: most files in one ``/v1/detect/batch`` (≤ 16).
+        batch_requests: at most this many images of concurrent requests run as one
+            model call (dynamic batching; 1 = off). Requests queue only while every
+            inference worker is busy, so a lone client waits for nothing.
+        batch_wait_ms: how long the first queued image may wait for more (0: take what
+            is queued as soon as a worker is free).
         keys_db: API key database (``KeyStore``) used when no key store is injected.
         jwt_issuer / jwt_audience / jwt_jwks: accept OIDC bearer tokens (JWTs) from this
             issuer for this audience, checked against this JWKS (URL or local file); all
@@ -187,6 +192,8 @@ class ServeSettings:
     stream_subscriber_queue: int = 64
     sse_heartbeat_s: float = 10.0
     max_models: int = 4
+    batch_requests: int = 8
+    batch_wait_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_conf_threshold <= self.conf_threshold <= 1.0:
@@ -196,6 +203,10 @@ class ServeSettings:
             )
         if not 1 <= self.max_batch <= 16:
             raise ConfigError(f"max_batch must be in [1, 16], got {self.max_batch}")
+        if not 1 <= self.batch_requests <= 64:
+            raise ConfigError(f"batch_requests must be in [1, 64], got {self.batch_requests}")
+        if not 0.0 <= self.batch_wait_ms <= 1000.0:
+            raise ConfigError(f"batch_wait_ms must be in [0, 1000], got {self.batch_wait_ms}")
         if self.max_upload_bytes < 1 or self.max_side_px < 1 or self.max_pixels < 1:
             raise ConfigError("upload limits must be positive")
         if self.max_streams < 0 or self.stream_subscriber_queue < 1:

@@ -189,3 +189,83 @@ def test_request_errors() -> None:
 def test_unknown_tracker_fails_at_construction() -> None:
     with pytest.raises(ConfigError):
         DetectionService(_settings(tracker="nope"), lambda _s: _FakeDetector())
+
+
+class _StagedFake(_FakeDetector):
+    """A staged detector whose one box per image encodes the image's fill value, so a
+    result handed to the wrong request shows; records every inference batch size."""
+
+    max_batch = 16
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__(delay_s)
+        self.batch_sizes: list[int] = []
+
+    def preprocess(self, image: Image) -> tuple[npt.NDArray[np.float32], object]:
+        return np.full((3, 4, 4), float(image[0, 0, 0]), np.float32), None
+
+    def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        with self.lock:
+            self.batch_sizes.append(len(batch))
+        time.sleep(self.delay_s)
+        return batch[:, 0, 0, :1]  # (B, 1): the fill value
+
+    def __call__(self, images: Sequence[Image]) -> list[Detections]:
+        with self.lock:
+            self.calls += 1
+        raw = np.stack([self.preprocess(image)[0] for image in images])[:, 0, 0, :1]
+        return [self.postprocess(r, None) for r in raw]
+
+    def postprocess(self, raw: npt.NDArray[np.float32], meta: object) -> Detections:
+        value = float(raw[0])
+        return Detections(
+            np.array([[value, 0, value + 1, 1]], np.float32),
+            np.array([0.9], np.float32),
+            np.array([0], np.int64),
+        )
+
+
+def test_concurrent_requests_share_model_calls_and_keep_their_own_results() -> None:
+    detector = _StagedFake(delay_s=0.03)
+    service = _ready(detector, batch_requests=8)
+    results: dict[int, float] = {}
+
+    def call(i: int) -> None:
+        image = np.full((24, 40, 3), i, np.uint8)
+        response = service.detect(image)
+        results[i] = response.detections[0].box.x1
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(1, 25)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == {i: float(i) for i in range(1, 25)}  # every request got its own
+    served = detector.batch_sizes  # (the warm-up is a whole-detector call)
+    assert sum(served) == 24
+    assert max(served) > 1, served  # busy workers let requests queue into batches
+    assert max(served) <= 8
+    service.close()
+    service.close()  # idempotent
+    assert service.detect(np.full((24, 40, 3), 7, np.uint8)).detections[0].box.x1 == 7.0
+
+
+def test_a_lone_request_is_not_held_back_and_batching_can_be_off() -> None:
+    detector = _StagedFake()
+    service = _ready(detector, batch_requests=8)
+    for i in range(3):
+        service.detect(np.full((24, 40, 3), i, np.uint8))
+    assert detector.batch_sizes == [1, 1, 1]
+    off = _StagedFake()
+    service_off = _ready(off, batch_requests=1)
+    service_off.detect(_image())
+    assert off.batch_sizes == []  # no batcher: whole-detector calls
+    assert off.calls == 2  # warm-up + the request
+    service.close()
+
+
+def test_batching_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="batch_requests"):
+        _settings(batch_requests=0)
+    with pytest.raises(ConfigError, match="batch_wait_ms"):
+        _settings(batch_wait_ms=-1.0)
