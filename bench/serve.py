@@ -82,6 +82,47 @@ def pct(values: list[float] | np.ndarray) -> dict[str, float]:
     }
 
 
+class LevelRecorder:
+    """What one load level saw: client latencies, the server's own timings and errors."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.server_ms: dict[str, list[float]] = {}
+        self.paired: list[float] = []  # latency − the server's detector call, per request
+        self.errors: dict[str, int] = {}
+
+    def ok(self, latency_ms: float, timings_ms: Any) -> None:
+        self.latencies.append(latency_ms)
+        for k, v in timings_ms.items():
+            self.server_ms.setdefault(k, []).append(v)
+        self.paired.append(latency_ms - timings_ms["inference"])
+
+    def error(self, reason: str) -> None:
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+    def result(self, clients: int, elapsed_s: float, **extra: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "clients": clients,
+            **extra,
+            "requests": len(self.latencies),
+            "seconds": round(elapsed_s, 2),
+            "rps": round(len(self.latencies) / elapsed_s, 1),
+            **pct(self.latencies),
+            # The server's own timings_ms (decode; queue + inference; total), p50.
+            "server_timings_p50_ms": {
+                k: round(float(np.median(v)), 2) for k, v in self.server_ms.items() if v
+            },
+            # Per request: client latency − the server's own detector call (same moment,
+            # same load), p50. The detector call in the server *is* the direct call.
+            "minus_inference_p50_ms": (
+                round(float(np.median(self.paired)), 2) if self.paired else None
+            ),
+        }
+        if self.errors:
+            out["errors"] = self.errors
+        return out
+
+
 def assets_dir() -> Path:
     env = os.environ.get("TAPETUM_ASSETS")
     return Path(env) if env else (REPO / ".." / "shared" / "assets").resolve()
@@ -172,10 +213,7 @@ async def _load_level(
     max_requests: int,
     seconds: float,
 ) -> dict[str, Any]:
-    latencies: list[float] = []
-    server_ms: dict[str, list[float]] = {"decode": [], "inference": [], "total": []}
-    paired: list[float] = []
-    errors: dict[str, int] = {}
+    rec = LevelRecorder()
     issued = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
@@ -194,33 +232,13 @@ async def _load_level(
                 resp = await client.post("/v1/detect", content=jpeg, headers=headers)
                 dt = (time.perf_counter() - t0) * 1e3
                 if resp.status_code == 200:
-                    latencies.append(dt)
-                    timings = resp.json()["timings_ms"]
-                    for k, v in timings.items():
-                        server_ms.setdefault(k, []).append(v)
-                    paired.append(dt - timings["inference"])
+                    rec.ok(dt, resp.json()["timings_ms"])
                 else:
-                    errors[str(resp.status_code)] = errors.get(str(resp.status_code), 0) + 1
+                    rec.error(str(resp.status_code))
 
         await asyncio.gather(*(worker() for _ in range(clients)))
         elapsed = time.perf_counter() - start
-    out: dict[str, Any] = {
-        "clients": clients,
-        "requests": len(latencies),
-        "seconds": round(elapsed, 2),
-        "rps": round(len(latencies) / elapsed, 1),
-        **pct(latencies),
-        # The server's own timings_ms (decode; queue + inference; total), p50.
-        "server_timings_p50_ms": {
-            k: round(float(np.median(v)), 2) for k, v in server_ms.items() if v
-        },
-        # Per request: client latency − the server's own detector call (same moment, same
-        # load), p50. The detector call in the server *is* the direct call.
-        "minus_inference_p50_ms": round(float(np.median(paired)), 2) if paired else None,
-    }
-    if errors:
-        out["errors"] = errors
-    return out
+    return rec.result(clients, elapsed)
 
 
 def bench_rest(
@@ -266,10 +284,7 @@ def _rest_lean_level(
 
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
-    latencies: list[float] = []
-    server_ms: dict[str, list[float]] = {}
-    paired: list[float] = []
-    errors: dict[str, int] = {}
+    rec = LevelRecorder()
 
     def post() -> tuple[int, bytes]:
         conn.request("POST", "/v1/detect", body=jpeg, headers=headers)
@@ -279,37 +294,17 @@ def _rest_lean_level(
     for _ in range(5):
         post()
     start = time.perf_counter()
-    while len(latencies) < requests and time.perf_counter() - start < seconds:
+    while len(rec.latencies) < requests and time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
         status, body = post()
         dt = (time.perf_counter() - t0) * 1e3
         if status == 200:
-            latencies.append(dt)
-            timings = json.loads(body)["timings_ms"]
-            for k, v in timings.items():
-                server_ms.setdefault(k, []).append(v)
-            paired.append(dt - timings["inference"])
+            rec.ok(dt, json.loads(body)["timings_ms"])
         else:
-            errors[str(status)] = errors.get(str(status), 0) + 1
+            rec.error(str(status))
     elapsed = time.perf_counter() - start
     conn.close()
-    out: dict[str, Any] = {
-        "clients": 1,
-        "client": "http.client",
-        "requests": len(latencies),
-        "seconds": round(elapsed, 2),
-        "rps": round(len(latencies) / elapsed, 1),
-        **pct(latencies),
-        "server_timings_p50_ms": {
-            k: round(float(np.median(v)), 2) for k, v in server_ms.items() if v
-        },
-        # Per request: client latency − the server's own detector call (same moment, same
-        # load), p50. The detector call in the server *is* the direct call.
-        "minus_inference_p50_ms": round(float(np.median(paired)), 2) if paired else None,
-    }
-    if errors:
-        out["errors"] = errors
-    return out
+    return rec.result(1, elapsed, client="http.client")
 
 
 def _rest_level(
@@ -374,10 +369,7 @@ async def _grpc_load_level(
     from tapetum.serve.grpc._gen import tapetum_pb2_grpc as pb_grpc
 
     request = pb.DetectRequest(image=jpeg, content_type="image/jpeg")
-    latencies: list[float] = []
-    paired: list[float] = []
-    server_ms: dict[str, list[float]] = {"decode": [], "inference": [], "total": []}
-    errors: dict[str, int] = {}
+    rec = LevelRecorder()
     issued = 0
     # One channel (and, with a local subchannel pool, one HTTP/2 connection) per client:
     # channels with equal arguments would otherwise share one connection.
@@ -400,35 +392,16 @@ async def _grpc_load_level(
                 try:
                     resp = await stub.Detect(request, metadata=metadata, timeout=60)
                 except grpc.aio.AioRpcError as exc:
-                    errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                    rec.error(exc.code().name)
                     continue
-                dt = (time.perf_counter() - t0) * 1e3
-                latencies.append(dt)
-                for k, v in resp.timings_ms.items():
-                    server_ms.setdefault(k, []).append(v)
-                paired.append(dt - resp.timings_ms["inference"])
+                rec.ok((time.perf_counter() - t0) * 1e3, resp.timings_ms)
 
         await asyncio.gather(*(worker(stub) for stub in stubs))
         elapsed = time.perf_counter() - start
     finally:
         for ch in channels:
             await ch.close()
-    out: dict[str, Any] = {
-        "clients": clients,
-        "requests": len(latencies),
-        "seconds": round(elapsed, 2),
-        "rps": round(len(latencies) / elapsed, 1),
-        **pct(latencies),
-        "server_timings_p50_ms": {
-            k: round(float(np.median(v)), 2) for k, v in server_ms.items() if v
-        },
-        # Per request: client latency − the server's own detector call (same moment, same
-        # load), p50. The detector call in the server *is* the direct call.
-        "minus_inference_p50_ms": round(float(np.median(paired)), 2) if paired else None,
-    }
-    if errors:
-        out["errors"] = errors
-    return out
+    return rec.result(clients, elapsed)
 
 
 def bench_grpc(
@@ -598,7 +571,7 @@ def main() -> int:
     parser.add_argument(
         "--batch-requests",
         type=int,
-        default=ServeSettings.batch_requests,
+        default=ServeSettings.__dataclass_fields__["batch_requests"].default,
         help="server-side dynamic batching of concurrent requests (1: off)",
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve.json")
