@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 import anyio.to_thread
@@ -362,6 +362,30 @@ def _split_classes(classes: str | None) -> list[str] | None:
 # ------------------------------------------------------------------------------------ app
 
 
+#: Query parameters the detect routes share (one definition, one OpenAPI description).
+ConfQuery = Annotated[
+    float | None,
+    Query(ge=0.0, le=1.0, description="Score threshold (default: the server's).", examples=[0.35]),
+]
+ClassesQuery = Annotated[
+    str | None,
+    Query(
+        max_length=2000,
+        description="Comma-separated class names or ids to keep.",
+        examples=["person,bus"],
+    ),
+]
+ModelQuery = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="Name of the loaded model to run (default: the server's default model). "
+        "A tracking session should stick to one model.",
+        examples=["yolox_nano"],
+    ),
+]
+
+
 def create_app(
     settings: ServeSettings,
     detector_factory: Callable[[ServeSettings], DetectorLike] = default_detector_factory,
@@ -565,32 +589,15 @@ def create_app(
     async def detect(
         request: Request,
         _key: Principal = infer_guard,
-        conf: float | None = Query(
-            None,
-            ge=0.0,
-            le=1.0,
-            description="Score threshold (default: the server's).",
-            examples=[0.35],
-        ),
-        classes: str | None = Query(
-            None,
-            max_length=2000,
-            description="Comma-separated class names or ids to keep.",
-            examples=["person,bus"],
-        ),
+        conf: ConfQuery = None,
+        classes: ClassesQuery = None,
         session_id: str | None = Query(
             None,
             pattern=SESSION_ID_PATTERN,
             description="Track objects across calls of this session (one camera's frames).",
             examples=["cam-1"],
         ),
-        model: str | None = Query(
-            None,
-            max_length=64,
-            description="Name of the loaded model to run (default: the server's default "
-            "model). A tracking session should stick to one model.",
-            examples=["yolox_nano"],
-        ),
+        model: ModelQuery = None,
     ) -> Response:
         """Detect objects in one image. Needs the ``infer`` scope."""
         service.detector()
@@ -645,15 +652,9 @@ def create_app(
     async def detect_batch(
         request: Request,
         _key: Principal = infer_guard,
-        conf: float | None = Query(None, ge=0.0, le=1.0, examples=[0.35]),
-        classes: str | None = Query(None, max_length=2000, examples=["person"]),
-        model: str | None = Query(
-            None,
-            max_length=64,
-            description="Name of the loaded model to run (default: the server's default "
-            "model). A tracking session should stick to one model.",
-            examples=["yolox_nano"],
-        ),
+        conf: ConfQuery = None,
+        classes: ClassesQuery = None,
+        model: ModelQuery = None,
     ) -> Response:
         """Detect objects in several images (multipart ``files``) with one batched model
         call. Needs the ``infer`` scope."""
