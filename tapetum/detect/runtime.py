@@ -139,16 +139,15 @@ def make_session_options(options: RuntimeOptions, threads: int) -> Any:
     return so
 
 
-def _make_batch_dynamic(model_bytes: bytes) -> bytes | None:
-    """Rewrite a batch-1 graph so its batch axis is dynamic.
+def _make_batch_dynamic(model: Any) -> bytes | None:
+    """Rewrite a batch-1 graph (an ``onnx.ModelProto``, changed in place) so its batch axis
+    is dynamic; returns the serialised result.
 
     Exports often bake batch 1 into ``Reshape`` shape constants; those leading 1s become 0
     ("copy this dim from the input"). Returns None when the model has no fixed batch of 1.
     """
-    import onnx
     from onnx import numpy_helper
 
-    model = onnx.load_from_string(model_bytes)
     inp = model.graph.input[0].type.tensor_type.shape.dim
     if not inp or inp[0].dim_value != 1:
         return None
@@ -219,9 +218,9 @@ class OnnxModel:
             ort.get_available_providers() if available_providers is None else available_providers,
         )
         factory = session_factory or default_session_factory
-        _check_parses(raw, self.path)
+        parsed = _parse_model(raw, self.path)
         try:
-            dynamic = _make_batch_dynamic(raw)
+            dynamic = _make_batch_dynamic(parsed)
         except Exception:  # a graph the rewrite does not understand: keep its fixed batch
             dynamic = None
         chain: list[ProviderSpec] = []
@@ -333,9 +332,12 @@ class OnnxModel:
         return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
 
 
-def _check_parses(raw: bytes, path: Path) -> None:
-    """Refuse a file that is not an ONNX model before any provider is tried, so the error
-    says what is wrong with the file rather than listing every provider's failure."""
+def _parse_model(raw: bytes, path: Path) -> Any:
+    """The file as an ``onnx.ModelProto``, parsed once for every check and rewrite.
+
+    A file that is not an ONNX model is refused here, before any provider is tried, so the
+    error says what is wrong with the file rather than listing every provider's failure.
+    """
     import onnx
 
     try:
@@ -347,3 +349,4 @@ def _check_parses(raw: bytes, path: Path) -> None:
         valid, reason = False, first_line(exc)
     if not valid:
         raise ModelLoadError(f"cannot load {path} as an ONNX model: {reason}")
+    return model
