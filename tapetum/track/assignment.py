@@ -53,31 +53,6 @@ def linear_assignment(cost: npt.ArrayLike, threshold: float) -> tuple[IntArray, 
     return matches, unmatched_rows, unmatched_cols
 
 
-def max_weight_matching(weight: npt.ArrayLike) -> IntArray:
-    """Matching of rows to columns with the largest total weight, every pair allowed.
-
-    Unlike ``linear_assignment`` there is no cost limit: ``min(N, M)`` pairs are always
-    returned, and the caller decides which to keep. SORT and OC-SORT match this way and
-    only then drop pairs whose IoU is below the threshold, which can leave a row
-    unmatched that a thresholded solver would have paired with a worse column.
-
-    Args:
-        weight: (N, M) finite gain of assigning row i to column j (higher is better).
-
-    Returns:
-        (min(N, M), 2) int64 ``[row, col]`` pairs in increasing row order.
-    """
-    matrix = np.asarray(weight, dtype=np.float64)
-    if matrix.ndim != 2:
-        raise ValueError(f"weight must be a 2-D matrix, got shape {matrix.shape}")
-    if matrix.size == 0:
-        return np.empty((0, 2), np.int64)
-    _, row_to_col, _ = lap.lapjv(-matrix, extend_cost=True)
-    row_to_col = np.asarray(row_to_col, dtype=np.int64)
-    rows = np.flatnonzero(row_to_col >= 0)
-    return np.stack((rows, row_to_col[rows]), axis=1).astype(np.int64, copy=False)
-
-
 def iou_distance(boxes_a: npt.ArrayLike, boxes_b: npt.ArrayLike) -> Float64Array:
     """``1 - IoU`` between two sets of boxes.
 

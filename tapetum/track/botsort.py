@@ -16,15 +16,15 @@ NirAharon/BoT-SORT. On top of :mod:`tapetum.track.bytetrack`:
    (IoU distance ``<= proximity_thresh``); elsewhere it is 1 (:func:`gated_fused_cost`).
    The second association (tracked tracks with low-score boxes) stays IoU-only.
 
-Track state is a structure of arrays (``_TrackTable``, embeddings as one (T, D) matrix) so
-prediction, camera warps, cost matrices and embedding updates are array operations over
-all tracks at once.
+The frame itself is ByteTrack's compiled one (:mod:`tapetum.track.kernels.byte_step`)
+with BoT-SORT's filter; camera motion is estimated and embeddings computed here, before
+it, as they need the image.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -32,16 +32,20 @@ import numpy.typing as npt
 from tapetum.core.detections import Detections
 from tapetum.core.frame import Frame
 from tapetum.errors import ConfigError
-from tapetum.track import byte_association as ba
-from tapetum.track.assignment import fuse_score, iou_distance
-from tapetum.track.cmc import CMC_METHODS, CameraMotionEstimator, make_cmc, warp_states
-from tapetum.track.kalman_xywh import KalmanFilterXYWH, xywh_to_xyxy, xyxy_to_xywh
+from tapetum.track.assignment import fuse_score
+from tapetum.track.cmc import CMC_METHODS, CameraMotionEstimator, make_cmc
+from tapetum.track.kalman_xywh import KalmanFilterXYWH
 from tapetum.track.reid import ReidEmbedder
+
+if TYPE_CHECKING:
+    from tapetum.track.kernels.byte_step import ByteCore
+
+#: ``tapetum.track.kernels.kalman8.MOTION_XYWH`` (the kernels load numba; this does not).
+MOTION_XYWH = 1
 
 Float64Array = npt.NDArray[np.float64]
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
 
 CmcMethod = Literal["sparseOptFlow", "ecc", "none"]
 
@@ -190,25 +194,6 @@ def _normalise_rows(x: npt.ArrayLike) -> FloatArray:
     return out
 
 
-@dataclass(slots=True)
-class _TrackTable(ba.ByteTrackTable):
-    """All live tracks of one tracker, one row per track (structure of arrays).
-
-    The columns are :class:`~tapetum.track.byte_association.ByteTrackTable`'s, with
-    ``mean`` the Kalman state ``x, y, w, h`` and velocities in pixels, and:
-
-    Attributes:
-        features: (T, D) float32 unit-length moving average of the track's embeddings
-            (D = 0 without re-identification).
-    """
-
-    features: FloatArray
-
-    def boxes(self) -> Float64Array:
-        """(T, 4) xyxy boxes of the Kalman means, in pixels."""
-        return xywh_to_xyxy(self.mean[:, :4])
-
-
 class BoTSortTracker:
     """BoT-SORT multi-object tracker for one stream (implements ``Tracker``).
 
@@ -242,20 +227,16 @@ class BoTSortTracker:
                 "set BoTSortConfig(with_reid=True) or drop the embedder"
             )
         self.embedder = embedder
-        self._kalman = KalmanFilterXYWH()
         self._cmc: CameraMotionEstimator | None = make_cmc(self.config.cmc_method)
-        self._feature_dim = embedder.embedding_dim if embedder is not None else 0
-        self._tracks = _TrackTable.empty(features=np.empty((0, self._feature_dim), np.float32))
+        self._core = _make_core(self.config, embedder.embedding_dim if embedder is not None else 0)
         self._frame_id = 0
-        self._next_id = 1
         #: (2, 3) camera warp applied on the last ``update`` (identity without CMC).
         self.last_warp: Float64Array = np.eye(2, 3, dtype=np.float64)
 
     def reset(self) -> None:
         """Forget every track and the previous frame; ids restart at 1."""
-        self._tracks = _TrackTable.empty(features=np.empty((0, self._feature_dim), np.float32))
+        self._core.reset()
         self._frame_id = 0
-        self._next_id = 1
         self.last_warp = np.eye(2, 3, dtype=np.float64)
         if self._cmc is not None:
             self._cmc.reset()
@@ -300,140 +281,77 @@ class BoTSortTracker:
         """
         cfg = self.config
         self._frame_id += 1
-        frame_id = self._frame_id
-        t = self._tracks
-        groups = ba.group_tracks(t)
-
         scores = detections.confidence
-        det_xywh = xyxy_to_xywh(detections.xyxy)
-        high, low = ba.split_by_score(scores, cfg.track_high_thresh, cfg.track_low_thresh)
 
         feats: FloatArray | None = None
+        appearance: Float64Array | None = None
         if cfg.with_reid:
+            high = np.flatnonzero(scores > cfg.track_high_thresh)
             feats = self._det_features(detections, high, frame)
-            if feats.shape[1] != t.features.shape[1]:
-                if len(t):
+            state = self._core.state
+            if feats.shape[1] != state.features.shape[1]:
+                if state.n:
                     raise ValueError(
-                        f"embedding length changed from {t.features.shape[1]} to "
+                        f"embedding length changed from {state.features.shape[1]} to "
                         f"{feats.shape[1]} while tracks are alive"
                     )
-                t.features = np.empty((0, feats.shape[1]), np.float32)
-            self._feature_dim = int(feats.shape[1])
+                state.set_feature_dim(int(feats.shape[1]))
+            appearance = embedding_distance(state.features[: state.n], feats)
 
-        # Predict confirmed and lost tracks; a lost track's size velocities are zeroed.
-        ba.predict_pool(t, self._kalman, groups, size_velocity=(6, 7))
-
-        # Camera motion moves every track, unconfirmed ones included. The estimator sees
-        # every frame, even one with no tracks, so it always holds the previous frame.
+        # Camera motion moves every track, unconfirmed ones included, after prediction.
+        # The estimator sees every frame, even one with no tracks, so it always holds the
+        # previous frame.
         self.last_warp = np.eye(2, 3, dtype=np.float64)
+        affine: Float64Array | None = None
         if self._cmc is not None and frame is not None:
             moving = detections.xyxy[scores > cfg.track_low_thresh]
             self.last_warp = self._cmc.estimate(frame.image, moving)
-            if len(t) and not np.array_equal(self.last_warp, np.eye(2, 3)):
-                t.mean, t.covariance = warp_states(t.mean, t.covariance, self.last_warp)
-        # 1 - IoU of every track with every detection, computed once: each association
-        # below uses a block of it.
-        dist = iou_distance(t.boxes(), detections.xyxy)
+            if not np.array_equal(self.last_warp, np.eye(2, 3)):
+                affine = np.ascontiguousarray(self.last_warp, np.float64)
 
         # The second association (tracked tracks with low-score detections) is on IoU
         # alone: low-score boxes are often occluded, so appearance is unreliable there,
         # and they are not embedded.
-        def high_cost(track_rows: IntArray, det_rows: IntArray) -> Float64Array:
-            return self._cost(
-                t,
-                track_rows=track_rows,
-                det_rows=det_rows,
-                iou_dist=dist,
-                dets=detections,
-                feats=feats,
-            )
-
-        assoc = ba.associate(
-            t,
-            groups,
-            self._kalman,
-            params=cfg,
-            iou_dist=dist,
-            high=high,
-            low=low,
-            high_cost=high_cost,
-            measurements=det_xywh,
-            detections=detections,
-            frame_id=frame_id,
+        ids = self._core.step(
+            self._frame_id,
+            detections.xyxy,
+            scores,
+            detections.class_id,
+            det_features=feats,
+            appearance=appearance,
+            affine=affine,
         )
-
-        if feats is not None:
-            # Moving average of the embeddings, from the high-score matches only (the
-            # low-score boxes carry no embedding), renormalised to unit length.
-            emb_rows = np.concatenate((assoc.tracks[0], assoc.tracks[2]))
-            emb_dets = np.concatenate((assoc.dets[0], assoc.dets[2]))
-            a = cfg.ema_alpha
-            t.features[emb_rows] = _normalise_rows(
-                a * t.features[emb_rows] + (1.0 - a) * feats[emb_dets]
-            )
-
-        t, out_rows, track_ids = ba.finish_frame(
-            t,
-            groups,
-            assoc,
-            params=cfg,
-            scores=scores,
-            frame_id=frame_id,
-            start_tracks=lambda rows: self._start_tracks(
-                rows, det_xywh, detections, feats, frame_id
-            ),
-        )
-        self._tracks = t
-        result = detections[out_rows]
-        result.tracker_id = track_ids
+        rows = np.flatnonzero(ids >= 0)
+        result = detections[rows]
+        result.tracker_id = ids[rows]
         if feats is not None and detections.embeddings is None:
-            result.embeddings = feats[out_rows]
+            result.embeddings = feats[rows]
         return result
 
-    def _cost(
-        self,
-        t: _TrackTable,
-        *,
-        track_rows: IntArray,
-        det_rows: IntArray,
-        iou_dist: Float64Array,
-        dets: Detections,
-        feats: FloatArray | None,
-    ) -> Float64Array:
-        """Cost of the high-score associations: fused IoU, gated appearance when ReID.
 
-        ``iou_dist`` is ``1 - IoU`` of every track with every detection; the block at
-        ``track_rows`` x ``det_rows`` is used.
-        """
-        cfg = self.config
-        iou_dist = iou_dist[track_rows][:, det_rows]
-        scores = dets.confidence[det_rows] if cfg.fuse_score else None
-        if feats is None:
-            return iou_dist if scores is None else fuse_score(iou_dist, scores)
-        appearance = embedding_distance(t.features[track_rows], feats[det_rows])
-        return gated_fused_cost(
-            iou_dist, appearance, cfg.proximity_thresh, cfg.appearance_thresh, scores
-        )
+def _make_core(cfg: BoTSortConfig, feature_dim: int) -> ByteCore:
+    """The compiled ByteTrack frame with BoT-SORT's filter, thresholds and appearance."""
+    from tapetum.track.kernels import byte_step as kernel  # numba: load on use
 
-    def _start_tracks(
-        self,
-        det_rows: IntArray,
-        det_xywh: Float64Array,
-        detections: Detections,
-        feats: FloatArray | None,
-        frame_id: int,
-    ) -> _TrackTable:
-        n = int(det_rows.shape[0])
-        mean, covariance = self._kalman.initiate(det_xywh[det_rows])
-        ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-        self._next_id += n
-        features = (
-            feats[det_rows] if feats is not None else np.empty((n, self._feature_dim), np.float32)
-        )
-        return _TrackTable(
-            mean=mean,
-            covariance=covariance,
-            features=features,
-            track_id=ids,
-            **ba.new_track_columns(det_rows, detections, frame_id),
-        )
+    kalman = KalmanFilterXYWH()
+    params = kernel.make_params(
+        track_thresh=cfg.track_high_thresh,
+        low_thresh=cfg.track_low_thresh,
+        new_track_thresh=cfg.new_track_thresh,
+        match_thresh=cfg.match_thresh,
+        low_match_thresh=cfg.low_match_thresh,
+        unconfirmed_match_thresh=cfg.unconfirmed_match_thresh,
+        duplicate_iou=cfg.duplicate_iou,
+        std_weight_position=kalman.std_weight_position,
+        std_weight_velocity=kalman.std_weight_velocity,
+        proximity_thresh=cfg.proximity_thresh,
+        appearance_thresh=cfg.appearance_thresh,
+        ema_alpha=cfg.ema_alpha,
+    )
+    flags = kernel.make_flags(
+        motion=MOTION_XYWH,
+        max_frames_lost=cfg.max_frames_lost,
+        fuse_score=cfg.fuse_score,
+        appearance=cfg.with_reid,
+    )
+    return kernel.ByteCore(params, flags, feature_dim)

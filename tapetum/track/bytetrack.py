@@ -16,30 +16,26 @@ Zhang et al., "ByteTrack: Multi-Object Tracking by Associating Every Detection B
 6. Drop tracks lost for longer than ``track_buffer * frame_rate / 30`` frames, and of a
    tracked/lost pair overlapping by IoU > 0.85 keep only the longer-lived one.
 
-Track state is a structure of arrays (``_TrackTable``) so prediction, correction and
-cost matrices are array operations over all tracks at once.
+The whole frame is one compiled call (numba) over a structure of arrays holding every
+track: :mod:`tapetum.track.kernels.byte_step`, shared with BoT-SORT.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from tapetum.core.detections import Detections
 from tapetum.core.frame import Frame
 from tapetum.errors import ConfigError
-from tapetum.track import byte_association as ba
-from tapetum.track.assignment import fuse_score, iou_distance
-from tapetum.track.byte_association import TrackState
-from tapetum.track.kalman import KalmanFilter, xyah_to_xyxy, xyxy_to_xyah
+from tapetum.track.kalman import KalmanFilter
+
+#: ``tapetum.track.kernels.kalman8.MOTION_XYAH`` (the kernels load numba; this does not).
+MOTION_XYAH = 0
 
 __all__ = ["ByteTrackConfig", "ByteTracker", "TrackState"]
-
-Float64Array = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,21 +109,18 @@ class ByteTrackConfig:
         return int(self.frame_rate / 30.0 * self.track_buffer)
 
 
-@dataclass(slots=True)
-class _TrackTable(ba.ByteTrackTable):
-    """All live tracks of one tracker, one row per track (structure of arrays).
+class TrackState(enum.IntEnum):
+    """Life-cycle state of a track; removed tracks are deleted."""
 
-    The columns are :class:`~tapetum.track.byte_association.ByteTrackTable`'s; ``mean``
-    is the Kalman state ``x, y, a, h`` and velocities.
-    """
-
-    def boxes(self) -> Float64Array:
-        """(T, 4) xyxy boxes of the Kalman means, in pixels."""
-        return xyah_to_xyxy(self.mean[:, :4])
+    TRACKED = 1
+    LOST = 2
 
 
 class ByteTracker:
     """ByteTrack multi-object tracker for one stream (implements ``Tracker``).
+
+    The frame runs as one compiled call (:mod:`tapetum.track.kernels.byte_step`); the
+    first tracker built after installing compiles it (a few seconds, then cached).
 
     Example:
         >>> import numpy as np
@@ -139,17 +132,34 @@ class ByteTracker:
     """
 
     def __init__(self, config: ByteTrackConfig | None = None) -> None:
-        self.config = config if config is not None else ByteTrackConfig()
-        self._kalman = KalmanFilter()
-        self._tracks = _TrackTable.empty()
+        from tapetum.track.kernels import byte_step as kernel  # numba: load on use
+
+        self.config = cfg = config if config is not None else ByteTrackConfig()
+        kalman = KalmanFilter()
+        params = kernel.make_params(
+            track_thresh=cfg.track_thresh,
+            low_thresh=cfg.low_thresh,
+            new_track_thresh=cfg.new_track_thresh,
+            match_thresh=cfg.match_thresh,
+            low_match_thresh=cfg.low_match_thresh,
+            unconfirmed_match_thresh=cfg.unconfirmed_match_thresh,
+            duplicate_iou=cfg.duplicate_iou,
+            std_weight_position=kalman.std_weight_position,
+            std_weight_velocity=kalman.std_weight_velocity,
+        )
+        flags = kernel.make_flags(
+            motion=MOTION_XYAH,
+            max_frames_lost=cfg.max_frames_lost,
+            fuse_score=cfg.fuse_score,
+            appearance=False,
+        )
+        self._core = kernel.ByteCore(params, flags)
         self._frame_id = 0
-        self._next_id = 1
 
     def reset(self) -> None:
         """Forget every track; the next frame is frame 1 and ids restart at 1."""
-        self._tracks = _TrackTable.empty()
+        self._core.reset()
         self._frame_id = 0
-        self._next_id = 1
 
     @property
     def frame_id(self) -> int:
@@ -171,63 +181,11 @@ class ByteTracker:
             second consecutive detection on.
         """
         del frame
-        cfg = self.config
         self._frame_id += 1
-        frame_id = self._frame_id
-        t = self._tracks
-        groups = ba.group_tracks(t)
-
-        scores = detections.confidence
-        det_xyah = xyxy_to_xyah(detections.xyxy)
-        high, low = ba.split_by_score(scores, cfg.track_thresh, cfg.low_thresh)
-
-        # Predict confirmed and lost tracks; a lost track's height velocity is zeroed.
-        ba.predict_pool(t, self._kalman, groups, size_velocity=(7,))
-        # 1 - IoU of every track with every detection, computed once: each association
-        # below uses a block of it.
-        dist = iou_distance(t.boxes(), detections.xyxy)
-
-        def high_cost(track_rows: IntArray, det_rows: IntArray) -> Float64Array:
-            cost = dist[track_rows][:, det_rows]
-            return fuse_score(cost, scores[det_rows]) if cfg.fuse_score else cost
-
-        assoc = ba.associate(
-            t,
-            groups,
-            self._kalman,
-            params=cfg,
-            iou_dist=dist,
-            high=high,
-            low=low,
-            high_cost=high_cost,
-            measurements=det_xyah,
-            detections=detections,
-            frame_id=frame_id,
+        ids = self._core.step(
+            self._frame_id, detections.xyxy, detections.confidence, detections.class_id
         )
-        t, out_rows, track_ids = ba.finish_frame(
-            t,
-            groups,
-            assoc,
-            params=cfg,
-            scores=scores,
-            frame_id=frame_id,
-            start_tracks=lambda rows: self._start_tracks(rows, det_xyah, detections, frame_id),
-        )
-        self._tracks = t
-        result = detections[out_rows]
-        result.tracker_id = track_ids
+        rows = np.flatnonzero(ids >= 0)
+        result = detections[rows]
+        result.tracker_id = ids[rows]
         return result
-
-    def _start_tracks(
-        self, det_rows: IntArray, det_xyah: Float64Array, detections: Detections, frame_id: int
-    ) -> _TrackTable:
-        n = int(det_rows.shape[0])
-        mean, covariance = self._kalman.initiate(det_xyah[det_rows])
-        ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-        self._next_id += n
-        return _TrackTable(
-            mean=mean,
-            covariance=covariance,
-            track_id=ids,
-            **ba.new_track_columns(det_rows, detections, frame_id),
-        )
