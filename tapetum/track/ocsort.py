@@ -197,6 +197,10 @@ class OCSortTracker:
         self._frame_id = 0
         self._next_id = 1
         self._oru = True  # observation-centric re-update; tests switch it off
+        # Load the compiled frame now (from the disk cache, or compile it) rather than on
+        # the stream's first frame.
+        self.update(Detections.empty())
+        self.reset()
 
     def reset(self) -> None:
         """Forget every track; the next frame is frame 1 and ids restart at 1."""
