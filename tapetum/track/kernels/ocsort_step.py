@@ -7,9 +7,11 @@ frame in place: predict, the three association rounds (OCM, optional BYTE, OCR),
 observation-centric re-update (ORU) of re-found tracks, Kalman correction, track birth,
 reporting and deletion.
 
-**Bit-for-bit equal to the numpy tracker.** The Kalman filter here reproduces the exact
-floating-point operations ``KalmanFilterXYSR`` performs through numpy's BLAS and LAPACK
-(OpenBLAS), so every state, cost and decision equals the numpy one:
+**Bit-for-bit equal to the numpy tracker** on the CPUs checked (numpy's OpenBLAS picks
+its kernels by CPU; elsewhere the two agree to rounding). The Kalman filter here
+reproduces the exact floating-point operations ``KalmanFilterXYSR`` performs through
+numpy's BLAS and LAPACK (OpenBLAS), so every state, cost and decision equals the numpy
+one:
 
 - ``A @ B`` on the 7 x 7 (and 7 x 4) matrices is OpenBLAS ``dgemm``, whose kernels sum
   each entry as one chain of fused multiply-adds in ``k`` order: :func:`_fma` chains here.
@@ -20,11 +22,11 @@ floating-point operations ``KalmanFilterXYSR`` performs through numpy's BLAS and
 - ``einsum("nij,nj->ni")`` sums its four products left to right without fusing.
 - ``box_iou`` works in float32: so does :func:`_iou32`.
 
-Divisions that numpy lets overflow to inf or NaN (a degenerate box) go through
-``np.divide``: numba's ``/`` raises ``ZeroDivisionError`` instead.
+A degenerate box divides by zero: as in numpy this gives inf or NaN, never an exception
+(numpy's error model, :func:`tapetum.track.kernels.jit.njit`).
 
-The tests compare the compiled filter with ``KalmanFilterXYSR`` for exact equality on
-random states and covariances.
+The tests compare the compiled filter with ``KalmanFilterXYSR`` on random states and
+covariances.
 """
 
 from __future__ import annotations
