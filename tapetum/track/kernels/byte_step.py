@@ -126,11 +126,6 @@ class ByteState:
             raise ValueError("cannot change the embedding length while tracks are alive")
         self.features = np.zeros((self.capacity, dim), np.float32)
 
-    def live(self, name: str) -> npt.NDArray[np.generic]:
-        """The live rows of one column (a view)."""
-        column: npt.NDArray[np.generic] = getattr(self, name)[: self.n]
-        return column
-
 
 @njit
 def _iou32(a: Float64Array, b: Float64Array) -> np.float32:
@@ -378,27 +373,15 @@ def byte_step(  # noqa: PLR0917
                 for d in range(features.shape[1]):
                     features[i, d] = features[i, d] / norm
 
-    # Drop unconfirmed tracks that found nothing and tracks lost for too long.
-    keep = np.ones(n, np.bool_)
+    # Drop unconfirmed tracks that found nothing and tracks lost for too long; new tracks
+    # go after the old rows, and one compaction at the end removes every dropped row.
+    keep = np.ones(n + remaining.shape[0], np.bool_)
     for a in range(unconfirmed.shape[0]):
         if unconf_to[a] < 0:
             keep[unconfirmed[a]] = False
     for i in range(n):
         if was_lost[i] and state[i] == LOST and frame_id - last_frame[i] > flags[I_MAX_FRAMES_LOST]:
             keep[i] = False
-    n = _compact(
-        mean,
-        cov,
-        track_id,
-        state,
-        activated,
-        class_id,
-        start_frame,
-        last_frame,
-        det_index,
-        features,
-        keep,
-    )
 
     # Start tracks from confident high-score detections nobody claimed.
     for b in range(remaining.shape[0]):
@@ -421,7 +404,10 @@ def byte_step(  # noqa: PLR0917
             features[n] = np.float32(0.0)
         n += 1
 
-    n = _remove_duplicates(
+    _drop_duplicates(
+        mean, state, start_frame, last_frame, keep[:n], motion, params[P_DUPLICATE_IOU]
+    )
+    n = _compact(
         mean,
         cov,
         track_id,
@@ -432,9 +418,7 @@ def byte_step(  # noqa: PLR0917
         last_frame,
         det_index,
         features,
-        n,
-        motion,
-        params[P_DUPLICATE_IOU],
+        keep[:n],
     )
 
     out_ids[:] = -1
@@ -479,54 +463,34 @@ def _compact(  # noqa: PLR0917
 
 
 @njit
-def _remove_duplicates(  # noqa: PLR0917
+def _drop_duplicates(  # noqa: PLR0917
     mean: Float64Array,
-    cov: Float64Array,
-    track_id: IntArray,
     state: Int8Array,
-    activated: BoolArray,
-    class_id: IntArray,
     start_frame: IntArray,
     last_frame: IntArray,
-    det_index: IntArray,
-    features: Float32Array,
-    n: int,
+    keep: BoolArray,
     motion: int,
     duplicate_iou: float,
-) -> int:
-    """Of each tracked/lost pair overlapping more than ``duplicate_iou``, drop the
-    younger track (the tracked one on equal age)."""
+) -> None:
+    """Of each kept tracked/lost pair overlapping more than ``duplicate_iou``, unmark the
+    younger track in ``keep`` (the tracked one on equal age)."""
+    n = keep.shape[0]
     boxes = np.empty((n, 4))
     for i in range(n):
         kalman8.to_corners(mean[i], motion, boxes[i])
-    keep = np.ones(n, np.bool_)
-    any_removed = False
+    alive = keep.copy()  # the rows the pairs are drawn from
     for p in range(n):
-        if state[p] != TRACKED:
+        if not alive[p] or state[p] != TRACKED:
             continue
         for q in range(n):
-            if state[q] != LOST or _iou32(boxes[p], boxes[q]) <= np.float32(duplicate_iou):
+            if not alive[q] or state[q] != LOST:
+                continue
+            if _iou32(boxes[p], boxes[q]) <= np.float32(duplicate_iou):
                 continue
             if last_frame[p] - start_frame[p] > last_frame[q] - start_frame[q]:
                 keep[q] = False
             else:
                 keep[p] = False
-            any_removed = True
-    if not any_removed:
-        return n
-    return _compact(
-        mean,
-        cov,
-        track_id,
-        state,
-        activated,
-        class_id,
-        start_frame,
-        last_frame,
-        det_index,
-        features,
-        keep,
-    )
 
 
 def make_params(
