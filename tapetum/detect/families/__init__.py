@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tapetum.detect.classes import COCO80, COCO90
-from tapetum.detect.families.base import Family, OutputInfo
+from tapetum.detect.families.base import Family, OutputInfo, OutputLayout
 from tapetum.detect.families.effdet import PostNmsDetections
 from tapetum.detect.families.rtdetr import DetrQueries
 from tapetum.detect.families.yolov5 import Yolov5Head
@@ -44,6 +44,7 @@ __all__ = [
     "FAMILIES",
     "Family",
     "OutputInfo",
+    "OutputLayout",
     "build_family",
     "default_class_names",
     "default_preprocess",
@@ -166,7 +167,7 @@ def build_family(
     factory = FAMILIES.get(family)
     if factory is None:
         raise ConfigError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
-    return factory(outputs, input_hw, num_classes, options or {})
+    return factory(OutputLayout(outputs, input_hw, num_classes, options or {}))
 
 
 def infer_families(outputs: Sequence[OutputInfo], input_hw: tuple[int, int]) -> list[str]:

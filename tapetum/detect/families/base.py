@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -38,41 +38,57 @@ class OutputInfo:
         return value if isinstance(value, int) and value >= 0 else None
 
 
+@dataclass(frozen=True, slots=True)
+class OutputLayout:
+    """What an adapter is given to read a model's output layout.
+
+    Attributes:
+        outputs: the model's outputs (declared, or observed on a probe run).
+        input_hw: the model's input size (height, width) in pixels.
+        num_classes: the class count the caller knows (metadata or class names), else None.
+        options: the family's options from the file's metadata block.
+    """
+
+    outputs: Sequence[OutputInfo]
+    input_hw: tuple[int, int]
+    num_classes: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
 class Family(ABC):
     """An adapter reading one output layout.
 
     The constructor checks a model's outputs against the layout (``ModelLoadError`` when
-    they do not fit); ``merge`` turns the session's outputs for a batch into one float32
-    array whose first axis is the image (so ``raw[i]`` is image ``i``'s share, as the
-    pipeline expects); ``decode`` reads one image's share into candidate boxes in input
-    pixels.
+    they do not fit) through :meth:`_read_layout`; ``merge`` turns the session's outputs for
+    a batch into one float32 array whose first axis is the image (so ``raw[i]`` is image
+    ``i``'s share, as the pipeline expects); ``decode`` reads one image's share into
+    candidate boxes in input pixels.
     """
 
     name: ClassVar[str]
     #: whether the boxes still need NMS (False: the model or the head already did it)
     needs_nms: ClassVar[bool]
 
+    def __init__(self, layout: OutputLayout) -> None:
+        self._num_classes = self._read_layout(layout)
+
     @abstractmethod
-    def __init__(
-        self,
-        outputs: Sequence[OutputInfo],
-        input_hw: tuple[int, int],
-        num_classes: int | None,
-        options: Mapping[str, Any],
-    ) -> None: ...
+    def _read_layout(self, layout: OutputLayout) -> int | None:
+        """Check the outputs against the layout; the class count they imply (None: unknown)."""
 
     @property
-    @abstractmethod
     def num_classes(self) -> int | None:
         """Classes the output layout implies (None where the layout does not say)."""
+        return self._num_classes
 
     @staticmethod
     @abstractmethod
     def looks_like(outputs: Sequence[OutputInfo], input_hw: tuple[int, int]) -> bool:
         """Whether these concrete output shapes fit the layout (for models without metadata)."""
 
-    @abstractmethod
-    def merge(self, outputs: Sequence[npt.NDArray[Any]]) -> FloatArray: ...
+    def merge(self, outputs: Sequence[npt.NDArray[Any]]) -> FloatArray:
+        """The batch's outputs as one float32 array (single-output layouts: that output)."""
+        return as_float32(outputs[0])
 
     @abstractmethod
     def decode(self, raw: FloatArray, conf_threshold: float) -> Candidates:
@@ -115,3 +131,16 @@ def empty_candidates() -> Candidates:
 
 def as_float32(array: npt.NDArray[Any]) -> FloatArray:
     return np.asarray(array, dtype=np.float32)
+
+
+def grid_sizes(input_hw: tuple[int, int]) -> set[int]:
+    """Row counts of YOLO-style grid heads for this input (1 or 3 anchors per cell, P3-P5
+    or P3-P6): a layout with one of these many rows is a dense head, not a query/NMS one."""
+    return {n * grid_points(input_hw, s) for n in (1, 3) for s in (YOLO_STRIDES, (8, 16, 32, 64))}
+
+
+def rank3_dims(outputs: Sequence[OutputInfo]) -> tuple[int | None, int | None] | None:
+    """Dimensions 1 and 2 of the one rank-3 output, or None when the outputs are not that."""
+    if len(outputs) != 1 or outputs[0].rank != 3:
+        return None
+    return outputs[0].dim(1), outputs[0].dim(2)

@@ -15,21 +15,22 @@ Rows with a class below 0 after the offset are padding and are dropped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 from tapetum.detect.families.base import (
-    YOLO_STRIDES,
     Candidates,
     Family,
     FloatArray,
     OutputInfo,
+    OutputLayout,
     as_float32,
     describe,
-    grid_points,
+    grid_sizes,
+    rank3_dims,
 )
 from tapetum.errors import ModelLoadError
 
@@ -65,47 +66,36 @@ class PostNmsDetections(Family):
     name: ClassVar[str] = "effdet"
     needs_nms: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        outputs: Sequence[OutputInfo],
-        input_hw: tuple[int, int],
-        num_classes: int | None,
-        options: Mapping[str, Any],
-    ) -> None:
+    def _read_layout(self, layout: OutputLayout) -> int | None:
+        options, outputs = layout.options, layout.outputs
         order = str(options.get("box_order", "xyxy"))
         if order not in ("xyxy", "yxyx"):
             raise ModelLoadError(f"box_order must be xyxy or yxyx, got {order!r}")
         self._yxyx = order == "yxyx"
-        h, w = input_hw
+        h, w = layout.input_hw
         self._size = np.array([w, h, w, h], np.float32)
         self._normalized = bool(options.get("boxes_normalized", False))
         self._class_offset = int(options.get("class_offset", 1))
-        self._num_classes = num_classes
         self._roles = _split_outputs(outputs)
-        if self._roles is not None:
-            return
-        if len(outputs) != 1 or outputs[0].rank != 3 or outputs[0].dim(2) not in (None, 6, 7):
-            raise ModelLoadError(
-                f"outputs {describe(outputs)} are not post-NMS detections ([B, N, 6] "
-                f"x1, y1, x2, y2, score, class; [B, N, 7]; or boxes, scores, classes)"
-            )
-        self._skip = 1 if outputs[0].dim(2) == 7 else 0
-
-    @property
-    def num_classes(self) -> int | None:
-        return self._num_classes
+        if self._roles is None:
+            dims = rank3_dims(outputs)
+            if dims is None or dims[1] not in (None, 6, 7):
+                raise ModelLoadError(
+                    f"outputs {describe(outputs)} are not post-NMS detections ([B, N, 6] "
+                    f"x1, y1, x2, y2, score, class; [B, N, 7]; or boxes, scores, classes)"
+                )
+            self._skip = 1 if dims[1] == 7 else 0
+        return layout.num_classes
 
     @staticmethod
     def looks_like(outputs: Sequence[OutputInfo], input_hw: tuple[int, int]) -> bool:
         if _split_outputs(outputs) is not None:
             return True
-        if len(outputs) != 1 or outputs[0].rank != 3:
+        dims = rank3_dims(outputs)
+        if dims is None:
             return False
-        rows, width = outputs[0].dim(1), outputs[0].dim(2)
-        grids = {
-            n * grid_points(input_hw, s) for n in (1, 3) for s in (YOLO_STRIDES, (8, 16, 32, 64))
-        }
-        return width in (6, 7) and rows is not None and rows not in grids
+        rows, width = dims
+        return width in (6, 7) and rows is not None and rows not in grid_sizes(input_hw)
 
     def merge(self, outputs: Sequence[npt.NDArray[Any]]) -> FloatArray:
         if self._roles is None:

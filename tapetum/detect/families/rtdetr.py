@@ -12,22 +12,23 @@ Three layouts, all with ``cx, cy, w, h`` normalised to the input size:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 from tapetum.detect.families.base import (
-    YOLO_STRIDES,
     Candidates,
     Family,
     FloatArray,
     OutputInfo,
+    OutputLayout,
     as_float32,
     cxcywh_to_xyxy,
     describe,
-    grid_points,
+    grid_sizes,
+    rank3_dims,
 )
 from tapetum.errors import ModelLoadError
 
@@ -60,16 +61,11 @@ class DetrQueries(Family):
     name: ClassVar[str] = "rtdetr"
     needs_nms: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        outputs: Sequence[OutputInfo],
-        input_hw: tuple[int, int],
-        num_classes: int | None,
-        options: Mapping[str, Any],
-    ) -> None:
-        h, w = input_hw
+    def _read_layout(self, layout: OutputLayout) -> int | None:
+        outputs, num_classes = layout.outputs, layout.num_classes
+        h, w = layout.input_hw
         self._size = np.array([w, h, w, h], np.float32)
-        self.top_k = int(options.get("top_k", 300))
+        self.top_k = int(layout.options.get("top_k", 300))
         pair = _box_and_logits(outputs)
         if pair is not None:
             self.layout = "logits"
@@ -79,30 +75,28 @@ class DetrQueries(Family):
                 raise ModelLoadError(
                     f"logits {describe([outputs[pair[1]]])} do not have {num_classes} classes"
                 )
-            self._num_classes = width if width is not None else num_classes
-            return
-        if len(outputs) != 1 or outputs[0].rank != 3:
+            return width if width is not None else num_classes
+        if rank3_dims(outputs) is None:
             raise ModelLoadError(
                 f"outputs {describe(outputs)} are not a DETR-style output ([B, queries, 6], "
                 f"[B, queries, 4 + classes], or boxes [B, queries, 4] + logits [B, queries, C])"
             )
         out = outputs[0]
         queries, width = out.dim(1), out.dim(2)
-        layout = str(options.get("layout", ""))
-        if layout not in ("", *LAYOUTS[:2]):
-            raise ModelLoadError(f"unknown RT-DETR layout {layout!r}; known: topk, scores")
-        if not layout:
-            layout = "topk" if width == 6 and num_classes != 2 else "scores"
-        self.layout = layout
+        name = str(layout.options.get("layout", ""))
+        if name not in ("", *LAYOUTS[:2]):
+            raise ModelLoadError(f"unknown RT-DETR layout {name!r}; known: topk, scores")
+        if not name:
+            name = "topk" if width == 6 and num_classes != 2 else "scores"
+        self.layout = name
         if queries is not None and queries > MAX_QUERIES:
             raise ModelLoadError(
                 f"output {describe([out])} has {queries} rows: too many for DETR queries"
             )
-        if layout == "topk":
+        if name == "topk":
             if width not in (None, 6):
                 raise ModelLoadError(f"output {describe([out])}: topk layout needs 6 columns")
-            self._num_classes = num_classes
-            return
+            return num_classes
         if width is not None and (
             width < 5
             or width - 4 > MAX_CLASSES
@@ -112,25 +106,20 @@ class DetrQueries(Family):
             raise ModelLoadError(
                 f"output {describe([out])} is not a DETR-style output [B, queries, {expected}]"
             )
-        self._num_classes = width - 4 if width is not None else num_classes
-
-    @property
-    def num_classes(self) -> int | None:
-        return self._num_classes
+        return width - 4 if width is not None else num_classes
 
     @staticmethod
     def looks_like(outputs: Sequence[OutputInfo], input_hw: tuple[int, int]) -> bool:
         if _box_and_logits(outputs) is not None:
             return True
-        if len(outputs) != 1 or outputs[0].rank != 3:
+        dims = rank3_dims(outputs)
+        if dims is None:
             return False
-        queries, width = outputs[0].dim(1), outputs[0].dim(2)
+        queries, width = dims
         if queries is None or width is None or queries > MAX_QUERIES:
             return False
-        grids = {
-            n * grid_points(input_hw, s) for n in (1, 3) for s in (YOLO_STRIDES, (8, 16, 32, 64))
-        }
-        return queries not in grids and 6 <= width <= 4 + MAX_CLASSES and width < queries
+        dense_head = queries in grid_sizes(input_hw)
+        return not dense_head and 6 <= width <= 4 + MAX_CLASSES and width < queries
 
     def merge(self, outputs: Sequence[npt.NDArray[Any]]) -> FloatArray:
         if self.layout != "logits":

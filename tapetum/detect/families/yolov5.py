@@ -6,11 +6,10 @@ The YOLOX export with decoding in the graph has the same layout (see ``yolox.py`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
-import numpy.typing as npt
 
 from tapetum.detect.families.base import (
     YOLO_STRIDES,
@@ -18,10 +17,11 @@ from tapetum.detect.families.base import (
     Family,
     FloatArray,
     OutputInfo,
-    as_float32,
+    OutputLayout,
     cxcywh_to_xyxy,
     describe,
     grid_points,
+    rank3_dims,
     single_rank3,
 )
 from tapetum.errors import ModelLoadError
@@ -67,31 +67,19 @@ class Yolov5Head(Family):
     name: ClassVar[str] = "yolov5"
     needs_nms: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        outputs: Sequence[OutputInfo],
-        input_hw: tuple[int, int],
-        num_classes: int | None,
-        options: Mapping[str, Any],
-    ) -> None:
-        out = single_rank3(outputs, "a YOLOv5 output [B, N, 5 + classes]")
-        self._num_classes = check_objectness_layout(out, num_classes, "a YOLOv5 output")
-
-    @property
-    def num_classes(self) -> int | None:
-        return self._num_classes
+    def _read_layout(self, layout: OutputLayout) -> int | None:
+        out = single_rank3(layout.outputs, "a YOLOv5 output [B, N, 5 + classes]")
+        return check_objectness_layout(out, layout.num_classes, "a YOLOv5 output")
 
     @staticmethod
     def looks_like(outputs: Sequence[OutputInfo], input_hw: tuple[int, int]) -> bool:
-        if len(outputs) != 1 or outputs[0].rank != 3:
+        dims = rank3_dims(outputs)
+        if dims is None:
             return False
-        anchors, width = outputs[0].dim(1), outputs[0].dim(2)
+        anchors, width = dims
         # three anchors per cell on P3-P5 (or P3-P6 for the *6 models)
         counts = {3 * grid_points(input_hw), 3 * grid_points(input_hw, (*YOLO_STRIDES, 64))}
         return anchors in counts and width is not None and width >= 6
-
-    def merge(self, outputs: Sequence[npt.NDArray[Any]]) -> FloatArray:
-        return as_float32(outputs[0])
 
     def decode(self, raw: FloatArray, conf_threshold: float) -> Candidates:
         return decode_objectness_head(raw, conf_threshold)

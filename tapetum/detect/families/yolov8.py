@@ -3,11 +3,10 @@ w, h`` in input pixels then C class scores (sigmoided), no objectness; NMS left 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
-import numpy.typing as npt
 
 from tapetum.detect.families.base import (
     YOLO_STRIDES,
@@ -15,10 +14,11 @@ from tapetum.detect.families.base import (
     Family,
     FloatArray,
     OutputInfo,
-    as_float32,
+    OutputLayout,
     cxcywh_to_xyxy,
     describe,
     grid_points,
+    rank3_dims,
     single_rank3,
 )
 from tapetum.errors import ModelLoadError
@@ -30,14 +30,9 @@ class UltralyticsHead(Family):
     name: ClassVar[str] = "yolov8"
     needs_nms: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        outputs: Sequence[OutputInfo],
-        input_hw: tuple[int, int],
-        num_classes: int | None,
-        options: Mapping[str, Any],
-    ) -> None:
-        out = single_rank3(outputs, "an Ultralytics detect output [B, 4 + classes, N]")
+    def _read_layout(self, layout: OutputLayout) -> int | None:
+        out = single_rank3(layout.outputs, "an Ultralytics detect output [B, 4 + classes, N]")
+        num_classes = layout.num_classes
         rows, boxes = out.dim(1), out.dim(2)
         expected = f"4 + {num_classes} = {4 + num_classes}" if num_classes else "≥ 5"
         if rows is not None and (rows < 5 or (num_classes is not None and rows != 4 + num_classes)):
@@ -51,22 +46,16 @@ class UltralyticsHead(Family):
                 f"[B, 4 + classes, boxes] (fewer rows than boxes); a [B, boxes, 5 + classes] "
                 f"output is --arch yolov5 or yolox"
             )
-        self._num_classes = rows - 4 if rows is not None else num_classes
-
-    @property
-    def num_classes(self) -> int | None:
-        return self._num_classes
+        return rows - 4 if rows is not None else num_classes
 
     @staticmethod
     def looks_like(outputs: Sequence[OutputInfo], input_hw: tuple[int, int]) -> bool:
-        if len(outputs) != 1 or outputs[0].rank != 3:
+        dims = rank3_dims(outputs)
+        if dims is None:
             return False
-        rows, boxes = outputs[0].dim(1), outputs[0].dim(2)
+        rows, boxes = dims
         counts = {grid_points(input_hw), grid_points(input_hw, (*YOLO_STRIDES, 64))}
         return boxes in counts and rows is not None and rows >= 5
-
-    def merge(self, outputs: Sequence[npt.NDArray[Any]]) -> FloatArray:
-        return as_float32(outputs[0])
 
     def decode(self, raw: FloatArray, conf_threshold: float) -> Candidates:
         """One image's (4 + C, N) output → candidates above ``conf_threshold``."""

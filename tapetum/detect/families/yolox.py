@@ -11,15 +11,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-import numpy.typing as npt
 
 from tapetum.detect.families.base import (
     Candidates,
     Family,
     FloatArray,
     OutputInfo,
-    as_float32,
+    OutputLayout,
     grid_points,
+    rank3_dims,
     shape_text,
     single_rank3,
 )
@@ -32,51 +32,36 @@ def _strides(options: Mapping[str, Any]) -> tuple[int, ...]:
     return tuple(int(s) for s in options.get("strides", YOLOX_STRIDES))
 
 
+def _looks_like_yolox(outputs: Sequence[OutputInfo], input_hw: tuple[int, int]) -> bool:
+    dims = rank3_dims(outputs)
+    return dims is not None and dims[0] == grid_points(input_hw) and (dims[1] or 0) >= 6
+
+
 class YoloxRawHead(Family):
     """The official YOLOX ONNX export: decoding not in the graph."""
 
     name: ClassVar[str] = "yolox"
     needs_nms: ClassVar[bool] = True
+    looks_like = staticmethod(_looks_like_yolox)
 
-    def __init__(
-        self,
-        outputs: Sequence[OutputInfo],
-        input_hw: tuple[int, int],
-        num_classes: int | None,
-        options: Mapping[str, Any],
-    ) -> None:
-        self.decoder = YoloxDecoder(input_hw, _strides(options))
+    def _read_layout(self, layout: OutputLayout) -> int | None:
+        input_hw, num_classes = layout.input_hw, layout.num_classes
+        self.decoder = YoloxDecoder(input_hw, _strides(layout.options))
         anchors = self.decoder.num_anchors
         columns = f"{5 + num_classes}" if num_classes else "5 + classes"
         expected = f"expected [B, {anchors}, {columns}]"
-        what = (
-            f"a YOLOX raw head for input {input_hw} and {num_classes} classes"
-            if num_classes
-            else f"a YOLOX raw head for input {input_hw}"
+        what = f"a YOLOX raw head for input {input_hw}" + (
+            f" and {num_classes} classes" if num_classes else ""
         )
-        if len(outputs) != 1 or outputs[0].rank != 3:
-            shapes = ", ".join(shape_text(o.shape) for o in outputs)
+        if rank3_dims(layout.outputs) is None:
+            shapes = ", ".join(shape_text(o.shape) for o in layout.outputs)
             raise ModelLoadError(f"output shape {shapes} is not {what} ({expected})")
-        out = outputs[0]
+        out = layout.outputs[0]
         width = out.dim(2)
         bad_width = width is not None and (width != 5 + num_classes if num_classes else width < 6)
         if out.dim(1) not in (None, anchors) or bad_width:
             raise ModelLoadError(f"output shape {shape_text(out.shape)} is not {what} ({expected})")
-        self._num_classes = width - 5 if width is not None else num_classes
-
-    @property
-    def num_classes(self) -> int | None:
-        return self._num_classes
-
-    @staticmethod
-    def looks_like(outputs: Sequence[OutputInfo], input_hw: tuple[int, int]) -> bool:
-        if len(outputs) != 1 or outputs[0].rank != 3:
-            return False
-        width = outputs[0].dim(2)
-        return outputs[0].dim(1) == grid_points(input_hw) and width is not None and width >= 6
-
-    def merge(self, outputs: Sequence[npt.NDArray[Any]]) -> FloatArray:
-        return as_float32(outputs[0])
+        return width - 5 if width is not None else num_classes
 
     def decode(self, raw: FloatArray, conf_threshold: float) -> Candidates:
         return self.decoder.decode(raw, conf_threshold)
@@ -87,33 +72,17 @@ class YoloxDecodedHead(Family):
 
     name: ClassVar[str] = "yolox-decoded"
     needs_nms: ClassVar[bool] = True
+    looks_like = staticmethod(_looks_like_yolox)
 
-    def __init__(
-        self,
-        outputs: Sequence[OutputInfo],
-        input_hw: tuple[int, int],
-        num_classes: int | None,
-        options: Mapping[str, Any],
-    ) -> None:
-        out = single_rank3(outputs, "a decoded YOLOX head [B, A, 5 + classes]")
-        anchors = grid_points(input_hw, _strides(options))
+    def _read_layout(self, layout: OutputLayout) -> int | None:
+        out = single_rank3(layout.outputs, "a decoded YOLOX head [B, A, 5 + classes]")
+        anchors = grid_points(layout.input_hw, _strides(layout.options))
         if out.dim(1) not in (None, anchors):
             raise ModelLoadError(
-                f"output {shape_text(out.shape)} is not a decoded YOLOX head for input {input_hw} "
-                f"(expected {anchors} anchor points)"
+                f"output {shape_text(out.shape)} is not a decoded YOLOX head for input "
+                f"{layout.input_hw} (expected {anchors} anchor points)"
             )
-        self._num_classes = check_objectness_layout(out, num_classes, "a decoded YOLOX head")
-
-    @property
-    def num_classes(self) -> int | None:
-        return self._num_classes
-
-    @staticmethod
-    def looks_like(outputs: Sequence[OutputInfo], input_hw: tuple[int, int]) -> bool:
-        return YoloxRawHead.looks_like(outputs, input_hw)
-
-    def merge(self, outputs: Sequence[npt.NDArray[Any]]) -> FloatArray:
-        return as_float32(outputs[0])
+        return check_objectness_layout(out, layout.num_classes, "a decoded YOLOX head")
 
     def decode(self, raw: FloatArray, conf_threshold: float) -> Candidates:
         return decode_objectness_head(raw, conf_threshold)
