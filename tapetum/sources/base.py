@@ -58,3 +58,30 @@ class Source(Protocol):
         ``SourceError`` only when the source cannot be opened at all.
         """
         ...
+
+
+class SourceBase:
+    """The bookkeeping every source shares: its id, whether it is live, its nominal rate and
+    its counters. A source sets these four attributes in its constructor (``_live`` may be a
+    class attribute) and implements :meth:`Source.frames`."""
+
+    _source_id: str
+    _live: bool
+    _fps: float | None
+    _stats: SourceStats
+
+    @property
+    def source_id(self) -> str:
+        return self._source_id
+
+    @property
+    def is_live(self) -> bool:
+        return self._live
+
+    @property
+    def fps(self) -> float | None:
+        return self._fps
+
+    @property
+    def stats(self) -> SourceStats:
+        return self._stats

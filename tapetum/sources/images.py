@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from tapetum.core.frame import Frame
 from tapetum.errors import ConfigError, SourceError
-from tapetum.sources.base import SourceStats
+from tapetum.sources.base import SourceBase, SourceStats
 from tapetum.sources.video import sanitise_source_id
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 """File suffixes (any case) taken from the folder; other files are ignored."""
 
 
-class ImageFolderSource:
+class ImageFolderSource(SourceBase):
     """Images of one folder (jpg, png, bmp, webp), sorted by file name, decoded by OpenCV.
 
     Files OpenCV cannot decode are counted in ``stats.frames_corrupt`` and skipped; a
@@ -85,22 +85,7 @@ class ImageFolderSource:
         self._fps = fps
         self._realtime = realtime
         self._stats = SourceStats()
-
-    @property
-    def source_id(self) -> str:
-        return self._source_id
-
-    @property
-    def is_live(self) -> bool:
-        return False
-
-    @property
-    def fps(self) -> float | None:
-        return self._fps
-
-    @property
-    def stats(self) -> SourceStats:
-        return self._stats
+        self._live = False
 
     @property
     def paths(self) -> list[Path]:

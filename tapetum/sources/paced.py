@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterator
 
 from tapetum.core.frame import Frame
 from tapetum.errors import ConfigError
-from tapetum.sources.base import Source, SourceStats
+from tapetum.sources.base import Source, SourceBase, SourceStats
 
 
-class PacedSource:
+class PacedSource(SourceBase):
     """Emits the frames of a wrapped source at ``fps``, like a camera does.
 
     The wrapped source is opened with ``factory`` and, with ``loop``, re-opened when it
@@ -35,31 +35,17 @@ class PacedSource:
         if fps <= 0:
             raise ConfigError(f"paced fps must be positive, got {fps}")
         self._factory = factory
+        self._period_s = 1.0 / float(fps)
         self._fps = float(fps)
         self._duration_s = duration_s
         self._loop = loop
         self._source_id = source_id
         self._stats = SourceStats()
-
-    @property
-    def source_id(self) -> str:
-        return self._source_id
-
-    @property
-    def is_live(self) -> bool:
-        return True
-
-    @property
-    def fps(self) -> float | None:
-        return self._fps
-
-    @property
-    def stats(self) -> SourceStats:
-        return self._stats
+        self._live = True
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
         sid = self.source_id
-        period_s = 1.0 / self._fps
+        period_s = self._period_s
         t0 = time.perf_counter()
         k = 0
         while not stop.is_set():

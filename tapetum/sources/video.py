@@ -35,7 +35,7 @@ from av.container import InputContainer
 
 from tapetum.core.frame import Frame
 from tapetum.errors import ConfigError, SourceError
-from tapetum.sources.base import SourceStats
+from tapetum.sources.base import SourceBase, SourceStats
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class _PresentationClock:
         return timestamp_s
 
 
-class VideoSource:
+class VideoSource(SourceBase):
     """A video file or live network stream decoded with FFmpeg threaded decoding.
 
     The container is opened (and probed) in the constructor, so a bad path or an unreachable
@@ -201,8 +201,8 @@ class VideoSource:
     ) -> None:
         self._uri = os.fspath(uri)
         self._scheme = url_scheme(self._uri)
-        self._is_live = self._scheme in LIVE_SCHEMES
-        if self._scheme is not None and not self._is_live:
+        self._live = self._scheme in LIVE_SCHEMES
+        if self._scheme is not None and not self._live:
             supported = ", ".join(sorted(LIVE_SCHEMES))
             raise SourceError(
                 f"cannot open {redact_url(self._uri)}: unsupported URL scheme "
@@ -219,7 +219,7 @@ class VideoSource:
                 f"{reconnect_max_attempts}, {open_timeout_s} s, {read_timeout_s} s"
             )
         self._source_id = source_id or default_source_id(self._uri)
-        self._realtime = realtime and not self._is_live
+        self._realtime = realtime and not self._live
         self._reconnect_initial_delay_s = reconnect_initial_delay_s
         self._reconnect_max_delay_s = reconnect_max_delay_s
         self._reconnect_max_attempts = reconnect_max_attempts
@@ -237,22 +237,6 @@ class VideoSource:
         self._fps: float | None = float(rate) if rate else None
         self._width = int(stream.codec_context.width)
         self._height = int(stream.codec_context.height)
-
-    @property
-    def source_id(self) -> str:
-        return self._source_id
-
-    @property
-    def is_live(self) -> bool:
-        return self._is_live
-
-    @property
-    def fps(self) -> float | None:
-        return self._fps
-
-    @property
-    def stats(self) -> SourceStats:
-        return self._stats
 
     @property
     def width(self) -> int:
@@ -296,7 +280,7 @@ class VideoSource:
                 next_index = yield from self._decode(current, stop, clock, next_index)
                 current.close()
                 current = None
-                if not self._is_live or stop.is_set():
+                if not self._live or stop.is_set():
                     return
                 # A connection that yielded no frame counts as a failed attempt, so a server
                 # that accepts and hangs up at once cannot keep the source alive forever.
@@ -326,7 +310,7 @@ class VideoSource:
             try:
                 packet = next(packets)
             except StopIteration:
-                if self._is_live:
+                if self._live:
                     self._stats.errors += 1
                     logger.warning("%s: stream ended", self._describe())
                 return index
@@ -419,7 +403,7 @@ class VideoSource:
 
     def _open(self) -> InputContainer:
         """Open and probe the container, set up threaded decoding of its first video stream."""
-        if not self._is_live:
+        if not self._live:
             path = Path(self._uri)
             if not path.exists():
                 raise SourceError(f"cannot open video {self._uri}: no such file")
@@ -452,7 +436,7 @@ class VideoSource:
         return container
 
     def _container_options(self) -> dict[str, str]:
-        if not self._is_live:
+        if not self._live:
             return dict(self._ffmpeg_options)
         read_timeout_us = str(int(self._read_timeout_s * _MICROSECONDS_PER_S))
         # rw_timeout bounds every read of any protocol; "timeout" is the socket timeout of
@@ -467,7 +451,7 @@ class VideoSource:
 
     def _open_failure(self, exc: BaseException) -> str:
         reason = _reason(exc)
-        if not self._is_live:
+        if not self._live:
             if isinstance(exc, av.error.InvalidDataError):
                 reason = f"not a video FFmpeg can read ({reason})"
             return f"cannot open video {self._uri}: {reason}"
@@ -476,7 +460,7 @@ class VideoSource:
         return f"cannot open stream {redact_url(self._uri)}: {reason}"
 
     def _describe(self) -> str:
-        kind = "stream" if self._is_live else "video"
+        kind = "stream" if self._live else "video"
         return f"{kind} {redact_url(self._uri)}"
 
 
