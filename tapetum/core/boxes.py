@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float32]
+from tapetum._types import Float32Array
 
 
-def box_iou(a: npt.ArrayLike, b: npt.ArrayLike) -> FloatArray:
+def box_iou(a: npt.ArrayLike, b: npt.ArrayLike) -> Float32Array:
     """Pairwise IoU.
 
     Args:
@@ -31,5 +31,5 @@ def box_iou(a: npt.ArrayLike, b: npt.ArrayLike) -> FloatArray:
     area_b = np.maximum(b[:, 2] - b[:, 0], 0.0) * np.maximum(b[:, 3] - b[:, 1], 0.0)
     union = area_a[:, None] + area_b - inter
     # An empty union has an empty intersection too: 0 / tiny = 0.
-    iou: FloatArray = inter / np.maximum(union, np.float32(1e-12))
+    iou: Float32Array = inter / np.maximum(union, np.float32(1e-12))
     return iou

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from tapetum._types import Float32Array, IntArray
+
 if TYPE_CHECKING:
     import supervision as sv
 
-FloatArray = npt.NDArray[np.float32]
-IntArray = npt.NDArray[np.int64]
 Index = int | slice | npt.NDArray[np.bool_] | npt.NDArray[np.integer[Any]] | list[int]
 
 #: ``tracker_id`` of a detection that no tracker has confirmed.
@@ -37,11 +37,11 @@ class Detections:
         data: extra per-object arrays, each with N rows (e.g. ``"class_name"``).
     """
 
-    xyxy: FloatArray
-    confidence: FloatArray
+    xyxy: Float32Array
+    confidence: Float32Array
     class_id: IntArray
     tracker_id: IntArray = field(default_factory=lambda: np.empty(0, np.int64))
-    embeddings: FloatArray | None = None
+    embeddings: Float32Array | None = None
     data: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -91,11 +91,11 @@ class Detections:
     def _unchecked(
         cls,
         *,
-        xyxy: FloatArray,
-        confidence: FloatArray,
+        xyxy: Float32Array,
+        confidence: Float32Array,
         class_id: IntArray,
         tracker_id: IntArray,
-        embeddings: FloatArray | None,
+        embeddings: Float32Array | None,
         data: dict[str, npt.NDArray[Any]],
     ) -> Detections:
         """Build without ``__post_init__``: the arrays must already have the documented
@@ -110,14 +110,14 @@ class Detections:
         return out
 
     @property
-    def area(self) -> FloatArray:
+    def area(self) -> Float32Array:
         """(N,) float32 box areas in square pixels."""
         wh = np.clip(self.xyxy[:, 2:] - self.xyxy[:, :2], 0.0, None)
-        area: FloatArray = (wh[:, 0] * wh[:, 1]).astype(np.float32)
+        area: Float32Array = (wh[:, 0] * wh[:, 1]).astype(np.float32)
         return area
 
     @property
-    def center(self) -> FloatArray:
+    def center(self) -> Float32Array:
         """(N, 2) float32 box centres in pixels."""
         return ((self.xyxy[:, :2] + self.xyxy[:, 2:]) * 0.5).astype(np.float32)
 

@@ -38,14 +38,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
+from tapetum._types import Float64Array, IntArray
 from tapetum.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
-IntArray = npt.NDArray[np.int64]
-Float64Array = npt.NDArray[np.float64]
 
 #: File suffixes (lower case) read as images.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})

@@ -35,13 +35,13 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from tapetum._types import Float64Array
 from tapetum.core.detections import Detections
 from tapetum.errors import ConfigError, DatasetError
 from tapetum.eval.datasets import DetectionDataset
 
 logger = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float64]
 
 #: ``progress(images_done, images_total)``, called after every batch.
 ProgressCallback = Callable[[int, int], None]
@@ -135,11 +135,11 @@ class DetectionReport:
     recall_75: float
     per_class_ap: Mapping[str, float]
     per_class_ap_50: Mapping[str, float]
-    recall_thresholds: FloatArray
-    precision_50: FloatArray
-    precision_75: FloatArray
-    class_precision_50: Mapping[str, FloatArray]
-    class_precision_75: Mapping[str, FloatArray]
+    recall_thresholds: Float64Array
+    precision_50: Float64Array
+    precision_75: Float64Array
+    class_precision_50: Mapping[str, Float64Array]
+    class_precision_75: Mapping[str, Float64Array]
     images: int
     images_skipped: int
     ground_truth_objects: int
@@ -411,8 +411,8 @@ def _score(
     class_names = [names[int(c)] for c in params.catIds]
     per_class_ap: dict[str, float] = {}
     per_class_ap_50: dict[str, float] = {}
-    class_precision_50: dict[str, FloatArray] = {}
-    class_precision_75: dict[str, FloatArray] = {}
+    class_precision_50: dict[str, Float64Array] = {}
+    class_precision_75: dict[str, Float64Array] = {}
     for k, name in enumerate(class_names):
         if not has_gt[k]:
             continue
@@ -423,7 +423,7 @@ def _score(
         class_precision_75[name] = precision[t75, :, k].copy()
     nan_curve = np.full(len(params.recThrs), np.nan)
 
-    def mean_curve(t: int) -> FloatArray:
+    def mean_curve(t: int) -> Float64Array:
         return precision[t][:, has_gt].mean(axis=1) if has_gt.any() else nan_curve
 
     def mean_recall(t: int) -> float:

@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.typing as npt
 
 from tapetum.errors import ConfigError
 from tapetum.eval.mot import MotSequence
@@ -41,8 +40,6 @@ from tapetum.track.forecast import (
     ConstantVelocityForecaster,
     Forecaster,
 )
-
-Float64Array = npt.NDArray[np.float64]
 
 #: Name of the pooled row in a :class:`ForecastReport`.
 COMBINED = "COMBINED"

@@ -33,13 +33,9 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from tapetum._types import BoolArray, Float32Array, Float64Array, IntArray
 from tapetum.core.detections import Detections
 from tapetum.errors import ConfigError
-
-Float32Array = npt.NDArray[np.float32]
-Float64Array = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
 
 #: MOTChallenge benchmark a ground truth follows; TrackEval's preprocessing depends on it
 #: (MOT15: no classes, no distractor removal; MOT20 also treats non-MOT vehicles as

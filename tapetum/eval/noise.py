@@ -34,12 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from tapetum._types import Float32Array, IntArray
 from tapetum.core.detections import Detections
 from tapetum.errors import ConfigError
 from tapetum.eval.mot import MotSequence, split_by_frame
-
-Float32Array = npt.NDArray[np.float32]
-IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,15 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from tapetum._optional import import_optional
+from tapetum._types import Float64Array
 from tapetum.core.detections import Detections
 from tapetum.errors import ConfigError
 from tapetum.eval.mot import Benchmark, GroundTruth, MotSequence, write_tracks
 from tapetum.track.base import Tracker
-
-Float64Array = npt.NDArray[np.float64]
 
 #: Builds a fresh tracker for a stream at the given frame rate (frames per second), e.g.
 #: ``functools.partial(make_tracker, "bytetrack")``.

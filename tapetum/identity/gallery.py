@@ -37,12 +37,8 @@ import numpy as np
 import numpy.typing as npt
 
 from tapetum._optional import import_optional
+from tapetum._types import BoolArray, Float32Array, IntArray
 from tapetum.errors import ConfigError
-
-FloatArray = npt.NDArray[np.float32]
-Float64Array = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
 
 #: (camera_id, local_track_id): a track of one camera's own tracker.
 TrackKey = tuple[str, int]
@@ -94,10 +90,10 @@ class QueryResult:
     """
 
     rows: IntArray
-    similarity: FloatArray
+    similarity: Float32Array
 
 
-def normalize_rows(x: npt.ArrayLike) -> tuple[FloatArray, BoolArray]:
+def normalize_rows(x: npt.ArrayLike) -> tuple[Float32Array, BoolArray]:
     """L2-normalise rows; returns ``(unit rows, valid)`` where ``valid`` is False for rows
     that are non-finite or (near) zero (left as zeros)."""
     arr = np.asarray(x, np.float32)
@@ -329,13 +325,13 @@ class EmbeddingGallery:
 
     def _ann_one(
         self,
-        q: FloatArray,
+        q: Float32Array,
         allow: BoolArray,
         *,
         n_allowed: int,
         k: int,
         rows_out: IntArray,
-        sims_out: FloatArray,
+        sims_out: Float32Array,
     ) -> None:
         """HNSW candidates, then exact scores and the filter; widen the fetch until k pass.
 
@@ -370,12 +366,12 @@ class EmbeddingGallery:
 
     @staticmethod
     def _top_k(
-        scores: FloatArray,
+        scores: Float32Array,
         cols: IntArray,
         k: int,
         *,
         rows_out: IntArray,
-        sims_out: FloatArray,
+        sims_out: Float32Array,
         targets: IntArray,
     ) -> None:
         kk = min(k, scores.shape[1])
@@ -393,7 +389,7 @@ class EmbeddingGallery:
         return np.zeros(self.vectors.shape[0], np.bool_)
 
 
-def _unit(x: FloatArray) -> FloatArray:
+def _unit(x: Float32Array) -> Float32Array:
     norm = np.linalg.norm(x, axis=1, keepdims=True)
-    out: FloatArray = (x / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
+    out: Float32Array = (x / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
     return out

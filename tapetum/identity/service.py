@@ -45,18 +45,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import numpy.typing as npt
 
+from tapetum._types import BoolArray, Float32Array, IntArray
 from tapetum.core.detections import Detections
 from tapetum.errors import ConfigError
 from tapetum.identity.gallery import EmbeddingGallery, GalleryConfig, TrackKey, normalize_rows
 from tapetum.identity.topology import CameraTopology
 from tapetum.track.assignment import linear_assignment
-
-IntArray = npt.NDArray[np.int64]
-Float64Array = npt.NDArray[np.float64]
-FloatArray = npt.NDArray[np.float32]
-BoolArray = npt.NDArray[np.bool_]
 
 #: Global id of a detection that has no local track (``tracker_id == NO_TRACK``).
 NO_GLOBAL_ID = -1
@@ -331,7 +326,7 @@ class IdentityService:
 
     # --- birth match -----------------------------------------------------------------------
 
-    def _birth_match(self, cam: int, t: float, serials: IntArray, emb: FloatArray) -> None:
+    def _birth_match(self, cam: int, t: float, serials: IntArray, emb: Float32Array) -> None:
         if serials.size == 0 or len(self.gallery) == 0:
             return
         g = self.gallery

@@ -33,11 +33,8 @@ import numpy as np
 import numpy.typing as npt
 
 from tapetum._optional import import_optional
+from tapetum._types import BoolArray, Float64Array
 from tapetum.errors import ConfigError
-
-BoolArray = npt.NDArray[np.bool_]
-IntArray = npt.NDArray[np.int64]
-Float64Array = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)

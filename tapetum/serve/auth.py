@@ -2,19 +2,30 @@
 
 A raw key reads ``tpk_<key_id>_<secret>``: ``key_id`` (12 hex characters) is public and
 names the key in listings, logs and rate limits; ``secret`` (``secrets.token_urlsafe(32)``,
-256 bits) is shown once by :meth:`KeyStore.create` and never stored. The store keeps only
-an argon2id hash of the secret (argon2-cffi ``PasswordHasher``, RFC 9106 low-memory
-parameters by default).
+256 bits of randomness) is shown once by :meth:`KeyStore.create` and never stored.
 
-Hashing is deliberately slow (tens of milliseconds), so :meth:`KeyStore.verify` keeps a
-small in-process cache of keys it has verified, keyed by ``sha256(raw key)`` and valid for
-``cache_ttl_s`` (60 s by default). :meth:`KeyStore.revoke` clears the key from that
-process's cache at once; another process sharing the same database file sees the
-revocation when its cache entry expires, so revocation takes effect everywhere within
-``cache_ttl_s``.
+What is stored is ``HMAC-SHA256(pepper, secret)``. A slow password hash buys nothing for
+a 256-bit random secret (nobody can enumerate the space), and it hands an unauthenticated
+caller a lever: every well-formed bogus key used to cost the server one 64 MiB argon2id
+verification. The HMAC takes microseconds and is compared with :func:`hmac.compare_digest`.
+The *pepper* is a server secret kept outside the database, so a copy of the database alone
+does not let anyone test guesses offline: ``pepper=`` given to the store, else the
+environment variable ``TAPETUM_KEYS_PEPPER``, else the file ``<database>.pepper`` beside
+the database (32 random bytes, created with mode 0600 on first use).
 
-Out of scope for this slice: JWT / OIDC bearer-token verification. Only API keys are
-accepted.
+Keys made by older versions carry an argon2id hash; such a key is checked with argon2 once,
+on its first successful use, and its hash is then rewritten as the HMAC (a transparent
+migration; argon2-cffi is needed only while such keys remain).
+
+The database file is created with mode 0600 atomically (``O_CREAT | O_EXCL``); an existing
+one, or pepper file, that other users can read is logged as a warning.
+
+Revocation: :meth:`KeyStore.verify` keeps a small in-process cache of keys it has verified
+(keyed by ``sha256(raw key)``, valid for ``cache_ttl_s``), so that the REST app can answer
+a known key on the event loop. Every :meth:`KeyStore.revoke` bumps a *revocation generation*
+stored in the database; each store reads it at most every ``revocation_poll_s`` (1 s) and
+drops its whole cache when it changed, so a revoke made by any process (``tapetum keys
+revoke``, another replica) takes effect everywhere within about a second.
 
 Example::
 
@@ -33,10 +44,13 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
+import hmac
+import logging
 import os
 import re
 import secrets
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable
@@ -45,22 +59,39 @@ from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
-
 from tapetum.errors import ConfigError, TapetumError
+
+__all__ = [
+    "KEY_PREFIX",
+    "PEPPER_ENV",
+    "ApiKey",
+    "KeyStore",
+    "KeyStoreError",
+    "Scope",
+    "parse_scopes",
+]
+
+log = logging.getLogger(__name__)
 
 KEY_PREFIX = "tpk"
 """First part of every raw key, so a leaked key is recognisable (e.g. by secret scanners)."""
 
+PEPPER_ENV = "TAPETUM_KEYS_PEPPER"
+"""Environment variable that may hold the server pepper (at least 32 characters)."""
+
 _KEY_ID_HEX_CHARS = 12
 _RAW_KEY = re.compile(r"tpk_([0-9a-f]{12})_([A-Za-z0-9_-]{16,128})")
 _CACHE_MAX_ENTRIES = 4096
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
+_HMAC_PREFIX = "hmac-sha256$"
+_ARGON2_PREFIX = "$argon2"
+_MIN_PEPPER_BYTES = 32
+_PEPPER_SUFFIX = ".pepper"
 
 
 class KeyStoreError(TapetumError):
-    """The key database cannot be opened, read or written (bad path, corrupt file)."""
+    """The key database cannot be opened, read or written (bad path, corrupt file, missing
+    pepper)."""
 
 
 class Scope(StrEnum):
@@ -116,56 +147,76 @@ class ApiKey:
         return Scope.ADMIN in self.scopes or scope in self.scopes
 
 
+_Row = tuple[str, str, str, str, float, float | None]
+
+
 class KeyStore:
     """API keys in one SQLite table; thread-safe (one connection behind a lock).
 
     Args:
-        path: database file (created if missing, mode 0600) or ``":memory:"``.
-        hasher: argon2 parameters for new hashes; the default is argon2-cffi's (argon2id,
-            RFC 9106 low-memory profile). Stored hashes carry their own parameters, and a
-            hash made with other parameters is re-hashed on its next successful verify.
-        cache_ttl_s: how long a verified key is trusted without hashing again; 0 disables
-            the cache. Bounds how long another process keeps accepting a revoked key.
+        path: database file (created with mode 0600 if missing) or ``":memory:"``.
+        pepper: the HMAC key (at least 32 bytes). None: ``$TAPETUM_KEYS_PEPPER``, else the
+            file ``<path>.pepper`` (created 0600 with 32 random bytes when the database
+            holds no HMAC-hashed key yet); an in-memory store gets a random one.
+        cache_ttl_s: how long a verified key is trusted without reading the database
+            again; 0 disables the cache.
+        revocation_poll_s: how often a cached answer re-reads the revocation generation
+            (revocations by other processes take effect within this).
 
     Raises:
-        KeyStoreError: the file cannot be opened or is not a Tapetum key database.
+        KeyStoreError: the file cannot be opened or is not a Tapetum key database, or the
+            pepper is missing for a database that has HMAC-hashed keys.
+        ConfigError: a pepper shorter than 32 bytes.
     """
 
     def __init__(
         self,
         path: str | Path,
         *,
-        hasher: PasswordHasher | None = None,
+        pepper: bytes | None = None,
         cache_ttl_s: float = 60.0,
+        revocation_poll_s: float = 1.0,
     ) -> None:
         self._path = str(path)
-        self._hasher = hasher if hasher is not None else PasswordHasher()
+        self._in_memory = self._path == ":memory:"
         self._cache_ttl_s = cache_ttl_s
+        self._revocation_poll_s = revocation_poll_s
         self._lock = threading.Lock()
         # sha256(raw key) -> (key, monotonic expiry); insertion order = age.
         self._cache: dict[bytes, tuple[ApiKey, float]] = {}
-        self._dummy_hash: str | None = None
-        # Bumped by every revoke: a verify that raced a revoke must not cache its result.
+        # Bumped by every revoke seen: a verify that raced a revoke must not cache its result.
         self._revocations = 0
-        is_new_file = self._path != ":memory:" and not Path(self._path).exists()
+        self._generation = 0
+        self._generation_read_at = time.monotonic()
+        self._dummy_digest = secrets.token_bytes(32)
+        if not self._in_memory:
+            _create_private_file(Path(self._path))
         try:
             self._db = sqlite3.connect(self._path, check_same_thread=False, timeout=5.0)
-            if is_new_file:
-                _restrict_permissions(self._path)
-            self._db.execute(
-                """CREATE TABLE IF NOT EXISTS api_keys (
-                    key_id      TEXT PRIMARY KEY,
-                    name        TEXT NOT NULL,
-                    scopes      TEXT NOT NULL,
-                    secret_hash TEXT NOT NULL,
-                    created_at  REAL NOT NULL,
-                    revoked_at  REAL
-                )"""
-            )
-            self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-            self._db.commit()
+            with self._db:
+                self._db.execute(
+                    """CREATE TABLE IF NOT EXISTS api_keys (
+                        key_id      TEXT PRIMARY KEY,
+                        name        TEXT NOT NULL,
+                        scopes      TEXT NOT NULL,
+                        secret_hash TEXT NOT NULL,
+                        created_at  REAL NOT NULL,
+                        revoked_at  REAL
+                    )"""
+                )
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS key_store_meta "
+                    "(name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+                )
+                self._db.execute(
+                    "INSERT OR IGNORE INTO key_store_meta (name, value) "
+                    "VALUES ('revocation_generation', 0)"
+                )
+                self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            self._generation = self._read_generation()
         except sqlite3.Error as exc:
             raise KeyStoreError(f"cannot open API key database {self._path!r}: {exc}") from exc
+        self._pepper = self._resolve_pepper(pepper)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -200,7 +251,7 @@ class KeyStore:
             raise ConfigError("an API key needs a non-empty name")
         parsed = parse_scopes(scopes)
         secret = secrets.token_urlsafe(32)
-        secret_hash = self._hasher.hash(secret)  # outside the lock: ~tens of ms
+        secret_hash = self._hmac_text(secret)
         created_at = time.time()
         scopes_text = ",".join(sorted(s.value for s in parsed))
         with self._lock:
@@ -224,16 +275,19 @@ class KeyStore:
         return record, f"{KEY_PREFIX}_{key_id}_{secret}"
 
     def verify_cached(self, raw: str) -> ApiKey | None:
-        """The key for ``raw`` if this process verified it within ``cache_ttl_s``, else None.
+        """The key for ``raw`` if this process verified it within ``cache_ttl_s`` and no
+        revocation happened since, else None.
 
-        No hashing and no database: cheap enough to call on the event loop, so a request
-        with a recently seen key skips the worker-thread hop that :meth:`verify` needs.
-        None means "not known here", not "invalid": call :meth:`verify` then.
+        No hashing, and the database only once per ``revocation_poll_s`` (one small read):
+        cheap enough to call on the event loop, so a request with a recently seen key skips
+        the worker-thread hop that :meth:`verify` needs. None means "not known here", not
+        "invalid": call :meth:`verify` then.
         """
         if not isinstance(raw, str) or _RAW_KEY.fullmatch(raw) is None:
             return None
         digest = hashlib.sha256(raw.encode()).digest()
         with self._lock:
+            self._poll_revocations_locked()
             cached = self._cache.get(digest)
         if cached is None or cached[1] <= time.monotonic():
             return None
@@ -242,9 +296,10 @@ class KeyStore:
     def verify(self, raw: str) -> ApiKey | None:
         """The key for ``raw``, or None when it is malformed, unknown, revoked or wrong.
 
-        Every well-formed key costs one argon2 verification (against a dummy hash when the
-        id is unknown), so response time does not reveal which key ids exist; the secret
-        comparison itself is argon2's constant-time one.
+        A well-formed key costs one database read and one HMAC (against a random digest when
+        the id is unknown, so the work does not depend on which ids exist); the comparison
+        is constant-time. A key still stored as argon2id (made by an older version) is
+        verified with argon2 once and rewritten as HMAC.
         """
         match = _RAW_KEY.fullmatch(raw) if isinstance(raw, str) else None
         if match is None:
@@ -253,6 +308,7 @@ class KeyStore:
         digest = hashlib.sha256(raw.encode()).digest()
         now = time.monotonic()
         with self._lock:
+            self._poll_revocations_locked()
             cached = self._cache.get(digest)
             if cached is not None:
                 if cached[1] > now:
@@ -261,28 +317,30 @@ class KeyStore:
             row = self._fetch_row(key_id)
             revocations_seen = self._revocations
 
-        stored_hash = row[3] if row is not None else self._get_dummy_hash()
-        try:
-            self._hasher.verify(stored_hash, secret)
-            matched = True
-        except (VerificationError, InvalidHashError):
-            matched = False
+        stored = row[3] if row is not None else ""
+        if stored.startswith(_ARGON2_PREFIX):
+            matched = _argon2_matches(stored, secret)
+        else:
+            expected = stored.removeprefix(_HMAC_PREFIX).encode() if row else b""
+            computed = self._hmac_text(secret).removeprefix(_HMAC_PREFIX).encode()
+            if not expected:
+                expected = self._dummy_digest.hex().encode()
+            matched = hmac.compare_digest(expected, computed)
         if row is None or not matched or row[5] is not None:
             return None
 
         key = _row_to_key(row)
-        upgraded_hash = (
-            self._hasher.hash(secret) if self._hasher.check_needs_rehash(stored_hash) else None
-        )
         with self._lock:
-            if upgraded_hash is not None:
-                self._store_hash(key_id, upgraded_hash)
+            if stored.startswith(_ARGON2_PREFIX):
+                self._store_hash(key_id, self._hmac_text(secret))
             if self._cache_ttl_s > 0 and self._revocations == revocations_seen:
                 self._remember(digest, key, now + self._cache_ttl_s)
         return key
 
     def revoke(self, key_id: str) -> bool:
         """Revoke a key now; True if this call revoked it, False if unknown or already revoked.
+
+        Other processes sharing the database see it within their ``revocation_poll_s``.
 
         Raises:
             KeyStoreError: the database cannot be written.
@@ -295,9 +353,16 @@ class KeyStore:
                         "WHERE key_id = ? AND revoked_at IS NULL",
                         (time.time(), key_id),
                     )
+                    if cursor.rowcount > 0:
+                        self._db.execute(
+                            "UPDATE key_store_meta SET value = value + 1 "
+                            "WHERE name = 'revocation_generation'"
+                        )
+                generation = self._read_generation()
             except sqlite3.Error as exc:
                 raise KeyStoreError(f"cannot revoke key in {self._path!r}: {exc}") from exc
             self._revocations += 1
+            self._generation = generation
             stale = [d for d, (key, _) in self._cache.items() if key.key_id == key_id]
             for digest in stale:
                 del self._cache[digest]
@@ -323,7 +388,78 @@ class KeyStore:
 
     # -- internals (callers hold the lock where noted) -------------------------------------
 
-    def _fetch_row(self, key_id: str) -> tuple[str, str, str, str, float, float | None] | None:
+    def _hmac_text(self, secret: str) -> str:
+        mac = hmac.new(self._pepper, secret.encode(), hashlib.sha256).hexdigest()
+        return f"{_HMAC_PREFIX}{mac}"
+
+    def _resolve_pepper(self, pepper: bytes | None) -> bytes:
+        if pepper is None:
+            env = os.environ.get(PEPPER_ENV)
+            if env:
+                pepper = env.encode()
+            elif self._in_memory:
+                pepper = secrets.token_bytes(_MIN_PEPPER_BYTES)
+            else:
+                pepper = self._pepper_from_file(Path(self._path + _PEPPER_SUFFIX))
+        if len(pepper) < _MIN_PEPPER_BYTES:
+            raise ConfigError(
+                f"the API key pepper must be at least {_MIN_PEPPER_BYTES} bytes, "
+                f"got {len(pepper)}"
+            )
+        return pepper
+
+    def _pepper_from_file(self, path: Path) -> bytes:
+        if not path.exists():
+            if self._has_hmac_keys():
+                raise KeyStoreError(
+                    f"the API key pepper file {path} is missing, and the keys in "
+                    f"{self._path} were hashed with it: restore it (or set "
+                    f"{PEPPER_ENV}); without it every key must be re-created"
+                )
+            _create_private_file(path, secrets.token_hex(_MIN_PEPPER_BYTES).encode())
+        for _ in range(20):  # a process that just created it may still be writing it
+            try:
+                data = path.read_bytes().strip()
+            except OSError as exc:
+                raise KeyStoreError(f"cannot read the API key pepper file {path}: {exc}") from exc
+            if data:
+                return data
+            time.sleep(0.01)
+        raise KeyStoreError(f"the API key pepper file {path} is empty")
+
+    def _has_hmac_keys(self) -> bool:
+        try:
+            row = self._db.execute(
+                "SELECT 1 FROM api_keys WHERE secret_hash LIKE ? LIMIT 1", (_HMAC_PREFIX + "%",)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise KeyStoreError(f"cannot read API keys from {self._path!r}: {exc}") from exc
+        return row is not None
+
+    def _read_generation(self) -> int:
+        row = self._db.execute(
+            "SELECT value FROM key_store_meta WHERE name = 'revocation_generation'"
+        ).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def _poll_revocations_locked(self) -> None:
+        # Caller holds the lock. One indexed read per revocation_poll_s at most.
+        now = time.monotonic()
+        if now - self._generation_read_at < self._revocation_poll_s:
+            return
+        self._generation_read_at = now
+        try:
+            generation = self._read_generation()
+        except sqlite3.Error:
+            log.warning("cannot read the revocation generation of %s; dropping cached keys", self)
+            self._cache.clear()
+            return
+        if generation != self._generation:
+            self._generation = generation
+            self._revocations += 1
+            self._cache.clear()
+
+    def _fetch_row(self, key_id: str) -> _Row | None:
         # Caller holds the lock.
         try:
             row = self._db.execute(
@@ -335,14 +471,8 @@ class KeyStore:
             raise KeyStoreError(f"cannot read API keys from {self._path!r}: {exc}") from exc
         return row  # type: ignore[no-any-return]
 
-    def _get_dummy_hash(self) -> str:
-        # Racing threads may each compute one; any of them is as good.
-        if self._dummy_hash is None:
-            self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(32))
-        return self._dummy_hash
-
     def _store_hash(self, key_id: str, secret_hash: str) -> None:
-        # Caller holds the lock. Best effort: a failed upgrade leaves the old, valid hash.
+        # Caller holds the lock. Best effort: a failed rewrite leaves the old, valid hash.
         try:
             with self._db:
                 self._db.execute(
@@ -350,7 +480,7 @@ class KeyStore:
                     (secret_hash, key_id),
                 )
         except sqlite3.Error:
-            pass
+            log.warning("could not rewrite the hash of API key %s as HMAC", key_id)
 
     def _remember(self, digest: bytes, key: ApiKey, expires_at: float) -> None:
         # Caller holds the lock.
@@ -362,14 +492,48 @@ class KeyStore:
                 del self._cache[next(iter(self._cache))]  # oldest first
         self._cache[digest] = (key, expires_at)
 
+    def __repr__(self) -> str:
+        return f"KeyStore({self._path!r})"
 
-def _row_to_key(row: tuple[str, str, str, str, float, float | None]) -> ApiKey:
+
+def _row_to_key(row: _Row) -> ApiKey:
     key_id, name, scopes_text, _hash, created_at, revoked_at = row
     scopes = frozenset(Scope(s) for s in scopes_text.split(",") if s)
     return ApiKey(key_id, name, scopes, float(created_at), revoked=revoked_at is not None)
 
 
-def _restrict_permissions(path: str) -> None:
-    # The file holds only hashes, but there is no reason for anyone else to read it.
+def _argon2_matches(stored_hash: str, secret: str) -> bool:
+    """A key hashed by an older version (argon2id): verified once, then rewritten."""
+    from argon2 import PasswordHasher
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    try:
+        return bool(PasswordHasher().verify(stored_hash, secret))
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def _create_private_file(path: Path, content: bytes = b"") -> None:
+    """Create ``path`` with mode 0600 from the start (no window where others can read it);
+    an existing file is left alone, with a warning when others may read it."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        _warn_if_readable_by_others(path)
+        return
+    except OSError as exc:
+        raise KeyStoreError(f"cannot create {path}: {exc}") from exc
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(content)
+
+
+def _warn_if_readable_by_others(path: Path) -> None:
     with contextlib.suppress(OSError):
-        os.chmod(path, 0o600)
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning(
+                "%s is accessible by other users (mode %s): run `chmod 600 %s`",
+                path,
+                oct(stat.S_IMODE(mode)),
+                path,
+            )

@@ -48,6 +48,7 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 
+from tapetum._types import UInt8Array
 from tapetum.core.detections import Detections
 from tapetum.detect.base import StagedDetector
 from tapetum.errors import ConfigError, ModelLoadError
@@ -80,7 +81,8 @@ log = logging.getLogger("tapetum.serve")
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 
-Image = npt.NDArray[np.uint8]
+#: An image as decoded: (H, W, 3) uint8 BGR.
+Image = UInt8Array
 
 
 class NotReadyError(ApiError):

@@ -11,10 +11,8 @@ import lap
 import numpy as np
 import numpy.typing as npt
 
+from tapetum._types import Float64Array, IntArray
 from tapetum.core.boxes import box_iou
-
-Float64Array = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
 
 
 def linear_assignment(cost: npt.ArrayLike, threshold: float) -> tuple[IntArray, IntArray, IntArray]:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import numpy.typing as npt
 
+from tapetum._types import Float32Array, Float64Array, IntArray
 from tapetum.core.detections import Detections
 from tapetum.core.frame import Frame
 from tapetum.errors import ConfigError
@@ -43,9 +44,6 @@ if TYPE_CHECKING:
 #: ``tapetum.track.kernels.kalman8.MOTION_XYWH`` (the kernels load numba; this does not).
 MOTION_XYWH = 1
 
-Float64Array = npt.NDArray[np.float64]
-FloatArray = npt.NDArray[np.float32]
-IntArray = npt.NDArray[np.int64]
 
 CmcMethod = Literal["sparseOptFlow", "ecc", "none"]
 
@@ -186,11 +184,11 @@ def gated_fused_cost(
     return cost
 
 
-def _normalise_rows(x: npt.ArrayLike) -> FloatArray:
+def _normalise_rows(x: npt.ArrayLike) -> Float32Array:
     """Rows scaled to unit length; all-zero rows stay zero."""
     a = np.asarray(x, dtype=np.float32)
     norm = np.linalg.norm(a, axis=1, keepdims=True)
-    out: FloatArray = a / np.maximum(norm, 1e-12)
+    out: Float32Array = a / np.maximum(norm, 1e-12)
     return out
 
 
@@ -248,7 +246,7 @@ class BoTSortTracker:
 
     def _det_features(
         self, detections: Detections, high: IntArray, frame: Frame | None
-    ) -> FloatArray:
+    ) -> Float32Array:
         """(N, D) unit embeddings of this frame's detections (zero rows where not embedded)."""
         if detections.embeddings is not None:
             return _normalise_rows(detections.embeddings)
@@ -283,7 +281,7 @@ class BoTSortTracker:
         self._frame_id += 1
         scores = detections.confidence
 
-        feats: FloatArray | None = None
+        feats: Float32Array | None = None
         appearance: Float64Array | None = None
         if cfg.with_reid:
             high = np.flatnonzero(scores > cfg.track_high_thresh)

@@ -32,12 +32,11 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from tapetum._types import Float64Array, UInt8Array
 from tapetum.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-Float64Array = npt.NDArray[np.float64]
-UInt8Array = npt.NDArray[np.uint8]
 
 #: Names accepted by :func:`make_cmc`.
 CMC_METHODS = ("sparseOptFlow", "ecc", "none")

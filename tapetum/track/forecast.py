@@ -44,14 +44,10 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from tapetum._types import BoolArray, Float32Array, Float64Array, IntArray
 from tapetum.core.detections import Detections
 from tapetum.core.frame import Frame
 from tapetum.errors import ConfigError
-
-Float64Array = npt.NDArray[np.float64]
-Float32Array = npt.NDArray[np.float32]
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
 
 # Gauss-Legendre nodes on [0, 1]: the process-noise integral Q(dt) = ∫ c(s) c(s)^T ds over
 # [0, dt] is a polynomial of degree <= 4 for CV/CA (exact with 3 nodes) and smooth

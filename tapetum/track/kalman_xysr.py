@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-Float64Array = npt.NDArray[np.float64]
+from tapetum._types import Float64Array
 
 #: Number of measured quantities (x, y, s, r) and of state dimensions.
 MEASUREMENT_DIM = 4

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from tapetum._types import Float64Array
 from tapetum.track.kalman import MEASUREMENT_DIM, KalmanFilter
-
-Float64Array = npt.NDArray[np.float64]
 
 
 def xyxy_to_xywh(xyxy: npt.ArrayLike) -> Float64Array:

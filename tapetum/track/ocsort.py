@@ -36,14 +36,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
+from tapetum._types import Float64Array, IntArray
 from tapetum.core.detections import Detections
 from tapetum.core.frame import Frame
 from tapetum.errors import ConfigError
-
-Float64Array = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
 
 #: Rows of a new tracker's state; doubled whenever a frame could overflow it.
 _INITIAL_CAPACITY = 64

@@ -18,14 +18,13 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from tapetum._types import Float32Array, UInt8Array
 from tapetum.core.detections import Detections
 from tapetum.detect.runtime import OnnxModel, RuntimeOptions
 from tapetum.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float32]
-UInt8Array = npt.NDArray[np.uint8]
 
 #: ImageNet channel statistics in RGB order, on the 0-1 scale (torchreid's defaults).
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
@@ -81,13 +80,13 @@ class ReidEmbedder:
         std = np.asarray(IMAGENET_STD_RGB[::-1], np.float32).reshape(3, 1)
         mean = np.asarray(IMAGENET_MEAN_RGB[::-1], np.float32).reshape(3, 1)
         values = np.arange(256, dtype=np.float32).reshape(1, 256)
-        self._lut_bgr: FloatArray = ((values / 255.0 - mean) / std).astype(np.float32)
+        self._lut_bgr: Float32Array = ((values / 255.0 - mean) / std).astype(np.float32)
         if self.model.max_batch == 1:
             log.warning(
                 "%s: batch axis could not be made dynamic; crops run one at a time", path.name
             )
 
-    def preprocess(self, image: UInt8Array, xyxy: npt.ArrayLike) -> FloatArray:
+    def preprocess(self, image: UInt8Array, xyxy: npt.ArrayLike) -> Float32Array:
         """Crop, resize and normalise every box.
 
         Args:
@@ -120,7 +119,7 @@ class ReidEmbedder:
             batch[:, 2 - bgr_channel] = self._lut_bgr[bgr_channel][crops[..., bgr_channel]]
         return batch
 
-    def embed(self, image: UInt8Array, xyxy: npt.ArrayLike) -> FloatArray:
+    def embed(self, image: UInt8Array, xyxy: npt.ArrayLike) -> Float32Array:
         """(N, D) float32 L2-normalised embeddings of the boxes ``xyxy`` of ``image``.
 
         Args:
@@ -133,7 +132,7 @@ class ReidEmbedder:
         raw = np.asarray(self.model.run(batch), np.float32).reshape(batch.shape[0], -1)
         norm = np.linalg.norm(raw, axis=1, keepdims=True)
         # Guard: an all-zero output (possible after a final ReLU) stays zero, not NaN.
-        embeddings: FloatArray = raw / np.maximum(norm, 1e-12)
+        embeddings: Float32Array = raw / np.maximum(norm, 1e-12)
         return embeddings
 
     def __call__(self, detections: Detections, image: UInt8Array) -> Detections:

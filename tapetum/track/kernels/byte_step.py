@@ -18,17 +18,11 @@ from dataclasses import dataclass
 from typing import Self
 
 import numpy as np
-import numpy.typing as npt
 
+from tapetum._types import BoolArray, Float32Array, Float64Array, Int8Array, IntArray
 from tapetum.track.kernels import kalman8
 from tapetum.track.kernels.jit import njit
 from tapetum.track.kernels.lsa import thresholded_matching
-
-Float64Array = npt.NDArray[np.float64]
-Float32Array = npt.NDArray[np.float32]
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
-Int8Array = npt.NDArray[np.int8]
 
 TRACKED = 1
 LOST = 2

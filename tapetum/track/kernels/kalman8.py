@@ -15,11 +15,9 @@ system by LU with partial pivoting like LAPACK and agrees to rounding.
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
+from tapetum._types import Float64Array
 from tapetum.track.kernels.jit import njit
-
-Float64Array = npt.NDArray[np.float64]
 
 #: ``motion`` values: ByteTrack's ``x, y, a, h`` and BoT-SORT's ``x, y, w, h`` state.
 MOTION_XYAH = 0

@@ -24,12 +24,9 @@ Two problems are solved:
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
+from tapetum._types import Float64Array, IntArray
 from tapetum.track.kernels.jit import njit
-
-Float64Array = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
 
 
 @njit

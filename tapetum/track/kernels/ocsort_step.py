@@ -40,12 +40,9 @@ import numpy.typing as npt
 from numba import types
 from numba.extending import intrinsic
 
+from tapetum._types import Float32Array, Float64Array, IntArray
 from tapetum.track.kernels.jit import njit
 from tapetum.track.kernels.lsa import min_cost_matching
-
-Float64Array = npt.NDArray[np.float64]
-Float32Array = npt.NDArray[np.float32]
-IntArray = npt.NDArray[np.int64]
 
 #: ``history_age`` of an empty slot in the observation ring; older than any window start.
 NO_OBSERVATION = int(np.iinfo(np.int64).min // 2)
