@@ -10,12 +10,11 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from tapetum._types import Float32Array, IntArray
 from tapetum.errors import ModelLoadError
 
-FloatArray = npt.NDArray[np.float32]
-IntArray = npt.NDArray[np.int64]
 #: ``(xyxy (K, 4) float32 input pixels, score (K,) float32, class_id (K,) int64)``
-Candidates = tuple[FloatArray, FloatArray, IntArray]
+Candidates = tuple[Float32Array, Float32Array, IntArray]
 
 #: Strides of the three detection levels (P3-P5) of YOLO-family heads.
 YOLO_STRIDES = (8, 16, 32)
@@ -86,12 +85,12 @@ class Family(ABC):
     def looks_like(outputs: Sequence[OutputInfo], input_hw: tuple[int, int]) -> bool:
         """Whether these concrete output shapes fit the layout (for models without metadata)."""
 
-    def merge(self, outputs: Sequence[npt.NDArray[Any]]) -> FloatArray:
+    def merge(self, outputs: Sequence[npt.NDArray[Any]]) -> Float32Array:
         """The batch's outputs as one float32 array (single-output layouts: that output)."""
         return as_float32(outputs[0])
 
     @abstractmethod
-    def decode(self, raw: FloatArray, conf_threshold: float) -> Candidates:
+    def decode(self, raw: Float32Array, conf_threshold: float) -> Candidates:
         """One image's share of :meth:`merge`'s array → candidates above the threshold."""
 
 
@@ -117,7 +116,7 @@ def single_rank3(outputs: Sequence[OutputInfo], what: str) -> OutputInfo:
     return outputs[0]
 
 
-def cxcywh_to_xyxy(cxcywh: npt.NDArray[Any]) -> FloatArray:
+def cxcywh_to_xyxy(cxcywh: npt.NDArray[Any]) -> Float32Array:
     """(N, 4) centre/size boxes → (N, 4) corner boxes, float32."""
     half = cxcywh[:, 2:4] * 0.5
     return np.concatenate((cxcywh[:, :2] - half, cxcywh[:, :2] + half), axis=1).astype(
@@ -129,7 +128,7 @@ def empty_candidates() -> Candidates:
     return np.empty((0, 4), np.float32), np.empty(0, np.float32), np.empty(0, np.int64)
 
 
-def as_float32(array: npt.NDArray[Any]) -> FloatArray:
+def as_float32(array: npt.NDArray[Any]) -> Float32Array:
     return np.asarray(array, dtype=np.float32)
 
 

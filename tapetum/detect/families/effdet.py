@@ -21,10 +21,10 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from tapetum._types import Float32Array
 from tapetum.detect.families.base import (
     Candidates,
     Family,
-    FloatArray,
     OutputInfo,
     OutputLayout,
     as_float32,
@@ -97,7 +97,7 @@ class PostNmsDetections(Family):
         rows, width = dims
         return width in (6, 7) and rows is not None and rows not in grid_sizes(input_hw)
 
-    def merge(self, outputs: Sequence[npt.NDArray[Any]]) -> FloatArray:
+    def merge(self, outputs: Sequence[npt.NDArray[Any]]) -> Float32Array:
         if self._roles is None:
             return as_float32(outputs[0][..., self._skip :] if self._skip else outputs[0])
         roles = self._roles
@@ -110,7 +110,7 @@ class PostNmsDetections(Family):
             merged[..., 4][np.arange(merged.shape[1])[None, :] >= count] = 0.0
         return merged
 
-    def decode(self, raw: FloatArray, conf_threshold: float) -> Candidates:
+    def decode(self, raw: Float32Array, conf_threshold: float) -> Candidates:
         """One image's (N, 6) rows → boxes in input pixels, best first."""
         class_id = np.rint(raw[:, 5]).astype(np.int64) - self._class_offset
         keep = np.flatnonzero((raw[:, 4] >= conf_threshold) & (class_id >= 0))

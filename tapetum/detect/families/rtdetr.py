@@ -18,10 +18,10 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from tapetum._types import Float32Array
 from tapetum.detect.families.base import (
     Candidates,
     Family,
-    FloatArray,
     OutputInfo,
     OutputLayout,
     as_float32,
@@ -121,14 +121,14 @@ class DetrQueries(Family):
         dense_head = queries in grid_sizes(input_hw)
         return not dense_head and 6 <= width <= 4 + MAX_CLASSES and width < queries
 
-    def merge(self, outputs: Sequence[npt.NDArray[Any]]) -> FloatArray:
+    def merge(self, outputs: Sequence[npt.NDArray[Any]]) -> Float32Array:
         if self.layout != "logits":
             return as_float32(outputs[0])
         boxes, logits = outputs[self._pair[0]], outputs[self._pair[1]]
         probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float32)))
         return np.concatenate((as_float32(boxes), probs), axis=-1)
 
-    def decode(self, raw: FloatArray, conf_threshold: float) -> Candidates:
+    def decode(self, raw: Float32Array, conf_threshold: float) -> Candidates:
         """One image's (Q, 6) or (Q, 4 + C) rows → boxes in input pixels, best first."""
         if self.layout == "logits":
             probs = raw[:, 4:]

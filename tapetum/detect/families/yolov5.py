@@ -11,11 +11,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from tapetum._types import Float32Array
 from tapetum.detect.families.base import (
     YOLO_STRIDES,
     Candidates,
     Family,
-    FloatArray,
     OutputInfo,
     OutputLayout,
     cxcywh_to_xyxy,
@@ -27,7 +27,7 @@ from tapetum.detect.families.base import (
 from tapetum.errors import ModelLoadError
 
 
-def decode_objectness_head(raw: FloatArray, conf_threshold: float) -> Candidates:
+def decode_objectness_head(raw: Float32Array, conf_threshold: float) -> Candidates:
     """One image's (N, 5 + C) rows → boxes whose ``objectness × best class score`` passes.
 
     Class scores are probabilities (≤ 1), so rows whose objectness alone is under the
@@ -81,5 +81,5 @@ class Yolov5Head(Family):
         counts = {3 * grid_points(input_hw), 3 * grid_points(input_hw, (*YOLO_STRIDES, 64))}
         return anchors in counts and width is not None and width >= 6
 
-    def decode(self, raw: FloatArray, conf_threshold: float) -> Candidates:
+    def decode(self, raw: Float32Array, conf_threshold: float) -> Candidates:
         return decode_objectness_head(raw, conf_threshold)

@@ -8,11 +8,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from tapetum._types import Float32Array
 from tapetum.detect.families.base import (
     YOLO_STRIDES,
     Candidates,
     Family,
-    FloatArray,
     OutputInfo,
     OutputLayout,
     cxcywh_to_xyxy,
@@ -57,7 +57,7 @@ class UltralyticsHead(Family):
         counts = {grid_points(input_hw), grid_points(input_hw, (*YOLO_STRIDES, 64))}
         return boxes in counts and rows is not None and rows >= 5
 
-    def decode(self, raw: FloatArray, conf_threshold: float) -> Candidates:
+    def decode(self, raw: Float32Array, conf_threshold: float) -> Candidates:
         """One image's (4 + C, N) output → candidates above ``conf_threshold``."""
         cls_scores = raw[4:]
         best = cls_scores.max(axis=0)

@@ -12,10 +12,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from tapetum._types import Float32Array
 from tapetum.detect.families.base import (
     Candidates,
     Family,
-    FloatArray,
     OutputInfo,
     OutputLayout,
     grid_points,
@@ -63,7 +63,7 @@ class YoloxRawHead(Family):
             raise ModelLoadError(f"output shape {shape_text(out.shape)} is not {what} ({expected})")
         return width - 5 if width is not None else num_classes
 
-    def decode(self, raw: FloatArray, conf_threshold: float) -> Candidates:
+    def decode(self, raw: Float32Array, conf_threshold: float) -> Candidates:
         return self.decoder.decode(raw, conf_threshold)
 
 
@@ -84,11 +84,11 @@ class YoloxDecodedHead(Family):
             )
         return check_objectness_layout(out, layout.num_classes, "a decoded YOLOX head")
 
-    def decode(self, raw: FloatArray, conf_threshold: float) -> Candidates:
+    def decode(self, raw: Float32Array, conf_threshold: float) -> Candidates:
         return decode_objectness_head(raw, conf_threshold)
 
 
-def head_is_decoded(raw: FloatArray, input_hw: tuple[int, int]) -> bool:
+def head_is_decoded(raw: Float32Array, input_hw: tuple[int, int]) -> bool:
     """Whether one image's YOLOX output (A, 5 + C) holds decoded boxes.
 
     A raw head's ``x`` is an offset of a few grid cells (about -2…4); a decoded one is a
