@@ -24,9 +24,7 @@ Targets are reported, never asserted: INT8 ≥ 1.5× FP32 throughput with ≤ 1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -35,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import machine_info, pct, write_result
 
 from tapetum.detect import DetectorConfig, RuntimeOptions, load_detector
 from tapetum.detect.batcher import DynamicBatcher
@@ -45,28 +44,12 @@ from tapetum.detect.quantize import (
     plan_calibration,
     quantize_int8,
 )
-from tapetum.detect.runtime import available_cores
 from tapetum.detect.speed import measure_speed
 
 BATCH_SIZES = (1, 2, 4, 8)
 TARGET_SPEEDUP = 1.5
 TARGET_MAP_LOSS_POINTS = 1.0
 MAP_CONFIG = DetectorConfig(conf_threshold=0.001, nms_iou=0.65, max_detections=100)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def pct(values: list[float]) -> dict[str, float]:
-    p50, p95, p99 = (float(v) for v in np.percentile(np.asarray(values, np.float64), [50, 95, 99]))
-    return {"p50_ms": round(p50, 2), "p95_ms": round(p95, 2), "p99_ms": round(p99, 2)}
 
 
 def build_models(args: argparse.Namespace, work: Path) -> dict[str, Path]:
@@ -296,14 +279,7 @@ def main() -> int:
     import onnxruntime as ort
 
     result: dict[str, Any] = {
-        "machine": {
-            "cpu": cpu_model(),
-            "cpu_cores": available_cores(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "onnxruntime": ort.__version__,
-            "load_average": list(os.getloadavg()),
-        },
+        "machine": machine_info(onnxruntime=ort.__version__),
         "quick": args.quick,
     }
     with tempfile.TemporaryDirectory(prefix="tapetum-bench-") as tmp:
@@ -329,8 +305,7 @@ def main() -> int:
             accuracy_met=loss <= TARGET_MAP_LOSS_POINTS,
         )
     result["targets"] = targets
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
     print_tables(result)
     print(f"wrote {args.out}")
     return 0

@@ -21,9 +21,7 @@ Writes JSON (default ``bench/results/pipeline.json``) and prints the ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import threading
 import time
@@ -31,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import machine_info, pct, write_result
 
 from tapetum.detect import DetectorConfig, RuntimeOptions, YoloxDetector
 from tapetum.detect.runtime import available_cores
@@ -39,17 +38,6 @@ from tapetum.sources import VideoSource
 from tapetum.sources.paced import PacedSource
 
 P99_BUDGET_MS = 100.0
-
-
-def pct(values: list[float] | np.ndarray) -> dict[str, float]:
-    arr = np.asarray(values, np.float64)
-    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
-    return {
-        "p50_ms": round(float(p50), 2),
-        "p95_ms": round(float(p95), 2),
-        "p99_ms": round(float(p99), 2),
-        "n": int(arr.size),
-    }
 
 
 def decode_all(video: Path) -> list[np.ndarray]:
@@ -203,14 +191,11 @@ def main() -> int:
     frames = decode_all(args.video)
     tensors = [detector.preprocess(img)[0][None] for img in frames]
     result: dict[str, Any] = {
-        "machine": {
-            "cpu_cores": cores,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "provider": detector.model.providers[0],
-            "pipeline_inference_workers": workers,
-            "ort_threads_per_worker": threads,
-        },
+        "machine": machine_info(
+            provider=detector.model.providers[0],
+            pipeline_inference_workers=workers,
+            ort_threads_per_worker=threads,
+        ),
         "video": {
             "path": args.video.name,
             "frames": len(frames),
@@ -298,8 +283,7 @@ def main() -> int:
         "pipeline_ge_1.3x_naive": pipe >= 1.3 * naive,
         "realtime_p99_lt_100ms": rt < P99_BUDGET_MS,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
     print()
     for name, run in bare_runs.items():
         print(f"bare model  {run['fps']:6.1f} FPS   {name}, ORT p99 {run['latency']['p99_ms']} ms")

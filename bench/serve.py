@@ -45,9 +45,7 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -58,8 +56,8 @@ import cv2
 import httpx
 import numpy as np
 import uvicorn
+from _common import machine_info, pct, write_result
 
-from tapetum.detect.runtime import available_cores
 from tapetum.serve.app import create_app
 from tapetum.serve.auth import KeyStore, Scope
 from tapetum.serve.images import decode_image
@@ -69,17 +67,6 @@ REPO = Path(__file__).resolve().parents[1]
 LEVELS = (1, 4, 16)
 WIDTH, HEIGHT = 640, 480
 OVERHEAD_TARGET_MS = 5.0
-
-
-def pct(values: list[float] | np.ndarray) -> dict[str, float]:
-    arr = np.asarray(values, np.float64)
-    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
-    return {
-        "p50_ms": round(float(p50), 2),
-        "p95_ms": round(float(p95), 2),
-        "p99_ms": round(float(p99), 2),
-        "n": int(arr.size),
-    }
 
 
 class LevelRecorder:
@@ -604,11 +591,7 @@ def main() -> int:
         store.close()
 
     result: dict[str, Any] = {
-        "machine": {
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-            "cores": available_cores(),
-        },
+        "machine": machine_info(),
         "model": str(model.name),
         "image": {
             "source": "images/bus.jpg resized (stretched) to 640x480, JPEG quality 90",
@@ -638,8 +621,7 @@ def main() -> int:
     if isinstance(grpc_result, dict):
         result["overhead"]["grpc"] = overhead(grpc_result["levels"], direct)
         result["rest_vs_grpc"] = compare(rest, grpc_result["levels"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
     print_table(result)
     print(f"\nwrote {args.out}")
     return 0

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import machine_info, write_result
 
 from tapetum.core.detections import Detections
 from tapetum.core.frame import Frame
@@ -222,7 +221,7 @@ def main() -> int:
         return 2
 
     result: dict[str, Any] = {
-        "machine": {"cpu_cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine_info(),
         "detections": {
             "MOT15": "official public det.txt, scores rank-normalised per sequence",
             "MOT17": f"ground truth + DetectionNoise() defaults, seed {args.seed}",
@@ -260,8 +259,7 @@ def main() -> int:
     result["cross_camera"] = bench_cross_camera(assets)
     print("forecasting: ADE/FDE on MOT17 ground truth…", flush=True)
     result["forecast_mot17"] = bench_forecast(args.mot)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
     print(
         f"\n{'dataset':8s} {'tracker':10s} {'HOTA ours/theirs':>18s} {'IDF1 ours/theirs':>18s} "
         f"{'MOTA ours/theirs':>18s} {'ms/frame p50 ours/theirs':>26s} {'speed-up':>9s}"
