@@ -9,6 +9,21 @@ import time
 import httpx
 import uvicorn
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+
+def api_routes(app: FastAPI) -> list[APIRoute]:
+    """Every API route of ``app``, those of included routers too.
+
+    Recent FastAPI keeps an included router as one lazy entry of ``app.routes``
+    (``iter_route_contexts`` walks into it); older versions copy its routes in.
+    """
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:
+        return [r for r in app.routes if isinstance(r, APIRoute)]
+    found = (context.original_route for context in iter_route_contexts(app.routes))
+    return [r for r in found if isinstance(r, APIRoute)]
 
 
 def free_port() -> int:

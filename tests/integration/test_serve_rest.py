@@ -21,14 +21,13 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
 
 from tapetum.core.detections import Detections
 from tapetum.serve.app import DetectorLike, ServeSettings, create_app, default_detector_factory
 from tapetum.serve.auth import KeyStore, Scope
 from tapetum.serve.ratelimit import RateLimit, RateLimiter
 from tapetum.serve.settings import ApiError
-from tests.integration.serve_harness import LoopbackServer
+from tests.integration.serve_harness import LoopbackServer, api_routes
 from tests.integration.serve_harness import assert_error as _assert_error
 
 pytestmark = pytest.mark.integration
@@ -214,8 +213,8 @@ def test_models_list_describe_unknown(served: Served) -> None:
 def test_every_protected_route_needs_a_key_and_its_scope(served: Served) -> None:
     wrong_key = {Scope.READ: "infer", Scope.INFER: "read", Scope.ADMIN: "read"}
     checked = set()
-    for route in served.app.routes:
-        if not isinstance(route, APIRoute) or route.path in PUBLIC_ROUTES:
+    for route in api_routes(served.app):
+        if route.path in PUBLIC_ROUTES:
             continue
         url = route.path
         for param, value in PATH_PARAMS.items():

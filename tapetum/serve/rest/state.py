@@ -1,0 +1,26 @@
+"""What one REST app owns, built by :func:`~tapetum.serve.app.create_app` and handed to
+its routers; also ``app.state.tapetum`` (``tapetum serve`` shares ``streams`` and
+``breakers`` with the gRPC server)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tapetum.core.breaker import BreakerRegistry
+from tapetum.serve.rest.metrics import Metrics
+from tapetum.serve.service import DetectionService
+from tapetum.serve.settings import ServeSettings
+from tapetum.serve.streams import StreamManager
+
+__all__ = ["AppState"]
+
+
+@dataclass(slots=True)
+class AppState:
+    """One app's settings, metrics, detection service, breakers and streams."""
+
+    settings: ServeSettings
+    metrics: Metrics
+    service: DetectionService
+    breakers: BreakerRegistry
+    streams: StreamManager

@@ -1,0 +1,107 @@
+"""The loaded models: listed and described with ``read``, loaded and unloaded at runtime
+with ``admin``."""
+
+from __future__ import annotations
+
+import anyio.to_thread
+from fastapi import APIRouter
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from tapetum.serve.rest.errors import ERROR_RESPONSES, ResponseTable
+from tapetum.serve.rest.guards import Guards
+from tapetum.serve.rest.state import AppState
+from tapetum.serve.schemas import ErrorResponse, ModelInfo, ModelList
+from tapetum.serve.settings import MODEL_NAME_PATTERN
+
+__all__ = ["ModelLoad", "build_router"]
+
+_LOAD_RESPONSES: ResponseTable = {
+    **ERROR_RESPONSES,
+    400: {"model": ErrorResponse, "description": "The path is not an existing .onnx file"},
+    409: {"model": ErrorResponse, "description": "The name is taken, or too many models"},
+    422: {"model": ErrorResponse, "description": "Invalid body, or the file does not load"},
+}
+_UNLOAD_RESPONSES: ResponseTable = {
+    **ERROR_RESPONSES,
+    404: {"model": ErrorResponse, "description": "Unknown model"},
+    409: {"model": ErrorResponse, "description": "The default model cannot be unloaded"},
+}
+
+
+class ModelLoad(BaseModel):
+    """Body of ``POST /v1/models``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"name": "yolox_s", "path": "/models/yolox_s.onnx", "conf": 0.4}]
+        },
+    )
+
+    name: str = Field(
+        pattern=MODEL_NAME_PATTERN, description="Name for the detect routes' `model` parameter."
+    )
+    path: str = Field(min_length=1, max_length=4096, description="A YOLOX ONNX file on the server.")
+    conf: float | None = Field(
+        None, ge=0.0, le=1.0, description="The model's default score threshold."
+    )
+
+
+def build_router(state: AppState, guards: Guards) -> APIRouter:
+    """``/v1/models`` and ``/v1/models/{name}``."""
+    router = APIRouter()
+    service = state.service
+
+    @router.get(
+        "/v1/models",
+        response_model=ModelList,
+        tags=["models"],
+        responses=ERROR_RESPONSES,
+        dependencies=[guards.read],
+    )
+    async def list_models() -> ModelList:
+        """The loaded models, the default first. Needs the ``read`` scope."""
+        return service.list_models()
+
+    @router.post(
+        "/v1/models",
+        response_model=ModelInfo,
+        status_code=201,
+        tags=["models"],
+        responses=_LOAD_RESPONSES,
+        dependencies=[guards.admin],
+    )
+    async def load_model(body: ModelLoad) -> ModelInfo:
+        """Load and warm another model (a server-side ONNX file) under a name, for the
+        ``model`` parameter of the detect routes. Needs the ``admin`` scope."""
+        return await anyio.to_thread.run_sync(
+            lambda: service.load_model(body.name, body.path, body.conf)
+        )
+
+    @router.delete(
+        "/v1/models/{name}",
+        status_code=204,
+        response_class=Response,
+        tags=["models"],
+        responses=_UNLOAD_RESPONSES,
+        dependencies=[guards.admin],
+    )
+    async def unload_model(name: str) -> Response:
+        """Unload a model loaded at runtime (not the default one: 409). Needs the
+        ``admin`` scope."""
+        service.unload_model(name)
+        return Response(status_code=204)
+
+    @router.get(
+        "/v1/models/{name}",
+        response_model=ModelInfo,
+        tags=["models"],
+        responses=ERROR_RESPONSES,
+        dependencies=[guards.read],
+    )
+    async def describe_model(name: str) -> ModelInfo:
+        """One loaded model by name. Needs the ``read`` scope."""
+        return service.model_info(name)
+
+    return router

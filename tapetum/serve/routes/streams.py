@@ -1,0 +1,183 @@
+"""Server-side streams: started, listed, inspected and stopped over the API, and their
+live results as Server-Sent Events. The work is the app's
+:class:`~tapetum.serve.streams.StreamManager` (shared with the gRPC server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import AsyncIterator
+
+import anyio.to_thread
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import Field
+
+from tapetum.core.breaker import CircuitOpenError
+from tapetum.errors import SourceError
+from tapetum.serve.rest.errors import ERROR_RESPONSES, ResponseTable
+from tapetum.serve.rest.guards import Guards
+from tapetum.serve.rest.state import AppState
+from tapetum.serve.schemas import ErrorResponse
+from tapetum.serve.settings import ApiError
+from tapetum.serve.streams import (
+    StreamInfo,
+    StreamLimitError,
+    StreamOptions,
+    UnknownStreamError,
+)
+
+__all__ = ["StreamCreate", "build_router"]
+
+
+class StreamCreate(StreamOptions):
+    """Body of ``POST /v1/streams``."""
+
+    uri: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Video file path or live URL (rtsp, rtmp, http, srt, udp…).",
+        examples=["rtsp://cam-7:554/Streaming/101"],
+    )
+
+
+_STREAM_RESPONSES: ResponseTable = {
+    **ERROR_RESPONSES,
+    404: {"model": ErrorResponse, "description": "Unknown stream"},
+}
+_START_RESPONSES: ResponseTable = {
+    **ERROR_RESPONSES,
+    400: {"model": ErrorResponse, "description": "The source cannot be opened"},
+    429: {"model": ErrorResponse, "description": "Too many streams, or rate limited"},
+    503: {"model": ErrorResponse, "description": "Model not ready, or the URI's breaker is open"},
+}
+
+
+def _unknown(stream_id: str) -> ApiError:
+    return ApiError(404, "unknown_stream", f"no stream {stream_id!r}")
+
+
+def build_router(state: AppState, guards: Guards) -> APIRouter:
+    """``/v1/streams``: server-side pipelines and their live results (SSE)."""
+    router = APIRouter()
+    streams, settings, check_conf = state.streams, state.settings, state.service.check_conf
+
+    @router.post(
+        "/v1/streams",
+        response_model=StreamInfo,
+        status_code=201,
+        tags=["streams"],
+        responses=_START_RESPONSES,
+        dependencies=[guards.infer],
+    )
+    async def start_stream(body: StreamCreate) -> StreamInfo:
+        """Start detecting and tracking on a source in the background. Needs ``infer``."""
+        if body.conf is not None:
+            check_conf(body.conf)
+        options = StreamOptions(tracker=body.tracker, conf=body.conf, realtime=body.realtime)
+        try:
+            # Opening probes the source (up to its open timeout): off the event loop.
+            return await anyio.to_thread.run_sync(streams.start, body.uri, options)
+        except StreamLimitError as exc:
+            raise ApiError(429, "too_many_streams", str(exc), {"Retry-After": "5"}) from exc
+        except CircuitOpenError as exc:
+            retry = max(1, math.ceil(exc.retry_after_s))
+            raise ApiError(
+                503, "source_circuit_open", str(exc), {"Retry-After": str(retry)}
+            ) from exc
+        except SourceError as exc:
+            raise ApiError(400, "bad_source", str(exc)) from exc
+
+    @router.get(
+        "/v1/streams",
+        response_model=list[StreamInfo],
+        tags=["streams"],
+        responses=ERROR_RESPONSES,
+        dependencies=[guards.read],
+    )
+    async def list_streams() -> list[StreamInfo]:
+        """Running and recently finished streams with live stats. Needs ``read``."""
+        return streams.list()
+
+    @router.get(
+        "/v1/streams/{stream_id}",
+        response_model=StreamInfo,
+        tags=["streams"],
+        responses=_STREAM_RESPONSES,
+        dependencies=[guards.read],
+    )
+    async def get_stream(stream_id: str) -> StreamInfo:
+        """One stream with live stats. Needs ``read``."""
+        try:
+            return streams.get(stream_id)
+        except UnknownStreamError:
+            raise _unknown(stream_id) from None
+
+    @router.delete(
+        "/v1/streams/{stream_id}",
+        response_model=StreamInfo,
+        tags=["streams"],
+        responses=_STREAM_RESPONSES,
+        dependencies=[guards.infer],
+    )
+    async def stop_stream(stream_id: str) -> StreamInfo:
+        """Stop a stream (queued frames are finished or dropped, counted) and forget it.
+        Returns its final state. Needs ``infer``."""
+        try:
+            return await anyio.to_thread.run_sync(streams.stop, stream_id)
+        except UnknownStreamError:
+            raise _unknown(stream_id) from None
+
+    @router.get(
+        "/v1/streams/{stream_id}/results",
+        tags=["streams"],
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "Server-Sent Events: one `data:` JSON line per frame result "
+                "(the JSONL record), `: heartbeat` comments when idle, and a final "
+                "`event: end` when the stream ends.",
+            },
+            **_STREAM_RESPONSES,
+        },
+        dependencies=[guards.read],
+    )
+    async def stream_results(stream_id: str) -> StreamingResponse:
+        """Live results of a stream as Server-Sent Events. Needs ``read``."""
+        try:
+            sub = streams.subscribe(stream_id, asyncio.get_running_loop())
+        except UnknownStreamError:
+            raise _unknown(stream_id) from None
+        heartbeat_s = settings.sse_heartbeat_s
+
+        async def events() -> AsyncIterator[str]:
+            # Starlette cancels this generator when the client disconnects.
+            try:
+                yield ": connected\n\n"
+                last_s = time.monotonic()
+                while True:
+                    items = await sub.aget(min(heartbeat_s, 1.0))
+                    now = time.monotonic()
+                    if items is None:
+                        end = {"stream_id": stream_id, "dropped": sub.dropped}
+                        yield f"event: end\ndata: {json.dumps(end)}\n\n"
+                        return
+                    if items:
+                        yield "".join(f"data: {item}\n\n" for item in items)
+                        last_s = now
+                    elif now - last_s >= heartbeat_s:
+                        yield ": heartbeat\n\n"
+                        last_s = now
+            finally:
+                streams.unsubscribe(stream_id, sub)
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return router
