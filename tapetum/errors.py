@@ -1,22 +1,109 @@
-"""Typed errors. Each carries a message a user can act on; the CLI prints it as one line."""
+"""Typed errors. Each carries a message a user can act on; the CLI prints it as one line.
+
+Every error Tapetum raises on purpose is defined here and derives from
+:class:`TapetumError`, so ``except TapetumError`` catches all of them and nothing else.
+Messages speak of parameters (``arch``, ``split``), never of command-line flags: the CLI
+and the servers are only two of the callers.
+
+The tree:
+
+* TapetumError
+  + ConfigError (also a ValueError)
+    - RateLimitStorageError
+  + MissingDependencyError
+  + ModelLoadError
+  + SourceError
+  + SinkError
+  + DatasetError
+  + CircuitOpenError
+  + QueueClosed
+  + BatcherClosedError (also a RuntimeError)
+  + BatcherFullError (also a RuntimeError)
+  + StreamLimitError
+  + UnknownStreamError
+  + KeyStoreError
+    - KeyDatabaseNotFoundError
+    - UnknownKeyError
+  + RateLimitUnavailableError
+  + ImageError
+  + RemoteBackendError
+  + ApiError
+    - NotReadyError
+
+The servers map these to statuses at their edge (``tapetum.serve.rest.errors``, the gRPC
+servicer): an :class:`ApiError` or :class:`ImageError` carries its own, a
+:class:`ConfigError` is 422, any other Tapetum error 503.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "ApiError",
+    "BatcherClosedError",
+    "BatcherFullError",
+    "CircuitOpenError",
+    "ConfigError",
+    "DatasetError",
+    "ImageError",
+    "KeyDatabaseNotFoundError",
+    "KeyStoreError",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "NotReadyError",
+    "QueueClosed",
+    "RateLimitStorageError",
+    "RateLimitUnavailableError",
+    "RemoteBackendError",
+    "SinkError",
+    "SourceError",
+    "StreamLimitError",
+    "TapetumError",
+    "UnknownKeyError",
+    "UnknownStreamError",
+]
 
 
 class TapetumError(Exception):
     """Base class for every error Tapetum raises on purpose."""
 
 
-class SourceError(TapetumError):
-    """A source cannot be opened or read (missing file, unreachable stream, no video track)."""
+# ------------------------------------------------------------------ configuration, setup
+
+
+class ConfigError(TapetumError, ValueError):
+    """A configuration value is invalid (bad threshold, unknown option, wrong input size).
+
+    Also a :class:`ValueError`, so code written for libraries that raise ``ValueError`` on
+    a bad argument (supervision, trackers) still catches it.
+    """
+
+
+class RateLimitStorageError(ConfigError):
+    """The rate-limit storage URI is invalid, unsupported, or its server cannot be reached."""
+
+
+class MissingDependencyError(TapetumError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+# -------------------------------------------------------------------------- data path
 
 
 class ModelLoadError(TapetumError):
     """A model file is missing, unreadable, or not of a layout the adapter understands."""
 
 
-class ConfigError(TapetumError):
-    """A configuration value is invalid (bad threshold, unknown option, wrong input size)."""
+class SourceError(TapetumError):
+    """A source cannot be opened or read (missing file, unreachable stream, no video track)."""
+
+
+class SinkError(TapetumError):
+    """A sink cannot be opened or written (unwritable path, unsupported codec)."""
 
 
 class DatasetError(TapetumError):
@@ -24,9 +111,122 @@ class DatasetError(TapetumError):
     label line (the message names the file and line), classes that do not match the model."""
 
 
-class SinkError(TapetumError):
-    """A sink cannot be opened or written (unwritable path, unsupported codec)."""
+class CircuitOpenError(TapetumError):
+    """A call was refused because its breaker is open (or its half-open trials are taken).
+
+    Attributes:
+        name: the breaker's name.
+        retry_after_s: seconds until the breaker lets a trial call through.
+        reason: the last failure that opened it.
+    """
+
+    def __init__(self, name: str, retry_after_s: float, reason: str) -> None:
+        self.name = name
+        self.retry_after_s = retry_after_s
+        self.reason = reason
+        super().__init__(
+            f"circuit {name!r} is open after repeated failures (last: {reason}); "
+            f"retry in {retry_after_s:.1f} s"
+        )
 
 
-class MissingDependencyError(TapetumError):
-    """An optional dependency is not installed; the message names the extra to install."""
+class QueueClosed(TapetumError):  # noqa: N818 - a signal, like queue.Empty
+    """Raised by :meth:`~tapetum.pipeline.queues.BoundedQueue.get` once the queue is closed
+    and empty."""
+
+
+class BatcherClosedError(TapetumError, RuntimeError):
+    """The batcher was closed: no new items, and pending ones it will not run."""
+
+
+class BatcherFullError(TapetumError, RuntimeError):
+    """The queue stayed full for the whole submit timeout (the model cannot keep up)."""
+
+
+# --------------------------------------------------------------------------- services
+
+
+class StreamLimitError(TapetumError):
+    """The server already runs its maximum number of streams."""
+
+
+class UnknownStreamError(TapetumError):
+    """No stream has this id (never started, or stopped and removed)."""
+
+
+class KeyStoreError(TapetumError):
+    """The key database cannot be opened, read or written (bad path, corrupt file)."""
+
+
+class KeyDatabaseNotFoundError(KeyStoreError):
+    """The key database file does not exist (list and revoke never create one)."""
+
+
+class UnknownKeyError(KeyStoreError):
+    """No active API key has the given id."""
+
+
+class RateLimitUnavailableError(TapetumError):
+    """The rate-limit storage failed during a request (only raised with ``fail_open=False``)."""
+
+
+class ImageError(TapetumError):
+    """An upload is not an image we accept. ``status`` is the HTTP status it maps to,
+    ``code`` a stable machine-readable reason."""
+
+    def __init__(self, message: str, *, status: int, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class RemoteBackendError(TapetumError):
+    """A call to the upstream node failed: it did not answer (``transient``: nothing
+    listening, connection lost, deadline missed; a breaker failure) or it refused the call
+    (a bad key, a rejected image, an unknown model; the node is up).
+
+    Attributes:
+        target: the node's address.
+        status: the gRPC status name, e.g. ``"UNAUTHENTICATED"``.
+        error_code: the node's REST error code (``tapetum-error-code``), if it sent one.
+        transient: the node did not answer (a breaker failure) rather than refused the call.
+    """
+
+    #: Outcomes that say the node is unreachable or too slow: breaker failures.
+    TRANSIENT_STATUSES: ClassVar[frozenset[str]] = frozenset(
+        {"DEADLINE_EXCEEDED", "UNAVAILABLE", "CONNECTION"}
+    )
+
+    def __init__(self, target: str, status: str, detail: str, error_code: str | None) -> None:
+        self.target = target
+        self.status = status
+        self.error_code = error_code
+        self.transient = status in self.TRANSIENT_STATUSES
+        suffix = f", {error_code}" if error_code else ""
+        what = "did not answer" if self.transient else "refused the call"
+        super().__init__(f"inference node {target} {what} ({status}{suffix}): {detail}")
+
+
+class ApiError(TapetumError):
+    """A client-visible error: HTTP status, stable code, reason, extra headers.
+
+    Framework-free: the REST app renders it as a JSON body, the gRPC server maps the status
+    to a gRPC code and puts ``code`` in the trailing metadata.
+    """
+
+    def __init__(
+        self, status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+
+class NotReadyError(ApiError):
+    """The model is still loading (``failed`` False) or failed to load (True): 503."""
+
+    def __init__(self, detail: str, *, failed: bool = False) -> None:
+        super().__init__(503, "not_ready", detail, {"Retry-After": "1"})
+        self.failed = failed

@@ -76,6 +76,12 @@ def track(
     without_gt = [s.name for s in sequences if s.gt is None]
     if without_gt:
         raise ConfigError(f"no gt/gt.txt (ground truth) in: {', '.join(without_gt)}")
+    without_det = [s.name for s in sequences if s.detections is None]
+    if detections == "public" and without_det:
+        raise ConfigError(
+            f"no det/det.txt (public detections) in: {', '.join(without_det)}; "
+            "use --detections gt-noise"
+        )
     runs: list[TrackerRun] = []
     for seq in sequences:
         frames = (

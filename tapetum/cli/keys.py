@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tapetum._optional import import_optional
-from tapetum.errors import TapetumError
+from tapetum.errors import KeyDatabaseNotFoundError, UnknownKeyError
 
 if TYPE_CHECKING:
     from tapetum.serve.auth import KeyStore
@@ -40,14 +40,6 @@ DbOption = Annotated[
         help="API key database (SQLite file; created if missing).",
     ),
 ]
-
-
-class UnknownKeyError(TapetumError):
-    """No active API key has the given id."""
-
-
-class KeyDatabaseNotFoundError(TapetumError):
-    """The key database file does not exist (list and revoke never create one)."""
 
 
 def _open_store(db: Path, *, must_exist: bool = True) -> KeyStore:

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
-from tapetum.errors import ConfigError, TapetumError
+from tapetum.errors import CircuitOpenError, ConfigError
 
 __all__ = [
     "BreakerRegistry",
@@ -54,25 +54,6 @@ class BreakerState(enum.IntEnum):
     CLOSED = 0
     HALF_OPEN = 1
     OPEN = 2
-
-
-class CircuitOpenError(TapetumError):
-    """A call was refused because its breaker is open (or its half-open trials are taken).
-
-    Attributes:
-        name: the breaker's name.
-        retry_after_s: seconds until the breaker lets a trial call through.
-        reason: the last failure that opened it.
-    """
-
-    def __init__(self, name: str, retry_after_s: float, reason: str) -> None:
-        self.name = name
-        self.retry_after_s = retry_after_s
-        self.reason = reason
-        super().__init__(
-            f"circuit {name!r} is open after repeated failures (last: {reason}); "
-            f"retry in {retry_after_s:.1f} s"
-        )
 
 
 #: Called as ``fn(breaker, old_state, new_state)`` on every transition, under no lock.

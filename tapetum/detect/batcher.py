@@ -28,6 +28,8 @@ from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
+from tapetum.errors import BatcherClosedError, BatcherFullError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -44,14 +46,6 @@ class BatchResult(Protocol[R_co]):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int, /) -> R_co: ...
-
-
-class BatcherClosedError(RuntimeError):
-    """The batcher was closed: no new items, and pending ones it will not run."""
-
-
-class BatcherFullError(RuntimeError):
-    """The queue stayed full for the whole submit timeout (the model cannot keep up)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,7 +140,7 @@ class OnnxDetector:
         if family_name not in FAMILIES:
             raise ModelLoadError(
                 f"{path}: the metadata names an unknown family {family_name!r}; "
-                f"pass --arch (one of {', '.join(FAMILIES)})"
+                f"set arch to one of {', '.join(FAMILIES)}"
             )
         names = tuple(class_names) if class_names is not None else None
         if names is None and file_meta is not None and file_meta.class_names:
@@ -215,11 +215,11 @@ class OnnxDetector:
             raise ModelLoadError(
                 f"{self.model.path}: cannot tell the model family: {seen} fit none of the "
                 f"known layouts and the file has no {METADATA_KEY!r} or Ultralytics metadata; "
-                f"pass --arch (one of {', '.join(FAMILIES)})"
+                f"set arch to one of {', '.join(FAMILIES)}"
             )
         raise ModelLoadError(
             f"{self.model.path}: {seen} fit several families ({', '.join(candidates)}); "
-            f"pass --arch to choose"
+            f"set arch to choose one"
         )
 
     @property

@@ -126,7 +126,7 @@ def export_model(
                 text, Path(tmp), hw=hw, weights=weights, opset=opset, simplify=simplify
             )
     if wanted is not None and wanted != meta.family:
-        raise ConfigError(f"--arch {arch} does not match the model: {text} is a {meta.family}")
+        raise ConfigError(f"arch {arch!r} does not match the model: {text} is a {meta.family}")
     if names is not None:
         meta = replace(meta, class_names=names)
     if arch:

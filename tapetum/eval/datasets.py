@@ -197,17 +197,17 @@ def load_dataset(
         if suffix == ".json":
             if split is not None:
                 raise DatasetError(
-                    "--split selects a split of a dataset folder or data.yaml; a COCO json "
-                    "is one split already (give its images folder with --images)"
+                    "split selects a split of a dataset folder or data.yaml; a COCO json "
+                    "is one split already (give its images folder as images)"
                 )
             return load_coco_dataset(path, images)
         if images is not None:
-            raise DatasetError("--images is only for a COCO json (--data instances_*.json)")
+            raise DatasetError("images is only for a COCO json (data = instances_*.json)")
         if suffix in {".yaml", ".yml"}:
             return load_yolo_yaml(path, split)
         raise DatasetError(f"{path}: expected a COCO .json, a YOLO data.yaml or a dataset folder")
     if images is not None:
-        raise DatasetError("--images is only for a COCO json (--data instances_*.json)")
+        raise DatasetError("images is only for a COCO json (data = instances_*.json)")
     if split is not None:
         yolo_images = path / "images" / split
         coco_json = path / "annotations" / f"instances_{split}.json"
@@ -234,7 +234,9 @@ def load_dataset(
         return load_yolo_dataset(path / "images", name=path.name)
     splits = _splits_in(path)
     if splits:
-        raise DatasetError(f"{path}: choose a split with --split ({_listing(splits)})")
+        raise DatasetError(
+            f"{path}: holds several splits; choose one as split ({_listing(splits)})"
+        )
     raise DatasetError(
         f"{path}: not a dataset: no images in it, no images/<split> folders, no data.yaml and "
         "no annotations/instances_<split>.json"
@@ -272,7 +274,7 @@ def load_coco_dataset(
     if missing:
         raise DatasetError(
             f"{len(missing)} of the {len(image_paths)} images in {path} are not in {folder} "
-            f"({_listing(missing)}); is --images the right folder?"
+            f"({_listing(missing)}); is images the right folder?"
         )
     split = path.stem.removeprefix("instances_")
     return DetectionDataset(
@@ -296,7 +298,9 @@ def _find_coco_images(json_path: Path) -> Path:
         if folder.is_dir():
             return folder
     tried = ", ".join(str(c) for c in candidates)
-    raise DatasetError(f"cannot find the images of {json_path} (tried {tried}); give --images")
+    raise DatasetError(
+        f"cannot find the images of {json_path} (tried {tried}); give their folder as images"
+    )
 
 
 def _normalise_coco(raw: Any, where: Path) -> dict[str, Any]:

@@ -172,7 +172,7 @@ class MotSequence:
         if det is None:
             raise ConfigError(
                 f"sequence {self.name} has no det/det.txt (public detections); "
-                "use detections simulated from the ground truth instead (--detections gt-noise)"
+                "use detections simulated from the ground truth instead (simulate_detections)"
             )
         return split_by_frame(
             det.frame,

@@ -1,6 +1,7 @@
 """The stream runtime: bounded queues, cross-stream batching, per-stream tracking, sinks."""
 
-from tapetum.pipeline.queues import BoundedQueue, DropPolicy, QueueClosed
+from tapetum.errors import QueueClosed
+from tapetum.pipeline.queues import BoundedQueue, DropPolicy
 from tapetum.pipeline.runtime import (
     Enricher,
     EnricherFactory,

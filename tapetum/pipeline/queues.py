@@ -8,7 +8,7 @@ import time
 from collections import deque
 from typing import Generic, TypeVar
 
-from tapetum.errors import ConfigError
+from tapetum.errors import ConfigError, QueueClosed
 
 T = TypeVar("T")
 
@@ -35,10 +35,6 @@ class DropPolicy(enum.Enum):
         except ValueError:
             known = ", ".join(p.value for p in cls)
             raise ConfigError(f"unknown drop policy {value!r}; use one of: {known}") from None
-
-
-class QueueClosed(Exception):  # noqa: N818 - a signal, like queue.Empty
-    """Raised by :meth:`BoundedQueue.get` once the queue is closed and empty."""
 
 
 class BoundedQueue(Generic[T]):

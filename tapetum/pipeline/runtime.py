@@ -31,8 +31,8 @@ from tapetum.core.frame import Frame
 from tapetum.core.result import FrameResult
 from tapetum.detect.base import StagedDetector
 from tapetum.detect.letterbox import LetterboxMeta
-from tapetum.errors import ConfigError, TapetumError
-from tapetum.pipeline.queues import BoundedQueue, DropPolicy, QueueClosed
+from tapetum.errors import ConfigError, QueueClosed, TapetumError
+from tapetum.pipeline.queues import BoundedQueue, DropPolicy
 from tapetum.pipeline.sink_worker import SinkWorker
 from tapetum.pipeline.stats import LatencySummary, StageTimers
 from tapetum.sinks.base import Sink

@@ -7,7 +7,8 @@ import threading
 import time
 
 from tapetum.core.result import FrameResult
-from tapetum.pipeline.queues import BoundedQueue, DropPolicy, QueueClosed
+from tapetum.errors import QueueClosed
+from tapetum.pipeline.queues import BoundedQueue, DropPolicy
 from tapetum.pipeline.stats import LatencyRecorder
 from tapetum.sinks.base import Sink
 

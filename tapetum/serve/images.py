@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from tapetum.errors import TapetumError
+from tapetum.errors import ImageError
 
 __all__ = [
     "ALLOWED_CONTENT_TYPES",
@@ -53,16 +53,6 @@ ALLOWED_CONTENT_TYPES: dict[str, str] = {
     "image/bmp": "BMP",
 }
 _ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-ms-bmp": "image/bmp"}
-
-
-class ImageError(TapetumError):
-    """An upload is not an image we accept. ``status`` is the HTTP status it maps to,
-    ``code`` a stable machine-readable reason."""
-
-    def __init__(self, message: str, *, status: int, code: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)

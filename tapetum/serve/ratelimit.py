@@ -54,7 +54,7 @@ from limits.errors import ConfigurationError, StorageError
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from tapetum.errors import ConfigError, TapetumError
+from tapetum.errors import ConfigError, RateLimitStorageError, RateLimitUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +69,6 @@ _STORAGE_TIMEOUT_S = 2.0
 _MIN_RETRY_AFTER_S = 0.001
 _FAIL_OPEN_LOG_INTERVAL_S = 30.0
 _DEFAULT_BUCKET = "*"
-
-
-class RateLimitStorageError(ConfigError):
-    """The rate-limit storage URI is invalid, unsupported, or its server cannot be reached."""
-
-
-class RateLimitUnavailableError(TapetumError):
-    """The rate-limit storage failed during a request (only raised with ``fail_open=False``)."""
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ import numpy.typing as npt
 from tapetum._types import UInt8Array
 from tapetum.core.detections import Detections
 from tapetum.detect.base import StagedDetector
-from tapetum.errors import ConfigError, ModelLoadError
+from tapetum.errors import ConfigError, ModelLoadError, NotReadyError
 from tapetum.serve.images import ImageError, decode_image
 from tapetum.serve.schemas import (
     BatchDetectResponse,
@@ -83,14 +83,6 @@ _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 
 #: An image as decoded: (H, W, 3) uint8 BGR.
 Image = UInt8Array
-
-
-class NotReadyError(ApiError):
-    """The model is still loading (``failed`` False) or failed to load (True): 503."""
-
-    def __init__(self, detail: str, *, failed: bool = False) -> None:
-        super().__init__(503, "not_ready", detail, {"Retry-After": "1"})
-        self.failed = failed
 
 
 @dataclass(frozen=True, slots=True)

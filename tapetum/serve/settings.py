@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tapetum.core.detections import Detections
-from tapetum.errors import ConfigError
+from tapetum.errors import ApiError, ConfigError
 from tapetum.serve.auth import Scope as KeyScope
 from tapetum.serve.images import ImageLimits
 
@@ -248,26 +248,6 @@ def default_detector_factory(settings: ServeSettings) -> DetectorLike:
     )
 
 
-# ------------------------------------------------------------------------------- errors
-
-
-class ApiError(Exception):
-    """A client-visible error: HTTP status, stable code, reason, extra headers.
-
-    Framework-free: the REST app renders it as a JSON body, the gRPC server maps the status
-    to a gRPC code and puts ``code`` in the trailing metadata.
-    """
-
-    def __init__(
-        self, status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.headers = dict(headers or {})
-
-
 def default_key_store(settings: ServeSettings) -> KeyVerifier | None:
     """The verifier the settings ask for: None when auth is off; else ``keys_db``'s
     ``KeyStore``, or, when JWT is configured, a ``ChainedVerifier`` of that store (if any)
@@ -281,8 +261,8 @@ def default_key_store(settings: ServeSettings) -> KeyVerifier | None:
         return None
     if settings.keys_db is None and not settings.jwt_enabled:
         raise ConfigError(
-            "authentication is on: give a keys database (--keys-db), JWT settings "
-            "(--jwt-issuer/--jwt-audience/--jwt-jwks) or --no-auth"
+            "authentication is on: give a keys database (keys_db), JWT settings "
+            "(jwt_issuer, jwt_audience, jwt_jwks) or turn it off (require_auth=False)"
         )
     from tapetum.serve.auth import KeyStore
 

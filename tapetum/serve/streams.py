@@ -41,7 +41,7 @@ from tapetum.core.detections import Detections
 from tapetum.core.frame import Frame
 from tapetum.core.result import FrameResult
 from tapetum.detect.base import StagedDetector
-from tapetum.errors import SourceError, TapetumError
+from tapetum.errors import SourceError, StreamLimitError, UnknownStreamError
 from tapetum.pipeline import Enricher, Pipeline, PipelineConfig
 from tapetum.sources import Source, open_source
 from tapetum.sources.video import LIVE_SCHEMES, redact_url, url_scheme
@@ -59,14 +59,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 StreamStateName = Literal["running", "finished", "stopped", "failed"]
-
-
-class StreamLimitError(TapetumError):
-    """The server already runs its maximum number of streams."""
-
-
-class UnknownStreamError(TapetumError):
-    """No stream has this id (never started, or stopped and removed)."""
 
 
 # ------------------------------------------------------------------------------ payloads

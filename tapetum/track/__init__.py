@@ -72,6 +72,6 @@ def make_tracker(name: str, frame_rate: float, reid: ReidEmbedder | None = None)
         raise ConfigError(f"unknown tracker {name!r}; known trackers: {known}")
     if reid is not None:
         if key != "botsort":
-            raise ConfigError(f"--reid needs --tracker botsort ({name!r} has no appearance model)")
+            raise ConfigError(f"reid needs the botsort tracker ({name!r} has no appearance model)")
         return _botsort(frame_rate, reid)
     return factory(frame_rate)

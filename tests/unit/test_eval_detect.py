@@ -288,7 +288,7 @@ def test_dataset_path_errors_say_what_is_missing(tmp_path: Path) -> None:
     root = _yolo_tree(tmp_path / "toy")
     with pytest.raises(DatasetError, match="no such file"):
         load_dataset(tmp_path / "nope")
-    with pytest.raises(DatasetError, match=r"choose a split with --split \(val\)"):
+    with pytest.raises(DatasetError, match=r"choose one as split \(val\)"):
         load_dataset(root)
     with pytest.raises(DatasetError, match=r"no split 'test'.*splits found: val"):
         load_dataset(root, split="test")
@@ -363,7 +363,7 @@ def test_invalid_json_reports_line_and_column(tmp_path: Path) -> None:
 
 def test_coco_images_folder_not_found(tmp_path: Path) -> None:
     path = _coco_tree(tmp_path / "c")
-    with pytest.raises(DatasetError, match="give --images"):
+    with pytest.raises(DatasetError, match="give their folder as images"):
         load_coco_dataset(path.rename(tmp_path / "instances_val.json"))
 
 

@@ -119,13 +119,13 @@ def test_ambiguous_or_unknown_shapes_ask_for_arch(tmp_path: Path) -> None:
     rows = np.zeros((1, 300, 6), np.float32)
     rows[0, 0] = [0.5, 0.5, 0.25, 0.25, 0.9, 2]
     ambiguous = table_model(tmp_path / "a.onnx", {"out": rows})
-    with pytest.raises(ModelLoadError, match=r"\[batch, 300, 6\].*several families.*--arch"):
+    with pytest.raises(ModelLoadError, match=r"\[batch, 300, 6\].*several families.*set arch"):
         load_detector(ambiguous)
     det = load_detector(ambiguous, arch="rtdetr", config=DetectorConfig(conf_threshold=0.5))
     found = det([np.zeros((64, 64, 3), np.uint8)])[0]
     np.testing.assert_allclose(found.xyxy, [[24, 24, 40, 40]])  # no NMS, normalised boxes
     unknown = table_model(tmp_path / "u.onnx", {"out": np.zeros((1, 10), np.float32)})
-    with pytest.raises(ModelLoadError, match=r"cannot tell the model family.*pass --arch"):
+    with pytest.raises(ModelLoadError, match=r"cannot tell the model family.*set arch to one of"):
         load_detector(unknown)
 
 

@@ -56,7 +56,7 @@ def check_objectness_layout(out: OutputInfo, num_classes: int | None, what: str)
     if anchors is not None and width is not None and anchors <= width:
         raise ModelLoadError(
             f"output {describe([out])} is not {what} ([B, boxes, 5 + classes], with more "
-            f"boxes than columns); an Ultralytics [B, 4 + classes, boxes] output is --arch yolov8"
+            f"boxes than columns); an Ultralytics [B, 4 + classes, boxes] output is arch yolov8"
         )
     return width - 5 if width is not None else num_classes
 

@@ -44,7 +44,7 @@ class UltralyticsHead(Family):
             raise ModelLoadError(
                 f"output {describe([out])} is not an Ultralytics detect output "
                 f"[B, 4 + classes, boxes] (fewer rows than boxes); a [B, boxes, 5 + classes] "
-                f"output is --arch yolov5 or yolox"
+                f"output is arch yolov5 or yolox"
             )
         return rows - 4 if rows is not None else num_classes
 
