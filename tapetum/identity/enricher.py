@@ -17,7 +17,7 @@ class IdentityEnricher:
 
     Example:
         >>> service = IdentityService(load_topology("site.yaml"))  # doctest: +SKIP
-        >>> pipe = Pipeline(sources, detector, enrichers=[
+        >>> pipe = Pipeline(sources, detector, enrichers=[  # doctest: +SKIP
         ...     lambda src: IdentityEnricher(service, src.source_id, embedder)])
     """
 

@@ -230,7 +230,9 @@ class Pipeline:
 
     Example:
         >>> from tapetum import Pipeline, YoloxDetector, open_source  # doctest: +SKIP
-        >>> pipe = Pipeline([open_source("crowd.mp4")], YoloxDetector("yolox_nano.onnx"))
+        >>> pipe = Pipeline(                                          # doctest: +SKIP
+        ...     [open_source("crowd.mp4")], YoloxDetector("yolox_nano.onnx")
+        ... )
         >>> for result in pipe:                                       # doctest: +SKIP
         ...     print(result.frame.index, result.detections.tracker_id)
         >>> print(pipe.stats().as_dict())                             # doctest: +SKIP

@@ -34,6 +34,8 @@ __all__ = [
     "VideoSource",
     "default_source_id",
     "open_source",
+    "redact_url",
+    "url_scheme",
 ]
 
 

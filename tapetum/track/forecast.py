@@ -614,7 +614,7 @@ class ForecastEnricher:
 
     Example:
         >>> from tapetum.pipeline import Pipeline  # doctest: +SKIP
-        >>> pipe = Pipeline(sources, detector, enrichers=[
+        >>> pipe = Pipeline(sources, detector, enrichers=[  # doctest: +SKIP
         ...     lambda src: ForecastEnricher(ConstantVelocityForecaster(), (1.0, 2.0))])
     """
 

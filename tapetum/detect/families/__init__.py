@@ -41,10 +41,17 @@ from tapetum.detect.spec import (
 from tapetum.errors import ConfigError
 
 __all__ = [
+    "ARCH_ALIASES",
     "FAMILIES",
+    "DetrQueries",
     "Family",
     "OutputInfo",
     "OutputLayout",
+    "PostNmsDetections",
+    "UltralyticsHead",
+    "Yolov5Head",
+    "YoloxDecodedHead",
+    "YoloxRawHead",
     "build_family",
     "default_class_names",
     "default_preprocess",
