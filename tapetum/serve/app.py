@@ -29,15 +29,19 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 from fastapi import FastAPI
 
 from tapetum.core.breaker import BreakerRegistry
+from tapetum.serve.docs import install_docs
+from tapetum.serve.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from tapetum.serve.rest.errors import install_error_handlers
 from tapetum.serve.rest.guards import make_guards
 from tapetum.serve.rest.metrics import Metrics, MetricsMiddleware
 from tapetum.serve.rest.state import AppState
+from tapetum.serve.rest.uploads import upload_body_limits
 from tapetum.serve.routes import detect, health, models, streams
 from tapetum.serve.schemas import ErrorResponse
 from tapetum.serve.service import DetectionService
@@ -64,6 +68,9 @@ __all__ = [
     "default_detector_factory",
 ]
 
+if TYPE_CHECKING:
+    from tapetum.serve.ratelimit import AuthFailureLimiter
+
 log = logging.getLogger("tapetum.serve")
 
 
@@ -73,6 +80,8 @@ def create_app(
     key_store: KeyVerifier | None = None,
     rate_limiter: RateLimiterLike | None = None,
     service: DetectionService | None = None,
+    *,
+    auth_failures: AuthFailureLimiter | None = None,
 ) -> FastAPI:
     """Build the REST app. The model loads in the lifespan, in a thread.
 
@@ -85,6 +94,8 @@ def create_app(
             ``settings.rate_per_second`` is None).
         service: the detection service to serve (shared with a gRPC server); default a
             new one of ``detector_factory``. The lifespan starts it (idempotent).
+        auth_failures: failed authentications per client address (share one with a gRPC
+            server); default :func:`~tapetum.serve.settings.default_auth_failure_limiter`.
 
     Raises:
         ConfigError: auth is required but neither a key store nor ``keys_db`` is given.
@@ -116,11 +127,21 @@ def create_app(
         summary="Object detection and tracking over HTTP.",
         lifespan=lifespan,
         responses={404: {"model": ErrorResponse, "description": "Unknown route or model"}},
+        docs_url=None,  # served offline with a CSP by install_docs
+        redoc_url=None,
     )
     app.state.tapetum = state
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeadersMiddleware)
+    # Outermost: a body over its route's cap is refused before auth or any read.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default_limit=settings.max_json_body_bytes,
+        limits=upload_body_limits(settings),
+    )
     install_error_handlers(app)
-    guards = make_guards(settings, key_store, rate_limiter, metrics)
+    install_docs(app)
+    guards = make_guards(settings, key_store, rate_limiter, metrics, auth_failures)
     for routes in (health, models, detect, streams):
         app.include_router(routes.build_router(state, guards))
     return app

@@ -59,7 +59,7 @@ from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 
-from tapetum.errors import ConfigError, TapetumError
+from tapetum.errors import ConfigError, KeyStoreError
 
 __all__ = [
     "KEY_PREFIX",
@@ -87,11 +87,6 @@ _HMAC_PREFIX = "hmac-sha256$"
 _ARGON2_PREFIX = "$argon2"
 _MIN_PEPPER_BYTES = 32
 _PEPPER_SUFFIX = ".pepper"
-
-
-class KeyStoreError(TapetumError):
-    """The key database cannot be opened, read or written (bad path, corrupt file, missing
-    pepper)."""
 
 
 class Scope(StrEnum):
@@ -317,15 +312,12 @@ class KeyStore:
             row = self._fetch_row(key_id)
             revocations_seen = self._revocations
 
-        stored = row[3] if row is not None else ""
+        # Unknown id: compare against a random digest, the same work as for a real one.
+        stored = row[3] if row is not None else _HMAC_PREFIX + self._dummy_digest.hex()
         if stored.startswith(_ARGON2_PREFIX):
             matched = _argon2_matches(stored, secret)
         else:
-            expected = stored.removeprefix(_HMAC_PREFIX).encode() if row else b""
-            computed = self._hmac_text(secret).removeprefix(_HMAC_PREFIX).encode()
-            if not expected:
-                expected = self._dummy_digest.hex().encode()
-            matched = hmac.compare_digest(expected, computed)
+            matched = hmac.compare_digest(stored.encode(), self._hmac_text(secret).encode())
         if row is None or not matched or row[5] is not None:
             return None
 
@@ -403,8 +395,7 @@ class KeyStore:
                 pepper = self._pepper_from_file(Path(self._path + _PEPPER_SUFFIX))
         if len(pepper) < _MIN_PEPPER_BYTES:
             raise ConfigError(
-                f"the API key pepper must be at least {_MIN_PEPPER_BYTES} bytes, "
-                f"got {len(pepper)}"
+                f"the API key pepper must be at least {_MIN_PEPPER_BYTES} bytes, got {len(pepper)}"
             )
         return pepper
 
@@ -522,7 +513,7 @@ def _create_private_file(path: Path, content: bytes = b"") -> None:
         _warn_if_readable_by_others(path)
         return
     except OSError as exc:
-        raise KeyStoreError(f"cannot create {path}: {exc}") from exc
+        raise KeyStoreError(f"cannot open or create {path}: {exc}") from exc
     with os.fdopen(fd, "wb") as handle:
         handle.write(content)
 

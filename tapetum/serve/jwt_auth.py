@@ -5,8 +5,12 @@ provider's JWKS (a URL, fetched with ``jwt.PyJWKClient`` and cached, or a local 
 ``exp`` / ``nbf`` / ``iat`` (with ``leeway_s`` of clock skew), ``iss`` and ``aud``. Scopes
 come from ``scope_claim`` (a space-separated string, as OAuth 2 writes ``scope``, or a
 list); names that are not a :class:`~tapetum.serve.auth.Scope` (``openid``, ``profile``)
-are ignored. The principal's ``key_id`` is the token's ``sub``, so rate limits count per
-subject.
+are ignored. The principal's ``key_id`` is ``jwt:<sub>``: rate limits and stream
+ownership count per subject, in a namespace of their own (a token whose ``sub`` is some API
+key's id does not share that key's budget or streams).
+
+The JWKS must come over ``https://`` or from a local file: over plain ``http://`` anyone on
+the path could substitute their own signing keys.
 
 :class:`ChainedVerifier` is the :class:`~tapetum.serve.settings.KeyVerifier` the servers
 use when JWT is configured: credentials shaped like a JWT (three dot-separated base64url
@@ -48,9 +52,18 @@ from tapetum.serve.auth import Scope
 if TYPE_CHECKING:
     from tapetum.serve.settings import KeyVerifier, Principal
 
-__all__ = ["ChainedVerifier", "JwtPrincipal", "JwtVerifier", "looks_like_jwt"]
+__all__ = [
+    "JWT_PRINCIPAL_PREFIX",
+    "ChainedVerifier",
+    "JwtPrincipal",
+    "JwtVerifier",
+    "looks_like_jwt",
+]
 
 _log = logging.getLogger(__name__)
+
+#: Prefix of a JWT principal's ``key_id`` (API key ids are bare hex).
+JWT_PRINCIPAL_PREFIX = "jwt:"
 
 #: A compact JWS: header.payload.signature, each base64url without padding.
 _JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
@@ -69,14 +82,19 @@ class JwtPrincipal:
     """A caller authenticated by a JWT (fits ``tapetum.serve.settings.Principal``).
 
     Attributes:
-        key_id: the token's ``sub``.
+        subject: the token's ``sub``.
         scopes: the Tapetum scopes the token grants (``ADMIN`` implies the others).
         expires_at: the token's ``exp`` (Unix seconds).
     """
 
-    key_id: str
+    subject: str
     scopes: frozenset[Scope]
     expires_at: float
+
+    @property
+    def key_id(self) -> str:
+        """``jwt:<sub>``: the name rate limits and ownership use, apart from API key ids."""
+        return f"{JWT_PRINCIPAL_PREFIX}{self.subject}"
 
     def allows(self, scope: Scope) -> bool:
         """True when the token grants ``scope`` (or ``ADMIN``) and has not expired."""
@@ -91,7 +109,7 @@ class JwtVerifier:
     Args:
         issuer: the exact ``iss`` required.
         audience: the ``aud`` required (one of the token's audiences).
-        jwks: the issuer's JWKS: an ``http(s)://`` URL, or a local JSON file path (re-read
+        jwks: the issuer's JWKS: an ``https://`` URL, or a local JSON file path (re-read
             when its modification time changes, so keys can be rotated in place).
         scope_claim: claim holding the scopes (``scope``; some providers use ``scp``).
         algorithms: signature algorithms accepted; asymmetric ones only (a JWKS holds
@@ -100,8 +118,9 @@ class JwtVerifier:
         jwks_cache_s: how long a fetched JWKS is trusted before fetching again (URL only).
 
     Raises:
-        ConfigError: an empty issuer or audience, a symmetric or unknown algorithm, or a
-            local JWKS file that is missing or holds no usable key.
+        ConfigError: an empty issuer or audience, a symmetric or unknown algorithm, a JWKS
+            URL that is not ``https://``, or a local JWKS file that is missing or holds no
+            usable key.
     """
 
     def __init__(
@@ -133,7 +152,13 @@ class JwtVerifier:
         self._file: Path | None = None
         self._file_mtime = 0.0
         self._file_keys: jwt.PyJWKSet | None = None
-        if jwks.startswith(("https://", "http://")):
+        scheme = jwks.partition("://")[0].lower() if "://" in jwks else ""
+        if scheme and scheme != "https":
+            raise ConfigError(
+                f"the JWKS must be an https:// URL or a local file, not {scheme}:// "
+                "(whoever can alter the JWKS in transit can sign tokens)"
+            )
+        if scheme == "https":
             self._client = jwt.PyJWKClient(
                 jwks, cache_jwk_set=True, lifespan=jwks_cache_s, timeout=5
             )

@@ -241,6 +241,23 @@ class RateLimiter:
         retry_after_s = max(reset_time - time.time(), _MIN_RETRY_AFTER_S)
         return RateDecision(allowed=False, retry_after_s=retry_after_s, remaining=0)
 
+    def peek(self, key_id: str, route: str) -> RateDecision:
+        """Whether one more request by ``key_id`` on ``route`` would fit, without counting it.
+
+        Storage failures answer "allowed" (with ``fail_open``) like :meth:`hit`.
+        """
+        limit = self.limit_for(route)
+        item = self._items[limit]
+        bucket = route if route in self.per_route else _DEFAULT_BUCKET
+        try:
+            if self._strategy.test(item, key_id, bucket):
+                return RateDecision(allowed=True, retry_after_s=0.0, remaining=1)
+            reset_time, _ = self._strategy.get_window_stats(item, key_id, bucket)
+        except StorageError as exc:
+            return self._storage_failed(exc)
+        retry_after_s = max(reset_time - time.time(), _MIN_RETRY_AFTER_S)
+        return RateDecision(allowed=False, retry_after_s=retry_after_s, remaining=0)
+
     def _storage_failed(self, exc: StorageError) -> RateDecision:
         cause = exc.storage_error
         if not self._fail_open:
@@ -272,3 +289,47 @@ def _redact(uri: str) -> str:
         return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
     except ValueError:
         return "<unparseable URI>"
+
+
+_AUTH_FAILURE_ROUTE = "auth-failure"
+
+
+class AuthFailureLimiter:
+    """Failed authentications per client address, so that guessing keys or making the
+    server verify junk credentials is refused with 429 after ``limit.burst`` failures.
+
+    Only failures are counted (a bad, unknown, revoked or expired credential); a client
+    over the limit is refused before its next credential is verified, except that a key
+    the server verified recently (its cache) still works, so a client behind the same
+    address as a guesser keeps working.
+
+    Args:
+        limit: failures allowed per address (default 20 per minute).
+        storage_uri: as :class:`RateLimiter`'s (a Redis URI shares the count between
+            replicas).
+
+    Example::
+
+        failures = AuthFailureLimiter()
+        if not failures.check("203.0.113.9").allowed:
+            ...  # 429 without verifying anything
+        failures.record("203.0.113.9")  # after a failed verification
+    """
+
+    def __init__(
+        self,
+        limit: RateLimit | None = None,
+        storage_uri: str = "memory://",
+        *,
+        key_prefix: str = "tapetum-auth",
+    ) -> None:
+        self.limit = limit if limit is not None else RateLimit(per_second=20 / 60, burst=20)
+        self._limiter = RateLimiter(self.limit, storage_uri=storage_uri, key_prefix=key_prefix)
+
+    def check(self, address: str) -> RateDecision:
+        """Whether ``address`` may still try to authenticate (nothing is counted)."""
+        return self._limiter.peek(address, _AUTH_FAILURE_ROUTE)
+
+    def record(self, address: str) -> None:
+        """Count one failed authentication from ``address``."""
+        self._limiter.hit(address, _AUTH_FAILURE_ROUTE)

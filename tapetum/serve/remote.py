@@ -41,6 +41,7 @@ import numpy.typing as npt
 from tapetum.core.breaker import CircuitBreaker, CircuitOpenError
 from tapetum.core.detections import Detections
 from tapetum.errors import ConfigError, ModelLoadError, RemoteBackendError
+from tapetum.serve.tls import grpc_channel_credentials, is_loopback_host
 
 if TYPE_CHECKING:
     import grpc
@@ -55,8 +56,6 @@ _R = TypeVar("_R")
 
 #: JPEG quality of the uploads: visually lossless for detection, ~10x smaller than PNG.
 JPEG_QUALITY = 90
-
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,22 +103,36 @@ def _encode_jpeg(image: npt.NDArray[np.uint8]) -> bytes:
     return bytes(buf)
 
 
-def _parse_target(target: str) -> str:
-    address = target.removeprefix("grpc://")
-    if not address or "/" in address or address.startswith("grpcs://"):
+def _parse_target(target: str) -> tuple[str, bool]:
+    """``host:port``, ``grpc://host:port`` (cleartext) or ``grpcs://host:port`` (TLS) →
+    (address, TLS by the scheme)."""
+    tls = target.startswith("grpcs://")
+    address = target.removeprefix("grpcs://") if tls else target.removeprefix("grpc://")
+    if not address or "/" in address or "://" in address:
         raise ConfigError(
-            f"remote backend {target!r}: give host:port or grpc://host:port (no TLS yet)"
+            f"remote backend {target!r}: give host:port, grpc://host:port or grpcs://host:port"
         )
-    return address
+    return address, tls
+
+
+def _host_of(address: str) -> str:
+    if address.startswith("["):  # [::1]:50051
+        return address[1:].partition("]")[0]
+    return address.rpartition(":")[0] or address
 
 
 class RemoteDetector:
     """A detector whose inference runs on another Tapetum node, over gRPC.
 
     Args:
-        target: ``host:port`` or ``grpc://host:port`` of the node's gRPC API (plaintext).
+        target: the node's gRPC API: ``grpcs://host:port`` (TLS), ``grpc://host:port`` or
+            ``host:port`` (cleartext unless ``ca_file`` is given).
         api_key: sent as ``authorization: Bearer <key>``; needs ``read`` and ``infer``.
             None: the node runs without auth.
+        ca_file: PEM CA bundle that signed the node's certificate (a private CA or a
+            self-signed certificate); implies TLS. None with ``grpcs://``: the system roots.
+        allow_insecure: send ``api_key`` over cleartext to a node that is not on loopback
+            (refused otherwise: anyone on the path could copy the key).
         timeout_s: deadline of each RPC; a call that misses it counts as a breaker failure.
         breaker: the circuit breaker of this node (default: 5 failures, 30 s pause).
         conf_threshold: score threshold sent with every call (None: the node's default).
@@ -154,6 +167,8 @@ class RemoteDetector:
         recommended_workers: int = 4,
         channel_options: Sequence[tuple[str, Any]] = (),
         stub: Any | None = None,
+        ca_file: Path | None = None,
+        allow_insecure: bool = False,
     ) -> None:
         import grpc
 
@@ -165,7 +180,19 @@ class RemoteDetector:
             raise ConfigError(f"conf_threshold must be in [0, 1], got {conf_threshold}")
         if max_batch < 1 or recommended_workers < 1:
             raise ConfigError("max_batch and recommended_workers must be ≥ 1")
-        self.target = _parse_target(target)
+        self.target, self.tls = _parse_target(target)
+        self.tls = self.tls or ca_file is not None
+        if (
+            api_key
+            and not self.tls
+            and not allow_insecure
+            and not is_loopback_host(_host_of(self.target))
+        ):
+            raise ConfigError(
+                f"remote backend {target!r}: refusing to send the API key in cleartext to a "
+                "host that is not loopback; use grpcs:// (with ca_file for a private CA) or "
+                "allow_insecure"
+            )
         self.timeout_s = timeout_s
         self.breaker = breaker or CircuitBreaker(f"remote:{self.target}")
         self.conf_threshold = conf_threshold
@@ -187,7 +214,11 @@ class RemoteDetector:
             *channel_options,
         ]
         self._grpc = grpc
-        self._channel = grpc.insecure_channel(self.target, options=options)
+        self._channel = (
+            grpc.secure_channel(self.target, grpc_channel_credentials(ca_file), options=options)
+            if self.tls
+            else grpc.insecure_channel(self.target, options=options)
+        )
         self._stub = stub or pb_grpc.DetectorStub(self._channel)  # type: ignore[no-untyped-call]
         self._info: _UpstreamInfo | None = None
         self._info_lock = threading.Lock()

@@ -23,7 +23,7 @@ from tapetum.serve.auth import Scope as KeyScope
 from tapetum.serve.images import ImageLimits
 
 if TYPE_CHECKING:
-    from tapetum.serve.ratelimit import RateLimiter
+    from tapetum.serve.ratelimit import AuthFailureLimiter, RateLimiter
 
 __all__ = [
     "MAX_CREDENTIAL_CHARS",
@@ -35,6 +35,7 @@ __all__ = [
     "Principal",
     "RateLimiterLike",
     "ServeSettings",
+    "default_auth_failure_limiter",
     "default_detector_factory",
     "default_key_store",
     "default_rate_limiter",
@@ -159,6 +160,20 @@ class ServeSettings:
         sse_heartbeat_s: idle time after which an SSE connection gets a comment line.
         max_models: most models loaded at once, the default one included (more can be
             loaded at runtime with ``POST /v1/models`` / ``LoadModel``).
+        max_json_body_bytes: largest request body of every route but the detect routes
+            (JSON bodies), refused with 413 before it is read or the key checked.
+        auth_failures_per_minute: failed authentications one client address may make per
+            minute before it gets 429 (0: unlimited). Counted in ``rate_storage``.
+        credential_recheck_s: how often a long-lived call (SSE, ``DetectStream``,
+            ``StreamResults``) re-checks its key or token; a revoked key ends it.
+        max_streaming_calls_per_key: gRPC ``DetectStream`` / ``StreamResults`` calls one
+            key (or token subject) may hold open at once.
+        grpc_max_workers / grpc_health_reserve: gRPC handler threads, and how many of them
+            streaming calls may never take (so ``Health`` and unary calls still answer).
+        grpc_keepalive_s: the gRPC server pings an idle connection this often and drops it
+            when the ping is not answered within 20 s.
+        grpc_max_connection_age_s / grpc_max_connection_age_grace_s: a gRPC connection is
+            asked to reconnect after this age; its calls get the grace period to finish.
     """
 
     model_path: Path
@@ -194,6 +209,15 @@ class ServeSettings:
     max_models: int = 4
     batch_requests: int = 8
     batch_wait_ms: float = 0.0
+    max_json_body_bytes: int = 64 * 1024
+    auth_failures_per_minute: int = 20
+    credential_recheck_s: float = 1.0
+    max_streaming_calls_per_key: int = 4
+    grpc_max_workers: int = 16
+    grpc_health_reserve: int = 4
+    grpc_keepalive_s: float = 60.0
+    grpc_max_connection_age_s: float = 3600.0
+    grpc_max_connection_age_grace_s: float = 300.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_conf_threshold <= self.conf_threshold <= 1.0:
@@ -217,6 +241,21 @@ class ServeSettings:
             raise ConfigError(f"sse_heartbeat_s must be > 0, got {self.sse_heartbeat_s}")
         if self.max_models < 1:
             raise ConfigError(f"max_models must be ≥ 1, got {self.max_models}")
+        if self.max_json_body_bytes < 1024 or self.auth_failures_per_minute < 0:
+            raise ConfigError("max_json_body_bytes must be ≥ 1024 and auth_failures_per_minute ≥ 0")
+        if self.credential_recheck_s <= 0 or self.max_streaming_calls_per_key < 1:
+            raise ConfigError(
+                "credential_recheck_s must be > 0 and max_streaming_calls_per_key ≥ 1"
+            )
+        if not 1 <= self.grpc_health_reserve < self.grpc_max_workers:
+            raise ConfigError(
+                f"need 1 ≤ grpc_health_reserve < grpc_max_workers, got "
+                f"{self.grpc_health_reserve} and {self.grpc_max_workers}"
+            )
+        if min(self.grpc_keepalive_s, self.grpc_max_connection_age_s) <= 0 or (
+            self.grpc_max_connection_age_grace_s < 0
+        ):
+            raise ConfigError("gRPC keepalive and connection age must be > 0, the grace ≥ 0")
         jwt_parts = (self.jwt_issuer, self.jwt_audience, self.jwt_jwks)
         if any(jwt_parts) and not all(jwt_parts):
             raise ConfigError("JWT auth needs all of jwt_issuer, jwt_audience and jwt_jwks")
@@ -287,6 +326,19 @@ def default_rate_limiter(settings: ServeSettings) -> RateLimiter | None:
         RateLimit(per_second=settings.rate_per_second, burst=settings.rate_burst),
         {r: RateLimit(per_second=p, burst=b) for r, (p, b) in settings.route_rates.items()},
         storage_uri=settings.rate_storage,
+    )
+
+
+def default_auth_failure_limiter(settings: ServeSettings) -> AuthFailureLimiter | None:
+    """Failed authentications per client address, counted in ``settings.rate_storage``
+    (None when ``auth_failures_per_minute`` is 0 or auth is off)."""
+    if settings.auth_failures_per_minute == 0 or not settings.require_auth:
+        return None
+    from tapetum.serve.ratelimit import AuthFailureLimiter, RateLimit
+
+    n = settings.auth_failures_per_minute
+    return AuthFailureLimiter(
+        RateLimit(per_second=n / 60, burst=n), storage_uri=settings.rate_storage
     )
 
 

@@ -371,7 +371,7 @@ def test_every_rpc_but_health_needs_a_key_and_its_scope(served: Served, bus_jpg:
         (
             pb.DetectRequest(image=b"x" * (11 * 1024 * 1024), content_type="image/jpeg"),
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "image_too_large",
+            "message_too_large",  # Detect's message limit, checked before parsing
         ),
     ],
     ids=[

@@ -1,13 +1,18 @@
-"""API keys: create, verify, revoke, list; only argon2id hashes reach the database."""
+"""API keys: create, verify, revoke, list; only peppered HMACs reach the database, and old
+argon2id hashes migrate on first use."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import pytest
 
@@ -16,15 +21,20 @@ pytest.importorskip("argon2", reason="API keys need the serve extra (argon2-cffi
 from argon2 import PasswordHasher
 
 from tapetum.errors import ConfigError
-from tapetum.serve.auth import ApiKey, KeyStore, KeyStoreError, Scope, parse_scopes
+from tapetum.serve.auth import PEPPER_ENV, ApiKey, KeyStore, KeyStoreError, Scope, parse_scopes
 
-# Cheap argon2id parameters keep the suite fast; the hash format and checks are the same.
+# Cheap argon2id parameters for the legacy hashes the migration tests plant.
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+
+@pytest.fixture(autouse=True)
+def _no_pepper_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PEPPER_ENV, raising=False)
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[KeyStore]:
-    with KeyStore(tmp_path / "keys.sqlite", hasher=FAST_HASHER) as key_store:
+    with KeyStore(tmp_path / "keys.sqlite") as key_store:
         yield key_store
 
 
@@ -85,45 +95,40 @@ def test_revoked_key_is_refused_even_after_it_was_cached(store: KeyStore) -> Non
     assert store.revoke("f" * 12) is False  # unknown
 
 
-def test_revocation_by_another_store_is_seen_once_the_cache_expires(tmp_path: Path) -> None:
+def test_revocation_by_another_store_is_seen_within_the_poll_interval(tmp_path: Path) -> None:
     db = tmp_path / "keys.sqlite"
     with (
-        KeyStore(db, hasher=FAST_HASHER, cache_ttl_s=60) as caching,
-        KeyStore(db, hasher=FAST_HASHER, cache_ttl_s=0) as uncached,
-        KeyStore(db, hasher=FAST_HASHER) as admin,
+        KeyStore(db, cache_ttl_s=60, revocation_poll_s=0.2) as caching,
+        KeyStore(db, cache_ttl_s=0) as uncached,
+        KeyStore(db) as admin,
     ):
         record, raw = admin.create("ci-bot", ["infer"])
+        other, other_raw = admin.create("other", ["infer"])
         assert caching.verify(raw) is not None and uncached.verify(raw) is not None
+        assert caching.verify(other_raw) is not None
         admin.revoke(record.key_id)
         assert uncached.verify(raw) is None  # no cache: sees the revocation at once
-        assert caching.verify(raw) is not None  # documented: stale for up to cache_ttl_s
-
-
-class CountingHasher(PasswordHasher):
-    """Counts argon2 verifications, to see the verified-key cache at work."""
-
-    verifications = 0
-
-    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
-        type(self).verifications += 1
-        return super().verify(hash, password)
-
-
-def test_cache_skips_hashing_until_the_ttl_expires(tmp_path: Path) -> None:
-    hasher = CountingHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    with KeyStore(tmp_path / "k.sqlite", hasher=hasher, cache_ttl_s=0.2) as store:
-        _, raw = store.create("ci-bot", ["read"])
-        CountingHasher.verifications = 0
-        for _ in range(5):
-            assert store.verify(raw) is not None
-        assert CountingHasher.verifications == 1
         time.sleep(0.25)
-        assert store.verify(raw) is not None
-        assert CountingHasher.verifications == 2
+        # The revocation generation changed: the cache is dropped, the key re-read.
+        assert caching.verify_cached(raw) is None
+        assert caching.verify(raw) is None
+        assert caching.verify(other_raw) == other  # other keys still verify
+
+
+def test_cache_skips_the_database_until_the_ttl_expires(tmp_path: Path) -> None:
+    with KeyStore(tmp_path / "k.sqlite", cache_ttl_s=0.2) as store:
+        record, raw = store.create("ci-bot", ["read"])
+        assert store.verify(raw) == record
+        # Delete the row behind the store's back: the cached answer holds until its TTL.
+        with sqlite3.connect(tmp_path / "k.sqlite") as conn:
+            conn.execute("DELETE FROM api_keys")
+        assert store.verify(raw) == record
+        time.sleep(0.25)
+        assert store.verify(raw) is None
 
 
 def test_verify_cached_answers_only_for_recently_verified_keys(tmp_path: Path) -> None:
-    with KeyStore(tmp_path / "k.sqlite", hasher=FAST_HASHER, cache_ttl_s=0.2) as store:
+    with KeyStore(tmp_path / "k.sqlite", cache_ttl_s=0.2) as store:
         record, raw = store.create("ci-bot", ["infer"])
         assert store.verify_cached(raw) is None  # never verified: ask verify()
         assert store.verify(raw) is not None
@@ -137,9 +142,9 @@ def test_verify_cached_answers_only_for_recently_verified_keys(tmp_path: Path) -
         assert store.verify_cached(raw) is None  # revocation clears it at once
 
 
-def test_only_an_argon2id_hash_is_stored(tmp_path: Path) -> None:
+def test_only_a_peppered_hmac_is_stored(tmp_path: Path) -> None:
     db = tmp_path / "keys.sqlite"
-    with KeyStore(db, hasher=FAST_HASHER) as store:
+    with KeyStore(db) as store:
         record, raw = store.create("ci-bot", ["infer"])
     secret = raw.split("_", 2)[2]
     content = db.read_bytes()
@@ -149,31 +154,111 @@ def test_only_an_argon2id_hash_is_stored(tmp_path: Path) -> None:
     assert len(rows) == 1
     cells = [str(cell) for cell in rows[0]]
     assert not any(secret in cell for cell in cells)
-    hashes = [cell for cell in cells if cell.startswith("$argon2id$")]
-    assert len(hashes) == 1 and FAST_HASHER.verify(hashes[0], secret)
+    pepper = (tmp_path / "keys.sqlite.pepper").read_bytes().strip()
+    expected = hmac.new(pepper, secret.encode(), hashlib.sha256).hexdigest()
+    assert f"hmac-sha256${expected}" in cells
+    # Without the pepper the stored value is useless: a plain sha256 is not it.
+    assert hashlib.sha256(secret.encode()).hexdigest() not in content.decode("latin-1")
     assert record.key_id in cells
+
+
+def test_database_and_pepper_are_created_private(tmp_path: Path) -> None:
+    db = tmp_path / "keys.sqlite"
+    old_umask = os.umask(0o022)  # a permissive umask must not matter
+    try:
+        with KeyStore(db) as store:
+            store.create("ci-bot", ["read"])
+    finally:
+        os.umask(old_umask)
+    for path in (db, tmp_path / "keys.sqlite.pepper"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_existing_database_readable_by_others_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "keys.sqlite"
+    KeyStore(db).close()
+    db.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="tapetum.serve.auth"), KeyStore(db):
+        pass
+    assert any("chmod 600" in r.getMessage() and str(db) in r.getMessage() for r in caplog.records)
+
+
+def test_pepper_from_the_environment_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(PEPPER_ENV, "p" * 40)
+    with KeyStore(tmp_path / "keys.sqlite") as store:
+        _, raw = store.create("ci-bot", ["read"])
+    assert not (tmp_path / "keys.sqlite.pepper").exists()
+    monkeypatch.setenv(PEPPER_ENV, "q" * 40)  # another pepper: the key no longer matches
+    with KeyStore(tmp_path / "keys.sqlite") as store:
+        assert store.verify(raw) is None
+
+
+def test_short_pepper_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="pepper"):
+        KeyStore(tmp_path / "keys.sqlite", pepper=b"short")
+
+
+def test_lost_pepper_file_is_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "keys.sqlite"
+    with KeyStore(db) as store:
+        store.create("ci-bot", ["read"])
+    (tmp_path / "keys.sqlite.pepper").unlink()
+    with pytest.raises(KeyStoreError, match=r"pepper file .* is missing"):
+        KeyStore(db)
+
+
+def _plant_argon2_key(db: Path, key_id: str, secret: str) -> None:
+    """A key as versions before the HMAC change stored it."""
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO api_keys (key_id, name, scopes, secret_hash, created_at) "
+            "VALUES (?, 'legacy', 'read', ?, ?)",
+            (key_id, FAST_HASHER.hash(secret), time.time()),
+        )
+
+
+def test_argon2_keys_migrate_to_hmac_on_first_use(tmp_path: Path) -> None:
+    db = tmp_path / "keys.sqlite"
+    KeyStore(db).close()
+    secret = "S" * 43
+    _plant_argon2_key(db, "00aa11bb22cc", secret)
+    raw = f"tpk_00aa11bb22cc_{secret}"
+    with KeyStore(db, cache_ttl_s=0) as store:
+        assert store.verify(f"tpk_00aa11bb22cc_{'W' * 43}") is None  # wrong: no rewrite
+        with sqlite3.connect(db) as conn:
+            (stored,) = conn.execute("SELECT secret_hash FROM api_keys").fetchone()
+        assert stored.startswith("$argon2id$")
+        key = store.verify(raw)
+        assert key is not None and key.key_id == "00aa11bb22cc" and key.scopes == {Scope.READ}
+    with sqlite3.connect(db) as conn:
+        (stored,) = conn.execute("SELECT secret_hash FROM api_keys").fetchone()
+    assert stored.startswith("hmac-sha256$")
+    with KeyStore(db, cache_ttl_s=0) as reopened:
+        assert reopened.verify(raw) == key  # still valid after the rewrite
+
+
+def test_bogus_keys_cost_no_argon2_work(tmp_path: Path) -> None:
+    """A well-formed key with an unknown id used to cost a 64 MiB argon2id verify."""
+    with KeyStore(tmp_path / "keys.sqlite") as store:
+        store.create("ci-bot", ["read"])
+        bogus = [f"tpk_{i:012x}_{'x' * 43}" for i in range(50)]
+        start = time.perf_counter()
+        assert all(store.verify(raw) is None for raw in bogus)
+        per_key_ms = (time.perf_counter() - start) / len(bogus) * 1000
+    assert per_key_ms < 5, f"{per_key_ms:.2f} ms per bogus key"
 
 
 def test_keys_persist_across_store_instances(tmp_path: Path) -> None:
     db = tmp_path / "keys.sqlite"
-    with KeyStore(db, hasher=FAST_HASHER) as store:
+    with KeyStore(db) as store:
         record, raw = store.create("ci-bot", ["admin"])
-    with KeyStore(db, hasher=FAST_HASHER) as reopened:
+    with KeyStore(db) as reopened:
         assert reopened.verify(raw) == record
         assert reopened.list() == [record]
-
-
-def test_hashes_made_with_other_parameters_are_upgraded(tmp_path: Path) -> None:
-    db = tmp_path / "keys.sqlite"
-    with KeyStore(db, hasher=FAST_HASHER) as store:
-        _, raw = store.create("ci-bot", ["read"])
-    stronger = PasswordHasher(time_cost=2, memory_cost=2048, parallelism=1)
-    with KeyStore(db, hasher=stronger, cache_ttl_s=0) as store:
-        assert store.verify(raw) is not None
-        assert store.verify(raw) is not None  # still valid after the upgrade
-    with sqlite3.connect(db) as conn:
-        (stored,) = conn.execute("SELECT secret_hash FROM api_keys").fetchone()
-    assert not stronger.check_needs_rehash(stored)
 
 
 def test_list_shows_every_key_without_secrets(store: KeyStore) -> None:
@@ -222,7 +307,7 @@ def test_unopenable_database_is_a_key_store_error(tmp_path: Path) -> None:
 
 
 def test_in_memory_store_is_thread_safe() -> None:
-    with KeyStore(":memory:", hasher=FAST_HASHER) as store:
+    with KeyStore(":memory:") as store:
         created = [store.create(f"k{i}", ["read"]) for i in range(4)]
         failures: list[str] = []
 

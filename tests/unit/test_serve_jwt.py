@@ -69,7 +69,9 @@ def test_valid_token_gives_principal_with_its_scopes(
 ) -> None:
     principal = verifier.verify(make_token(rsa_key))
     assert isinstance(principal, JwtPrincipal)
-    assert principal.key_id == "user-42"
+    assert principal.subject == "user-42"
+    # Rate limits and ownership see a namespace of their own: no clash with API key ids.
+    assert principal.key_id == "jwt:user-42"
     assert principal.scopes == {Scope.READ, Scope.INFER}
     assert principal.allows(Scope.READ) and principal.allows(Scope.INFER)
     assert not principal.allows(Scope.ADMIN)
@@ -184,6 +186,20 @@ def test_bad_configuration_is_a_config_error(tmp_path: Path, jwks_file: Path) ->
         JwtVerifier("", AUDIENCE, str(jwks_file))
 
 
+@pytest.mark.parametrize(
+    "url", ["http://id.example.com/jwks", "HTTP://id.example.com/jwks", "ftp://x/jwks"]
+)
+def test_jwks_over_cleartext_is_refused(url: str) -> None:
+    """Whoever can alter a JWKS fetched over http:// can mint tokens the server accepts."""
+    with pytest.raises(ConfigError, match="https"):
+        JwtVerifier(ISSUER, AUDIENCE, url)
+
+
+def test_jwks_over_https_is_accepted_without_fetching_at_construction() -> None:
+    verifier = JwtVerifier(ISSUER, AUDIENCE, "https://id.example.invalid/jwks")
+    assert verifier.issuer == ISSUER
+
+
 def test_looks_like_jwt() -> None:
     assert looks_like_jwt("eyJh.eyJz.c2ln")
     assert not looks_like_jwt("tpk_0123456789ab_" + "s" * 43)
@@ -201,7 +217,7 @@ def test_chained_verifier_routes_keys_and_tokens(
         by_key = chained.verify(raw_key)
         assert isinstance(by_key, ApiKey) and by_key.allows(Scope.INFER)
         by_token = chained.verify(make_token(rsa_key))
-        assert isinstance(by_token, JwtPrincipal) and by_token.key_id == "user-42"
+        assert isinstance(by_token, JwtPrincipal) and by_token.key_id == "jwt:user-42"
         assert chained.verify(make_token(rsa_key, aud="x")) is None
         assert chained.verify("tpk_0123456789ab_" + "s" * 43) is None
         assert chained.verify("") is None

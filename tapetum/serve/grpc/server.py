@@ -40,8 +40,14 @@ The detection work (model readiness, request checks, inference, tracking session
 :class:`~tapetum.serve.service.DetectionService` the REST app serves too; this module is the
 gRPC adapter: metadata auth, rate limits, proto conversion, status codes.
 
-Concurrency: a ``ThreadPoolExecutor`` of ``max_workers`` threads runs the handlers (a
-``DetectStream`` holds one for its whole life); detector calls are bounded by the service's
+Every call first passes :class:`~tapetum.serve.grpc.guard.CallGuard`, a server
+interceptor: the key is verified (failures counted per client address) and the streaming
+calls counted before any request message is read, each message is held to its method's
+size limit, and long calls re-check their key (see :mod:`tapetum.serve.grpc.guard`).
+
+Concurrency: a ``ThreadPoolExecutor`` of ``grpc_max_workers`` threads runs the handlers (a
+``DetectStream`` or ``StreamResults`` holds one for its whole life, and they may take all
+but ``grpc_health_reserve`` of them); detector calls are bounded by the service's
 inference semaphore, shared with the REST app. Server-side streams (``StartStream`` …
 ``StreamResults``) are the REST app's :class:`~tapetum.serve.streams.StreamManager` when
 one is given (``tapetum serve`` passes ``app.state.tapetum.streams``), so both APIs see and
@@ -63,7 +69,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar
 
 import grpc
 
@@ -71,19 +77,27 @@ from tapetum.core.breaker import CircuitOpenError
 from tapetum.errors import ConfigError, SourceError, TapetumError
 from tapetum.serve import mapping
 from tapetum.serve.auth import Scope
+from tapetum.serve.authenticator import Authenticator
 from tapetum.serve.grpc._gen import tapetum_pb2 as pb
 from tapetum.serve.grpc._gen import tapetum_pb2_grpc as pb_grpc
+from tapetum.serve.grpc.guard import (
+    CallGuard,
+    StreamingSlots,
+    check_current_call,
+    current_call,
+    method_limits,
+)
 from tapetum.serve.images import ImageError
 from tapetum.serve.schemas import Health
 from tapetum.serve.service import DetectionService, EncodedImage, NotReadyError
 from tapetum.serve.sessions import SessionTracker
 from tapetum.serve.settings import (
-    MAX_CREDENTIAL_CHARS,
     ApiError,
     KeyVerifier,
     Principal,
     RateLimiterLike,
     ServeSettings,
+    default_auth_failure_limiter,
     rate_limit_error,
     require_scope,
 )
@@ -94,13 +108,20 @@ from tapetum.serve.streams import (
     UnknownStreamError,
 )
 
+if TYPE_CHECKING:
+    from tapetum.serve.ratelimit import AuthFailureLimiter
+    from tapetum.serve.tls import TlsFiles
+
 __all__ = ["SERVICE_NAME", "create_grpc_server"]
 
 log = logging.getLogger("tapetum.serve.grpc")
 
 SERVICE_NAME = "tapetum.v1.Detector"
 _ERROR_CODE_KEY = "tapetum-error-code"
-_MESSAGE_OVERHEAD_BYTES = 64 * 1024
+#: The server drops a connection whose keepalive ping is not answered within this.
+_KEEPALIVE_TIMEOUT_MS = 20_000
+#: Clients may ping an idle connection at most this often (more is a ping strike).
+_MIN_CLIENT_PING_INTERVAL_MS = 10_000
 _GRPC_CODES = {
     401: grpc.StatusCode.UNAUTHENTICATED,
     403: grpc.StatusCode.PERMISSION_DENIED,
@@ -311,6 +332,10 @@ class _DetectorService(pb_grpc.DetectorServicer):
             _abort(context, exc)
         try:
             while context.is_active():
+                try:
+                    check_current_call()  # a revoked key or an expired token ends the call
+                except Exception as exc:
+                    _abort(context, exc)
                 items = sub.get(_RESULTS_POLL_S)
                 if items is None:
                     return
@@ -345,25 +370,13 @@ class _DetectorService(pb_grpc.DetectorServicer):
         return principal
 
     def _authenticate(self, context: grpc.ServicerContext) -> Principal:
+        # CallGuard verified the call before the servicer ran; it is bound to this thread.
         if not self.settings.require_auth or self.key_store is None:
             return _Anonymous()
-        raw: str | None = None
-        metadata = {k.lower(): v for k, v in context.invocation_metadata() if isinstance(v, str)}
-        scheme, _, token = metadata.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            raw = token.strip()
-        raw = raw or metadata.get("x-api-key", "").strip() or None
-        if raw is None:
-            raise ApiError(
-                401,
-                "missing_api_key",
-                "this RPC needs an API key: metadata 'authorization: Bearer <key>' or "
-                "'x-api-key: <key>'",
-            )
-        principal = None if len(raw) > MAX_CREDENTIAL_CHARS else self.key_store.verify(raw)
-        if principal is None:
-            raise ApiError(401, "invalid_api_key", "the API key is unknown or revoked")
-        return principal
+        call = current_call()
+        if call is None:  # only when the servicer is served without its guard
+            raise ApiError(401, "missing_api_key", "this RPC was not authenticated")
+        return call.principal
 
     def _rate_limit(self, key_id: str, method: str) -> None:
         error = rate_limit_error(self.rate_limiter, key_id, f"/{SERVICE_NAME}/{method}")
@@ -440,8 +453,10 @@ def create_grpc_server(  # noqa: PLR0917 - the REST factory's order, plus the ad
     port: int,
     host: str = "127.0.0.1",
     *,
-    max_workers: int = 16,
+    max_workers: int | None = None,
     streams: StreamManager | None = None,
+    tls: TlsFiles | None = None,
+    auth_failures: AuthFailureLimiter | None = None,
 ) -> grpc.Server:
     """Build the gRPC server, bound to ``host:port`` but not started.
 
@@ -450,13 +465,18 @@ def create_grpc_server(  # noqa: PLR0917 - the REST factory's order, plus the ad
         service: the detection service (shared with the REST app); the caller starts it.
         key_store: verifies API keys (required when ``settings.require_auth``).
         rate_limiter: None: no limit.
-        port: TCP port (0: any free one; ``server.add_insecure_port`` is already done).
-        max_workers: handler threads; each open ``DetectStream`` or ``StreamResults``
-            holds one.
+        port: TCP port (0: any free one; the port is already bound on return).
+        max_workers: handler threads (default ``settings.grpc_max_workers``); each open
+            ``DetectStream`` or ``StreamResults`` holds one, and they may take all but
+            ``settings.grpc_health_reserve``.
         streams: the server-side streams to manage, shared with the REST app
             (``app.state.tapetum.streams``). None: a private manager of the settings'
             limits, whose streams the caller cannot stop at shutdown other than with
             ``StopStream``; pass the REST app's so its lifespan stops them.
+        tls: certificate and key; None: cleartext (the caller checks the bind address,
+            see :func:`tapetum.serve.tls.check_bind`).
+        auth_failures: failed authentications per client address (share the REST app's);
+            default :func:`~tapetum.serve.settings.default_auth_failure_limiter`.
 
     Raises:
         ConfigError: auth is on without a key store, or the address cannot be bound.
@@ -476,21 +496,57 @@ def create_grpc_server(  # noqa: PLR0917 - the REST factory's order, plus the ad
             subscriber_queue_size=settings.stream_subscriber_queue,
         )
     servicer = _DetectorService(settings, service, key_store, rate_limiter, streams)
-    max_message = settings.max_batch * settings.max_upload_bytes + _MESSAGE_OVERHEAD_BYTES
+    workers = max_workers if max_workers is not None else settings.grpc_max_workers
+    limits, default_limit = method_limits(settings)
+    authenticator = None
+    if settings.require_auth and key_store is not None:
+        if auth_failures is None:
+            auth_failures = default_auth_failure_limiter(settings)
+        authenticator = Authenticator(
+            key_store,
+            auth_failures,
+            missing_hint="metadata 'authorization: Bearer <key>' or 'x-api-key: <key>'",
+        )
+    guard = CallGuard(
+        authenticator=authenticator,
+        limits=limits,
+        default_limit=default_limit,
+        public=frozenset({"Health"}),
+        slots=StreamingSlots(
+            total=max(1, workers - settings.grpc_health_reserve),
+            per_principal=settings.max_streaming_calls_per_key,
+        ),
+        recheck_s=settings.credential_recheck_s,
+        abort=_abort,
+    )
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+        interceptors=[guard],
         options=[
-            ("grpc.max_receive_message_length", max_message),
+            ("grpc.max_receive_message_length", max(limits.values())),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", int(settings.grpc_keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", _MIN_CLIENT_PING_INTERVAL_MS),
+            ("grpc.http2.max_ping_strikes", 2),
+            ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_s * 1000)),
+            (
+                "grpc.max_connection_age_grace_ms",
+                int(settings.grpc_max_connection_age_grace_s * 1000),
+            ),
         ],
     )
     pb_grpc.add_DetectorServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        if tls is not None:
+            bound = server.add_secure_port(address, tls.grpc_server_credentials())
+        else:
+            bound = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from exc
     if bound == 0:
         raise ConfigError(f"cannot listen for gRPC on {address}")
-    log.info("gRPC %s on %s:%d", SERVICE_NAME, host, bound)
+    log.info("gRPC %s on %s:%d (%s)", SERVICE_NAME, host, bound, "TLS" if tls else "cleartext")
     return server

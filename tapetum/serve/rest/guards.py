@@ -1,37 +1,45 @@
 """Authentication, scope and rate limit of a REST request, as one FastAPI dependency per
 scope (:class:`Guards`).
 
-A guard reads the key (``Authorization: Bearer <key>`` or ``X-API-Key``), verifies it
-(from the verifier's cache on the event loop when it can, else in a worker thread: argon2
-is deliberately slow), checks the route's scope (403) and counts one call of the key on the
-route template (429 past its budget). With ``require_auth`` off every request is
-:class:`Anonymous`, which may do everything.
+A guard reads the key (``Authorization: Bearer <key>`` or ``X-API-Key``) and verifies it
+through the shared :class:`~tapetum.serve.authenticator.Authenticator`: a key verified
+recently answers on the event loop, anything else in a worker thread; failures count
+against the client's address (429 past its budget, before anything is verified). Then it
+checks the route's scope (403) and counts one call of the key on the route template (429
+past its budget). With ``require_auth`` off every request is :class:`Anonymous`, which may
+do everything.
+
+Each guarded request carries a :class:`~tapetum.serve.authenticator.CredentialWatch`
+(:func:`credential_watch`): a long-lived response (the SSE results) re-checks its key with
+it and ends when the key is revoked or the token expires.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from fastapi import Depends, Request
 
 from tapetum.serve.auth import Scope as KeyScope
+from tapetum.serve.authenticator import Authenticator, CredentialWatch, credential_from_headers
 from tapetum.serve.rest.metrics import Metrics
 from tapetum.serve.settings import (
-    MAX_CREDENTIAL_CHARS,
-    ApiError,
-    CachingKeyVerifier,
     KeyVerifier,
     Principal,
     RateLimiterLike,
     ServeSettings,
+    default_auth_failure_limiter,
     rate_limit_error,
     require_scope,
 )
 
-__all__ = ["Anonymous", "Guards", "authenticate", "make_guards"]
+if TYPE_CHECKING:
+    from tapetum.serve.ratelimit import AuthFailureLimiter
+
+__all__ = ["Anonymous", "Guards", "authenticate", "credential_watch", "make_guards"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,43 +52,33 @@ class Anonymous:
         return True
 
 
-async def authenticate(request: Request, key_store: KeyVerifier | None) -> Principal:
-    """The request's principal; 401 without a key or with one the verifier refuses."""
-    if key_store is None:
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+async def authenticate(request: Request, authenticator: Authenticator | None) -> Principal:
+    """The request's principal: 401 without a key or with one the verifier refuses, 429
+    when the client's address failed too often, 503 when the key store is unreadable."""
+    if authenticator is None:
         return Anonymous()
-    raw: str | None = None
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            raw = token.strip()
-    raw = raw or (request.headers.get("x-api-key") or "").strip() or None
-    challenge = 'Bearer realm="tapetum"'
-    if raw is None:
-        raise ApiError(
-            401,
-            "missing_api_key",
-            "this route needs an API key: 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-            {"WWW-Authenticate": challenge},
-        )
-    if len(raw) > MAX_CREDENTIAL_CHARS:
-        principal = None
-    else:
-        # A key seen within the cache TTL answers here; anything else may hash (argon2 is
-        # deliberately slow) or fetch keys, so it is verified off the event loop.
-        principal = (
-            key_store.verify_cached(raw) if isinstance(key_store, CachingKeyVerifier) else None
-        )
-        if principal is None:
-            principal = await anyio.to_thread.run_sync(key_store.verify, raw)
+    raw = credential_from_headers(
+        request.headers.get("authorization"), request.headers.get("x-api-key")
+    )
+    address = _client_address(request)
+    principal = authenticator.precheck(raw, address)
     if principal is None:
-        raise ApiError(
-            401,
-            "invalid_api_key",
-            "the API key or token is unknown, revoked, expired or invalid",
-            {"WWW-Authenticate": f'{challenge}, error="invalid_token"'},
-        )
+        assert raw is not None
+        # Not known to the cache: a database read, a JWT signature, maybe a JWKS fetch.
+        principal = await anyio.to_thread.run_sync(authenticator.verify, raw, address)
     return principal
+
+
+def credential_watch(request: Request) -> CredentialWatch:
+    """The watch on the credential of a request that passed a guard."""
+    watch = getattr(request.state, "credential_watch", None)
+    if not isinstance(watch, CredentialWatch):  # a route without a guard
+        return CredentialWatch(None, None, Anonymous())
+    return watch
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,14 +96,27 @@ def make_guards(
     key_store: KeyVerifier | None,
     rate_limiter: RateLimiterLike | None,
     metrics: Metrics,
+    auth_failures: AuthFailureLimiter | None = None,
 ) -> Guards:
     """The three guards of an app: auth with ``key_store`` (unless ``require_auth`` is
-    off), the scope, then one hit of ``rate_limiter`` per request (429s are counted)."""
-    verifier = key_store if settings.require_auth else None
+    off; failures counted by ``auth_failures``, default
+    :func:`~tapetum.serve.settings.default_auth_failure_limiter`), the scope, then one hit
+    of ``rate_limiter`` per request (429s are counted)."""
+    authenticator = None
+    if settings.require_auth and key_store is not None:
+        if auth_failures is None:
+            auth_failures = default_auth_failure_limiter(settings)
+        authenticator = Authenticator(key_store, auth_failures)
 
     def guard(scope: KeyScope) -> Callable[[Request], Awaitable[Principal]]:
         async def dependency(request: Request) -> Principal:
-            principal = await authenticate(request, verifier)
+            principal = await authenticate(request, authenticator)
+            raw = credential_from_headers(
+                request.headers.get("authorization"), request.headers.get("x-api-key")
+            )
+            request.state.credential_watch = CredentialWatch(
+                authenticator, raw, principal, settings.credential_recheck_s
+            )
             require_scope(principal, scope, request.url.path)
             route = getattr(request.scope.get("route"), "path", request.url.path)
             error = rate_limit_error(rate_limiter, principal.key_id, route)

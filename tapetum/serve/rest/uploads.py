@@ -8,12 +8,29 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 
 from tapetum.serve.images import normalize_content_type
-from tapetum.serve.settings import ApiError
+from tapetum.serve.settings import ApiError, ServeSettings
 
-__all__ = ["read_batch_upload", "read_body_limited", "read_single_upload"]
+__all__ = ["read_batch_upload", "read_body_limited", "read_single_upload", "upload_body_limits"]
 
 # Multipart framing around the files: generous, the byte limits are per file.
 _MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+def _single_body_limit(limit: int) -> int:
+    return limit + _MULTIPART_OVERHEAD_BYTES
+
+
+def _batch_body_limit(limit: int, max_batch: int) -> int:
+    return (limit + 1024) * max_batch + _MULTIPART_OVERHEAD_BYTES
+
+
+def upload_body_limits(settings: ServeSettings) -> dict[str, int]:
+    """Whole-body caps of the upload routes (for
+    :class:`~tapetum.serve.middleware.BodyLimitMiddleware`), bytes."""
+    return {
+        "/v1/detect": _single_body_limit(settings.max_upload_bytes),
+        "/v1/detect/batch": _batch_body_limit(settings.max_upload_bytes, settings.max_batch),
+    }
 
 
 def _check_declared_length(request: Request, limit: int) -> None:
@@ -55,7 +72,7 @@ async def read_single_upload(request: Request, limit: int) -> tuple[bytes, str]:
     ctype = normalize_content_type(request.headers.get("content-type"))
     if ctype != "multipart/form-data":
         return await read_body_limited(request, limit), ctype
-    _check_declared_length(request, limit + _MULTIPART_OVERHEAD_BYTES)
+    _check_declared_length(request, _single_body_limit(limit))
     form = await request.form(max_files=1, max_fields=16)
     part = form.get("file")
     if not isinstance(part, UploadFile):
@@ -75,7 +92,7 @@ async def read_batch_upload(
             "the batch route takes multipart/form-data with 'files' parts, "
             f"not {ctype or '(none)'}",
         )
-    _check_declared_length(request, (limit + 1024) * max_batch + _MULTIPART_OVERHEAD_BYTES)
+    _check_declared_length(request, _batch_body_limit(limit, max_batch))
     # One more file than allowed parses, so the over-limit case gets our clear message.
     form = await request.form(max_files=max_batch + 1, max_fields=16)
     parts = [p for p in form.getlist("files") if isinstance(p, UploadFile)]

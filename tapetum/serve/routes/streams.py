@@ -11,14 +11,14 @@ import time
 from collections.abc import AsyncIterator
 
 import anyio.to_thread
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
 from tapetum.core.breaker import CircuitOpenError
 from tapetum.errors import SourceError
 from tapetum.serve.rest.errors import ERROR_RESPONSES, ResponseTable
-from tapetum.serve.rest.guards import Guards
+from tapetum.serve.rest.guards import Guards, credential_watch
 from tapetum.serve.rest.state import AppState
 from tapetum.serve.schemas import ErrorResponse
 from tapetum.serve.settings import ApiError
@@ -145,13 +145,14 @@ def build_router(state: AppState, guards: Guards) -> APIRouter:
         },
         dependencies=[guards.read],
     )
-    async def stream_results(stream_id: str) -> StreamingResponse:
+    async def stream_results(request: Request, stream_id: str) -> StreamingResponse:
         """Live results of a stream as Server-Sent Events. Needs ``read``."""
         try:
             sub = streams.subscribe(stream_id, asyncio.get_running_loop())
         except UnknownStreamError:
             raise _unknown(stream_id) from None
         heartbeat_s = settings.sse_heartbeat_s
+        watch = credential_watch(request)
 
         async def events() -> AsyncIterator[str]:
             # Starlette cancels this generator when the client disconnects.
@@ -159,6 +160,13 @@ def build_router(state: AppState, guards: Guards) -> APIRouter:
                 yield ": connected\n\n"
                 last_s = time.monotonic()
                 while True:
+                    if watch.due():  # a revoked key or an expired token ends the stream
+                        try:
+                            await anyio.to_thread.run_sync(watch.check)
+                        except ApiError as exc:
+                            ended = {"stream_id": stream_id, "reason": exc.code}
+                            yield f"event: end\ndata: {json.dumps(ended)}\n\n"
+                            return
                     items = await sub.aget(min(heartbeat_s, 1.0))
                     now = time.monotonic()
                     if items is None:
