@@ -11,6 +11,10 @@ Threads and queues (every queue bounded, every drop counted)::
 
 Readers decode and letterbox (so preprocessing overlaps inference); trackers decode the
 model output, run NMS and the tracker (so post-processing overlaps the next batch).
+
+The detector can be replaced while running (:meth:`Pipeline.swap_detector`, e.g. when a
+registry alias moves): each frame remembers the detector that preprocessed it and is
+inferred and decoded by that one, so a swap loses no frame and trackers keep their ids.
 """
 
 from __future__ import annotations
@@ -106,6 +110,9 @@ class _Pending:
     seq: int = -1
     raw: npt.NDArray[np.float32] | None = None
     failed: bool = False
+    #: the detector that preprocessed the frame: it also infers and decodes it, so a frame
+    #: in flight during :meth:`Pipeline.swap_detector` stays on one model.
+    detector: StagedDetector | None = None
 
 
 class Enricher(Protocol):
@@ -165,6 +172,8 @@ class PipelineStats:
     batches: int
     finished: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    #: detectors swapped in while running (:meth:`Pipeline.swap_detector`).
+    detector_swaps: int = 0
 
     @property
     def frames_read(self) -> int:
@@ -202,6 +211,7 @@ class PipelineStats:
             "elapsed_s": round(self.elapsed_s, 3),
             "fps": round(self.fps, 2),
             "batches": self.batches,
+            "detector_swaps": self.detector_swaps,
             "latency_ms": {k: v.as_dict() for k, v in self.latency_ms.items()},
             "sinks": {"dropped": self.sink_dropped, "errors": self.sink_errors},
             "streams": [
@@ -303,6 +313,8 @@ class Pipeline:
         self._finished_s: float | None = None
         self._batches = 0
         self._rr = 0
+        self._swap_lock = threading.Lock()
+        self._swaps = 0
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> Pipeline:
@@ -364,6 +376,38 @@ class Pipeline:
             self.join()
         return self.stats()
 
+    def swap_detector(self, detector: StagedDetector, *, warmup: bool = True) -> float:
+        """Swap in another detector while the pipeline runs (a new model version).
+
+        The new detector is warmed up first (one batch of zeros, in the calling thread,
+        while the old one keeps serving), then takes over from the next frame read. Frames
+        already preprocessed finish on the detector that preprocessed them (inference and
+        decoding), so none is dropped or decoded with the wrong model's layout; trackers,
+        enrichers and sinks are untouched, so track ids carry on. The old detector is
+        released once its last frame is through. Safe to call from any thread.
+
+        Returns:
+            Seconds the warm-up took.
+
+        Raises:
+            ConfigError: the new detector takes smaller batches than the pipeline forms.
+        """
+        if detector.max_batch < self.max_batch:
+            raise ConfigError(
+                f"the new detector takes batches of up to {detector.max_batch}; this pipeline "
+                f"forms batches of {self.max_batch}"
+            )
+        started = time.perf_counter()
+        if warmup:
+            h, w = detector.input_hw
+            detector.infer(np.zeros((self.max_batch, 3, h, w), np.float32))
+        warm_s = time.perf_counter() - started
+        with self._swap_lock:
+            self.detector = detector
+            self._swaps += 1
+        log.info("detector swapped (warm-up %.0f ms); %d swaps so far", warm_s * 1e3, self._swaps)
+        return warm_s
+
     def __iter__(self) -> Iterator[FrameResult]:
         return self.results()
 
@@ -402,8 +446,9 @@ class Pipeline:
                 if st.started_s is None:
                     st.started_s = time.perf_counter()
                 t0 = time.perf_counter()
+                detector = self.detector  # one model per frame, even across a swap
                 try:
-                    tensor, meta = self.detector.preprocess(frame.image)
+                    tensor, meta = detector.preprocess(frame.image)
                 except Exception as exc:  # one bad frame fails, not the whole stream
                     st.failed += 1
                     log.error(
@@ -411,7 +456,9 @@ class Pipeline:
                     )
                     continue
                 t1 = time.perf_counter()
-                item = _Pending(frame, tensor, meta, t1, {"preprocess": (t1 - t0) * 1e3})
+                item = _Pending(
+                    frame, tensor, meta, t1, {"preprocess": (t1 - t0) * 1e3}, detector=detector
+                )
                 # A BLOCK queue waits for space until the pipeline is aborted; a frame
                 # decoded while draining is still processed.
                 st.queue.put(item, self._abort)
@@ -462,30 +509,55 @@ class Pipeline:
         return batch
 
     def _detect_loop(self) -> None:
-        h, w = self.detector.input_hw
-        buf = np.empty((self.max_batch, 3, h, w), np.float32)
+        buffers: dict[tuple[int, int], npt.NDArray[np.float32]] = {}
         while (batch := self._collect_batch()) is not None:
-            n = len(batch)
-            for i, (_, item) in enumerate(batch):
-                buf[i] = item.tensor
-            t0 = time.perf_counter()
-            try:
-                raw = self.detector.infer(buf[:n])
-            except Exception as exc:
-                log.error("inference failed on a batch of %d: %s", n, exc)
-                for st, item in batch:  # still delivered, so the reorder never stalls
-                    item.failed = True
-                    st.post.put(item, self._abort)
-                continue
-            t1 = time.perf_counter()
-            with self._count_lock:
-                self._batches += 1
-            infer_ms = (t1 - t0) * 1e3
-            for i, (st, item) in enumerate(batch):
-                item.raw = raw[i]
-                item.timings_ms["queue_wait"] = (t0 - item.ready_s) * 1e3
-                item.timings_ms["infer"] = infer_ms
+            for group in self._by_detector(batch):
+                self._infer_batch(group, buffers)
+
+    def _by_detector(
+        self, batch: list[tuple[_Stream, _Pending]]
+    ) -> list[list[tuple[_Stream, _Pending]]]:
+        """The batch split by the detector that preprocessed each frame: one group, except
+        for the few batches that straddle a :meth:`swap_detector`."""
+        first = batch[0][1].detector
+        if all(item.detector is first for _, item in batch):
+            return [batch]
+        groups: dict[int, list[tuple[_Stream, _Pending]]] = {}
+        for st, item in batch:
+            groups.setdefault(id(item.detector), []).append((st, item))
+        return list(groups.values())
+
+    def _infer_batch(
+        self,
+        batch: list[tuple[_Stream, _Pending]],
+        buffers: dict[tuple[int, int], npt.NDArray[np.float32]],
+    ) -> None:
+        detector = batch[0][1].detector or self.detector
+        n = len(batch)
+        buf = buffers.get(detector.input_hw)
+        if buf is None:  # first batch, or a swapped-in model of another input size
+            buf = np.empty((self.max_batch, 3, *detector.input_hw), np.float32)
+            buffers[detector.input_hw] = buf
+        for i, (_, item) in enumerate(batch):
+            buf[i] = item.tensor
+        t0 = time.perf_counter()
+        try:
+            raw = detector.infer(buf[:n])
+        except Exception as exc:
+            log.error("inference failed on a batch of %d: %s", n, exc)
+            for st, item in batch:  # still delivered, so the reorder never stalls
+                item.failed = True
                 st.post.put(item, self._abort)
+            return
+        t1 = time.perf_counter()
+        with self._count_lock:
+            self._batches += 1
+        infer_ms = (t1 - t0) * 1e3
+        for i, (st, item) in enumerate(batch):
+            item.raw = raw[i]
+            item.timings_ms["queue_wait"] = (t0 - item.ready_s) * 1e3
+            item.timings_ms["infer"] = infer_ms
+            st.post.put(item, self._abort)
 
     def _in_order(self, st: _Stream) -> Iterator[_Pending]:
         """Items of one stream in inference order, whichever worker finished them first.
@@ -507,15 +579,15 @@ class Pipeline:
             yield heapq.heappop(pending)[1]
 
     def _track_loop(self, st: _Stream) -> None:
-        names = self.detector.class_names
         timers = self.timers
         for item in self._in_order(st):
             if item.failed or item.raw is None:
                 st.failed += 1
                 continue
+            detector = item.detector or self.detector
             try:
                 t0 = time.perf_counter()
-                detections = self.detector.postprocess(item.raw, item.meta)
+                detections = detector.postprocess(item.raw, item.meta)
                 t1 = time.perf_counter()
                 tracked = st.tracker.update(detections, item.frame)
                 for enrich in st.enrichers:
@@ -538,7 +610,7 @@ class Pipeline:
                 timers.add_ms(stage, timings[stage])
             st.processed += 1
             st.last_result_s = t2
-            result = FrameResult(item.frame, tracked, names, timings)
+            result = FrameResult(item.frame, tracked, detector.class_names, timings)
             for sink in self._sinks:
                 sink.submit(result, self._abort)
             if self._results is not None:
@@ -591,6 +663,7 @@ class Pipeline:
             sink_errors={s.name: s.errors for s in self._sinks},
             batches=self._batches,
             finished=self._finished.is_set(),
+            detector_swaps=self._swaps,
         )
 
     def recent_latency_ms(self, stage: str = "end_to_end", last: int = 300) -> LatencySummary:
