@@ -10,9 +10,12 @@ The tree:
 * TapetumError
   + ConfigError (also a ValueError)
     - RateLimitStorageError
+    - LabelMapError
   + MissingDependencyError
   + ModelLoadError
+    - ClassifierError
   + SourceError
+    - SourceNotAllowedError
   + SinkError
   + DatasetError
   + CircuitOpenError
@@ -21,6 +24,7 @@ The tree:
   + BatcherFullError (also a RuntimeError)
   + StreamLimitError
   + UnknownStreamError
+  + SubscriptionLimitError
   + KeyStoreError
     - KeyDatabaseNotFoundError
     - UnknownKeyError
@@ -29,6 +33,13 @@ The tree:
   + RemoteBackendError
   + ApiError
     - NotReadyError
+  + RegistryError
+    - RegistryUnavailableError
+    - ModelNotFoundError
+    - ArtifactError
+      * ArtifactMissingError
+      * ArtifactCorruptError
+    - AliasConflictError
 
 The servers map these to statuses at their edge (``tapetum.serve.rest.errors``, the gRPC
 servicer): an :class:`ApiError` or :class:`ImageError` carries its own, a
@@ -43,25 +54,36 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = [
+    "AliasConflictError",
     "ApiError",
+    "ArtifactCorruptError",
+    "ArtifactError",
+    "ArtifactMissingError",
     "BatcherClosedError",
     "BatcherFullError",
     "CircuitOpenError",
+    "ClassifierError",
     "ConfigError",
     "DatasetError",
     "ImageError",
     "KeyDatabaseNotFoundError",
     "KeyStoreError",
+    "LabelMapError",
     "MissingDependencyError",
     "ModelLoadError",
+    "ModelNotFoundError",
     "NotReadyError",
     "QueueClosed",
     "RateLimitStorageError",
     "RateLimitUnavailableError",
+    "RegistryError",
+    "RegistryUnavailableError",
     "RemoteBackendError",
     "SinkError",
     "SourceError",
+    "SourceNotAllowedError",
     "StreamLimitError",
+    "SubscriptionLimitError",
     "TapetumError",
     "UnknownKeyError",
     "UnknownStreamError",
@@ -87,6 +109,12 @@ class RateLimitStorageError(ConfigError):
     """The rate-limit storage URI is invalid, unsupported, or its server cannot be reached."""
 
 
+class LabelMapError(ConfigError):
+    """A label map (YAML/JSON grouping a classifier's classes into the user's labels) is
+    malformed or names classes the classifier does not have (the message lists them, with
+    the closest names it does have)."""
+
+
 class MissingDependencyError(TapetumError):
     """An optional dependency is not installed; the message names the extra to install."""
 
@@ -98,8 +126,24 @@ class ModelLoadError(TapetumError):
     """A model file is missing, unreadable, or not of a layout the adapter understands."""
 
 
+class ClassifierError(ModelLoadError):
+    """A model is not a usable image classifier: its output is not one score vector per
+    image, or its class names do not match its output width."""
+
+
 class SourceError(TapetumError):
     """A source cannot be opened or read (missing file, unreachable stream, no video track)."""
+
+
+class SourceNotAllowedError(SourceError):
+    """A server's source policy refuses a URI before anything is opened: a local path
+    outside its media roots, a scheme it does not allow, or a host that resolves to a
+    loopback, private, link-local, multicast or cloud-metadata address not allow-listed.
+    The message is safe to show a client; ``reason`` is for the server log."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class SinkError(TapetumError):
@@ -151,7 +195,12 @@ class StreamLimitError(TapetumError):
 
 
 class UnknownStreamError(TapetumError):
-    """No stream has this id (never started, or stopped and removed)."""
+    """No stream has this id (never started, or stopped and removed), or it is another
+    principal's."""
+
+
+class SubscriptionLimitError(TapetumError):
+    """The caller already follows as many streams' live results as it may."""
 
 
 class KeyStoreError(TapetumError):
@@ -230,3 +279,33 @@ class NotReadyError(ApiError):
     def __init__(self, detail: str, *, failed: bool = False) -> None:
         super().__init__(503, "not_ready", detail, {"Retry-After": "1"})
         self.failed = failed
+
+
+class RegistryError(TapetumError):
+    """The model registry cannot do what was asked (the subclasses say why)."""
+
+
+class RegistryUnavailableError(RegistryError):
+    """The registry store or tracking server cannot be reached or opened (the message names
+    the URI, password redacted, and the cause)."""
+
+
+class ModelNotFoundError(RegistryError):
+    """No registered model, version or alias of that name (the message lists what exists)."""
+
+
+class ArtifactError(RegistryError):
+    """A registered version's model file cannot be used."""
+
+
+class ArtifactMissingError(ArtifactError):
+    """The version's artifact is not in the artifact store (deleted, or another root)."""
+
+
+class ArtifactCorruptError(ArtifactError):
+    """The artifact's sha256 differs from the one recorded when it was registered."""
+
+
+class AliasConflictError(RegistryError):
+    """A concurrent promotion or rollback of the same alias won; the alias follows it and
+    the losing change is kept in the alias history."""

@@ -1,0 +1,148 @@
+"""Per-track labels from repeated classifications: when to classify, what to keep.
+
+A track is classified on its first sighting, then again every ``every`` frames or as soon
+as its box has grown by ``grow`` × in area since its last classification (a car that comes
+closer shows more of itself). Each classification adds its probability vector to the
+track's sum; the track's label is the arg-max of the mean, its confidence that mean's
+value, and ``votes`` the number of classifications behind it. The mean of probabilities
+(a soft vote) keeps a label from flickering on one ambiguous crop, while a new view that is
+consistently different still wins over time.
+
+State is a structure of arrays over the tracks seen recently; tracks unseen for
+``max_age_frames`` are dropped (ended tracks do not pile up), and at most
+``max_tracks`` are kept (the longest unseen go first).
+
+Example:
+    >>> import numpy as np
+    >>> state = TrackLabels(num_labels=2)
+    >>> ids = np.array([7]); area = np.array([100.0])
+    >>> state.due(ids, area, frame_index=0, every=10, grow=1.5).tolist()
+    [True]
+    >>> state.add(ids, np.array([[0.2, 0.8]], np.float32), area, frame_index=0)
+    >>> state.due(ids, area, frame_index=5, every=10, grow=1.5).tolist()
+    [False]
+    >>> label, conf, votes = state.lookup(ids)
+    >>> label.tolist(), conf.astype(float).round(2).tolist(), votes.tolist()
+    ([1], [0.8], [1])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tapetum._types import BoolArray, Float32Array, Float64Array, IntArray
+
+__all__ = ["TrackLabels"]
+
+
+class TrackLabels:
+    """Classification history of the tracks of one stream (see the module docstring).
+
+    Args:
+        num_labels: width of the probability vectors added (labels after any label map).
+        max_age_frames: a track unseen for this many frames is forgotten.
+        max_tracks: most tracks kept at once.
+    """
+
+    def __init__(self, num_labels: int, max_age_frames: int = 150, max_tracks: int = 4096) -> None:
+        if num_labels < 1 or max_age_frames < 1 or max_tracks < 1:
+            raise ValueError("num_labels, max_age_frames and max_tracks must be ≥ 1")
+        self.num_labels = num_labels
+        self.max_age_frames = max_age_frames
+        self.max_tracks = max_tracks
+        self.ids: IntArray = np.empty(0, np.int64)
+        self.last_seen: IntArray = np.empty(0, np.int64)
+        self.last_classified: IntArray = np.empty(0, np.int64)
+        self.last_area: Float64Array = np.empty(0, np.float64)
+        self.votes: IntArray = np.empty(0, np.int64)
+        self.prob_sum: Float64Array = np.empty((0, num_labels), np.float64)
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    def _rows(self, track_ids: IntArray) -> IntArray:
+        """Row of each id in the state, -1 where the track is not known."""
+        if self.ids.size == 0:
+            return np.full(track_ids.shape, -1, np.int64)
+        order = np.argsort(self.ids, kind="stable")
+        pos = np.searchsorted(self.ids[order], track_ids)
+        pos = np.minimum(pos, order.size - 1)
+        rows = order[pos]
+        return np.where(self.ids[rows] == track_ids, rows, -1)
+
+    def due(
+        self, track_ids: IntArray, area: Float64Array, frame_index: int, every: int, grow: float
+    ) -> BoolArray:
+        """(N,) True for tracks to classify now: never classified, last classified ``every``
+        or more frames ago, or grown ``grow`` × in area since."""
+        rows = self._rows(track_ids)
+        known = rows >= 0
+        r = np.where(known, rows, 0)
+        if self.ids.size == 0:
+            return ~known
+        stale = frame_index - self.last_classified[r] >= every
+        grown = area >= grow * self.last_area[r]
+        return ~known | stale | grown
+
+    def add(
+        self, track_ids: IntArray, probs: Float32Array, area: Float64Array, frame_index: int
+    ) -> None:
+        """Count one classification per track: ``probs`` (M, L) for ``track_ids`` (M,)."""
+        if track_ids.size == 0:
+            return
+        rows = self._rows(track_ids)
+        new = rows < 0
+        if new.any():
+            rows = rows.copy()
+            rows[new] = self._append(track_ids[new], frame_index)
+        self.prob_sum[rows] += probs
+        self.votes[rows] += 1
+        self.last_classified[rows] = frame_index
+        self.last_area[rows] = area
+        self.last_seen[rows] = frame_index
+
+    def _append(self, track_ids: IntArray, frame_index: int) -> IntArray:
+        n, k = self.ids.size, track_ids.size
+        self.ids = np.concatenate((self.ids, track_ids))
+        self.last_seen = np.concatenate((self.last_seen, np.full(k, frame_index, np.int64)))
+        self.last_classified = np.concatenate((self.last_classified, np.zeros(k, np.int64)))
+        self.last_area = np.concatenate((self.last_area, np.zeros(k, np.float64)))
+        self.votes = np.concatenate((self.votes, np.zeros(k, np.int64)))
+        self.prob_sum = np.concatenate((self.prob_sum, np.zeros((k, self.num_labels))))
+        return np.arange(n, n + k, dtype=np.int64)
+
+    def lookup(self, track_ids: IntArray) -> tuple[IntArray, Float32Array, IntArray]:
+        """Per track: label index (-1 if never classified), mean probability of that label
+        (NaN if none), number of classifications."""
+        rows = self._rows(track_ids)
+        known = rows >= 0
+        r = np.where(known, rows, 0)
+        if self.ids.size == 0:
+            n = track_ids.size
+            return np.full(n, -1, np.int64), np.full(n, np.nan, np.float32), np.zeros(n, np.int64)
+        votes = np.where(known, self.votes[r], 0)
+        sums = self.prob_sum[r]
+        label = np.where(votes > 0, sums.argmax(axis=1), -1)
+        top = sums[np.arange(r.size), np.maximum(label, 0)]
+        conf = np.where(votes > 0, top / np.maximum(votes, 1), np.nan).astype(np.float32)
+        return label.astype(np.int64), conf, votes.astype(np.int64)
+
+    def touch(self, track_ids: IntArray, frame_index: int) -> None:
+        """Mark tracks as seen in this frame, then forget those unseen for too long."""
+        rows = self._rows(track_ids)
+        self.last_seen[rows[rows >= 0]] = frame_index
+        keep = frame_index - self.last_seen <= self.max_age_frames
+        if keep.sum() > self.max_tracks:  # a pathological stream: keep the most recent
+            newest = np.argsort(-self.last_seen, kind="stable")[: self.max_tracks]
+            keep = np.zeros_like(keep)
+            keep[newest] = True
+        if not keep.all():
+            self._keep(keep)
+
+    def _keep(self, keep: BoolArray) -> None:
+        self.ids = self.ids[keep]
+        self.last_seen = self.last_seen[keep]
+        self.last_classified = self.last_classified[keep]
+        self.last_area = self.last_area[keep]
+        self.votes = self.votes[keep]
+        self.prob_sum = self.prob_sum[keep]
