@@ -186,7 +186,7 @@ def test_post_nms_separate_outputs_respect_the_detection_count() -> None:
         ("yolox", (1, 8400, 85), 80, "not a YOLOX raw head"),
         ("yolov8", (1, 85, 84), None, "fewer rows than boxes"),
         ("yolov8", (1, 84, 8400), 20, "4 \\+ 20"),
-        ("yolov5", (1, 84, 8400), None, "--arch yolov8"),
+        ("yolov5", (1, 84, 8400), None, "output is arch yolov8"),
         ("rtdetr", (1, 84, 8400), None, "not a DETR-style output"),
         ("effdet", (1, 84, 8400), None, "not post-NMS detections"),
     ],
