@@ -109,6 +109,20 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         int,
         typer.Option("--grpc-port", help="gRPC port on the same host (0: no gRPC server)."),
     ] = 50051,
+    max_streams_per_key: Annotated[
+        int, typer.Option(help="Server-side streams one key may run at once.")
+    ] = 2,
+    max_subscriptions_per_key: Annotated[
+        int,
+        typer.Option(help="Live result feeds (SSE, gRPC StreamResults) one key may hold."),
+    ] = 4,
+    max_sessions_per_key: Annotated[
+        int,
+        typer.Option(
+            help="Tracking sessions one key may hold; past it the key's own least recently "
+            "used one is dropped."
+        ),
+    ] = 32,
 ) -> None:
     """Serve detection over HTTP (REST, OpenAPI docs at /docs) and gRPC."""
     from tapetum._optional import import_optional
@@ -149,6 +163,9 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         rate_per_second=rate if rate > 0 else None,
         rate_burst=max(burst, int(rate) + (rate % 1 > 0)),
         rate_storage=rate_storage,
+        max_streams_per_key=max_streams_per_key,
+        max_subscriptions_per_key=max_subscriptions_per_key,
+        max_sessions_per_key=max_sessions_per_key,
     )
     remote = (
         _remote_detector(str(backend), backend_key_env, backend_timeout_s, settings)

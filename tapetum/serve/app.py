@@ -112,12 +112,7 @@ def create_app(
         reset_timeout_s=settings.stream_breaker_reset_s,
     )
     metrics = Metrics(breakers)
-    stream_manager = StreamManager(
-        service.staged_detector,
-        max_streams=settings.max_streams,
-        breakers=breakers,
-        subscriber_queue_size=settings.stream_subscriber_queue,
-    )
+    stream_manager = StreamManager.from_settings(settings, service.staged_detector, breakers)
     state = AppState(settings, metrics, service, breakers, stream_manager)
     lifespan = _lifespan(state, owns_service=owns_service)
 

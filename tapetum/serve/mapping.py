@@ -278,6 +278,7 @@ def stream_info_to_proto(info: StreamInfo) -> pb.StreamInfo:
     msg = pb.StreamInfo(
         stream_id=info.stream_id,
         uri=info.uri,
+        owner=info.owner,
         state=_STATE_TO_PROTO[info.state],
         is_live=info.is_live,
         created_at=info.created_at,
@@ -297,6 +298,7 @@ def stream_info_from_proto(msg: pb.StreamInfo) -> StreamInfo:
     return StreamInfo(
         stream_id=msg.stream_id,
         uri=msg.uri,
+        owner=msg.owner,
         state=state,
         is_live=msg.is_live,
         created_at=msg.created_at,

@@ -19,9 +19,10 @@ It owns:
 - the models: the default one of the settings plus models loaded at runtime
   (:meth:`~DetectionService.load_model`, :meth:`~DetectionService.unload_model`; at most
   ``settings.max_models`` in all), by name; every model shares the one inference limit;
-- the tracking sessions (one tracker per ``session_id``, shared by both APIs). A session
-  is keyed by its id only, not by model: a session should stick to one model (its tracker
-  would otherwise mix boxes of different detectors);
+- the tracking sessions (one tracker per caller and ``session_id``, shared by both APIs;
+  at most ``settings.max_sessions_per_key`` per caller). A session is keyed by its owner
+  and id, not by model: a session should stick to one model (its tracker would otherwise
+  mix boxes of different detectors);
 - the request-level operations: :meth:`~DetectionService.check_conf`,
   :meth:`~DetectionService.class_ids`, :meth:`~DetectionService.model_info`,
   :meth:`~DetectionService.detect` and :meth:`~DetectionService.detect_batch`.
@@ -53,6 +54,7 @@ from tapetum.core.detections import Detections
 from tapetum.detect.base import StagedDetector
 from tapetum.errors import ConfigError, ModelLoadError, NotReadyError
 from tapetum.serve.images import ImageError, decode_image
+from tapetum.serve.ownership import ANONYMOUS
 from tapetum.serve.schemas import (
     BatchDetectResponse,
     BatchItem,
@@ -170,7 +172,10 @@ class DetectionService:
         self._factory = detector_factory
         self.new_tracker()  # a bad tracker name fails now, not on the first request
         self.sessions = SessionTrackers(
-            self.new_tracker, settings.max_sessions, settings.session_idle_s
+            self.new_tracker,
+            settings.max_sessions,
+            settings.session_idle_s,
+            max_per_owner=settings.max_sessions_per_key,
         )
         self._detector: DetectorLike | None = None
         self._slots: threading.BoundedSemaphore | None = None
@@ -424,6 +429,7 @@ class DetectionService:
         started_s: float | None = None,
         observe: Callable[[float], None] | None = None,
         model: str | None = None,
+        owner: str = ANONYMOUS,
     ) -> DetectResponse:
         """Detect (and with a session, track) objects in one image. Blocking.
 
@@ -436,6 +442,8 @@ class DetectionService:
             observe: gets the model call's seconds (metrics).
             model: the loaded model to run (None: the default one; 404 when unknown). A
                 session should stick to one model.
+            owner: the caller's ``key_id``; ``session_id`` names one of its sessions
+                (another caller's session of the same id is another tracker).
 
         Raises:
             NotReadyError, ApiError, ImageError, ConfigError.
@@ -448,7 +456,7 @@ class DetectionService:
         decoded = self._decode(image)
         t1 = time.perf_counter()
         if session is None and session_id:
-            session = self.sessions.get(session_id)
+            session = self.sessions.get(session_id, owner)
         start = time.perf_counter()
         found = self._infer([decoded], loaded.detector)[0]
         if observe is not None:

@@ -158,6 +158,11 @@ class ServeSettings:
         stream_subscriber_queue: results buffered per live (SSE) subscriber; a slower
             client loses the oldest.
         sse_heartbeat_s: idle time after which an SSE connection gets a comment line.
+        max_streams_per_key / max_sessions_per_key / max_subscriptions_per_key: what one
+            key (or token subject) may hold at once: running streams, tracking sessions
+            (beyond it the key's own least recently used session is dropped) and live
+            result subscriptions (SSE and gRPC ``StreamResults``), so one key cannot take
+            every slot or evict everyone's sessions.
         max_models: most models loaded at once, the default one included (more can be
             loaded at runtime with ``POST /v1/models`` / ``LoadModel``).
         max_json_body_bytes: largest request body of every route but the detect routes
@@ -206,6 +211,9 @@ class ServeSettings:
     stream_breaker_reset_s: float = 30.0
     stream_subscriber_queue: int = 64
     sse_heartbeat_s: float = 10.0
+    max_streams_per_key: int = 2
+    max_sessions_per_key: int = 32
+    max_subscriptions_per_key: int = 4
     max_models: int = 4
     batch_requests: int = 8
     batch_wait_ms: float = 0.0
@@ -239,6 +247,12 @@ class ServeSettings:
             raise ConfigError("stream_breaker_failures must be ≥ 1 and the reset time > 0")
         if self.sse_heartbeat_s <= 0:
             raise ConfigError(f"sse_heartbeat_s must be > 0, got {self.sse_heartbeat_s}")
+        per_key = (self.max_streams_per_key, self.max_sessions_per_key)
+        if min(*per_key, self.max_subscriptions_per_key) < 1:
+            raise ConfigError(
+                "max_streams_per_key, max_sessions_per_key and max_subscriptions_per_key "
+                "must be ≥ 1"
+            )
         if self.max_models < 1:
             raise ConfigError(f"max_models must be ≥ 1, got {self.max_models}")
         if self.max_json_body_bytes < 1024 or self.auth_failures_per_minute < 0:

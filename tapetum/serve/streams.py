@@ -5,6 +5,12 @@ each, sharing the server's detector) and fans every frame result out to live
 subscribers, each behind a bounded drop-oldest queue (a slow client loses the oldest
 results, counted; it never slows the pipeline).
 
+Streams belong to the principal that started them (see :mod:`tapetum.serve.ownership`):
+the methods that take a :class:`~tapetum.serve.ownership.Caller` answer only about its own
+streams (another's is :class:`UnknownStreamError`, as if it did not exist) unless it is an
+admin; ``max_streams_per_owner`` and ``max_subscriptions_per_owner`` bound what one
+principal holds, so one key cannot take every slot.
+
 Opening a source goes through a per-URI :class:`~tapetum.core.breaker.CircuitBreaker`:
 a URI that failed to open ``failure_threshold`` times in a row is refused at once
 (:class:`~tapetum.core.breaker.CircuitOpenError`) until its reset timeout passes, so a
@@ -32,7 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -41,10 +47,19 @@ from tapetum.core.detections import Detections
 from tapetum.core.frame import Frame
 from tapetum.core.result import FrameResult
 from tapetum.detect.base import StagedDetector
-from tapetum.errors import SourceError, StreamLimitError, UnknownStreamError
+from tapetum.errors import (
+    SourceError,
+    StreamLimitError,
+    SubscriptionLimitError,
+    UnknownStreamError,
+)
 from tapetum.pipeline import Enricher, Pipeline, PipelineConfig
+from tapetum.serve.ownership import ANONYMOUS, Caller
 from tapetum.sources import Source, open_source
 from tapetum.sources.video import LIVE_SCHEMES, redact_url, url_scheme
+
+if TYPE_CHECKING:
+    from tapetum.serve.settings import ServeSettings
 
 __all__ = [
     "StreamInfo",
@@ -53,6 +68,7 @@ __all__ = [
     "StreamOptions",
     "StreamStatsOut",
     "Subscription",
+    "SubscriptionLimitError",
     "UnknownStreamError",
 ]
 
@@ -101,6 +117,10 @@ class StreamInfo(BaseModel):
 
     stream_id: str
     uri: str = Field(description="The source URI, credentials redacted.")
+    owner: str = Field(
+        default=ANONYMOUS,
+        description="Who started it: an API key id, or `jwt:<subject>` for a bearer token.",
+    )
     state: StreamStateName
     is_live: bool
     created_at: float = Field(description="Unix time the stream started.")
@@ -114,6 +134,7 @@ class StreamInfo(BaseModel):
                 {
                     "stream_id": "3f2a9c1b7d4e",
                     "uri": "rtsp://cam-7:554/Streaming/101",
+                    "owner": "3f2a9c1b7d4e",
                     "state": "running",
                     "is_live": True,
                     "created_at": 1_764_000_000.0,
@@ -147,7 +168,15 @@ class Subscription:
     ``aget`` (on the event loop the subscription was made on).
     """
 
-    def __init__(self, capacity: int, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        loop: asyncio.AbstractEventLoop | None = None,
+        owner: str = ANONYMOUS,
+    ) -> None:
+        #: the principal that follows the stream (its subscriptions are counted).
+        self.owner = owner
+        self.released = False
         self._items: deque[str] = deque()
         self._capacity = capacity
         self._cond = threading.Condition()
@@ -278,6 +307,7 @@ class _Managed:
     created_at: float
     stopped: bool = False
     dropped_by_gone: int = field(default=0)  # results dropped by subscribers now gone
+    owner: str = ANONYMOUS
 
 
 class StreamManager:
@@ -292,6 +322,10 @@ class StreamManager:
         subscriber_queue_size: results buffered per live subscriber before drop-oldest.
         max_finished: finished streams kept for inspection (oldest forgotten first).
         source_options: extra ``open_source`` options (e.g. ``reconnect_max_attempts``).
+        max_streams_per_owner: most streams one principal runs at once (None: no own
+            limit below ``max_streams``).
+        max_subscriptions_per_owner: most live subscriptions one principal holds at once,
+            over all streams (None: no limit).
     """
 
     def __init__(
@@ -303,6 +337,8 @@ class StreamManager:
         subscriber_queue_size: int = 64,
         max_finished: int = 32,
         source_options: dict[str, Any] | None = None,
+        max_streams_per_owner: int | None = None,
+        max_subscriptions_per_owner: int | None = None,
     ) -> None:
         self._detector_provider = detector_provider
         self.max_streams = max_streams
@@ -314,26 +350,85 @@ class StreamManager:
         self.subscriber_queue_size = subscriber_queue_size
         self.max_finished = max_finished
         self._source_options = dict(source_options or {})
+        self.max_streams_per_owner = max_streams_per_owner
+        self.max_subscriptions_per_owner = max_subscriptions_per_owner
         self._streams: dict[str, _Managed] = {}
-        self._starting = 0
+        self._starting: dict[str, int] = {}  # owner → streams being opened
+        self._subscriptions: dict[str, int] = {}  # owner → live subscriptions
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: ServeSettings,
+        detector_provider: Callable[[], StagedDetector],
+        breakers: BreakerRegistry | None = None,
+    ) -> StreamManager:
+        """The manager a server's settings describe: its stream limits, per-key quotas
+        and breakers (``breakers``: where they live, default a new registry)."""
+        if breakers is None:
+            breakers = BreakerRegistry(
+                failure_threshold=settings.stream_breaker_failures,
+                reset_timeout_s=settings.stream_breaker_reset_s,
+            )
+        return cls(
+            detector_provider,
+            max_streams=settings.max_streams,
+            breakers=breakers,
+            subscriber_queue_size=settings.stream_subscriber_queue,
+            max_streams_per_owner=settings.max_streams_per_key,
+            max_subscriptions_per_owner=settings.max_subscriptions_per_key,
+        )
 
     # ----------------------------------------------------------------- helpers
     def breaker_for(self, uri: str) -> CircuitBreaker:
         return self.breakers.get(f"source:{redact_url(uri)}")
 
-    def _running_locked(self) -> int:
-        return sum(1 for m in self._streams.values() if not m.pipeline.finished)
+    def _running_locked(self, owner: str | None = None) -> int:
+        """Streams running (and being opened), of ``owner`` only unless None."""
+        running = sum(
+            1
+            for m in self._streams.values()
+            if not m.pipeline.finished and (owner is None or m.owner == owner)
+        )
+        if owner is None:
+            return running + sum(self._starting.values())
+        return running + self._starting.get(owner, 0)
+
+    def _reserve_locked(self, owner: str) -> None:
+        """Count a stream of ``owner`` as opening, or refuse it over a limit."""
+        running = self._running_locked()
+        if running >= self.max_streams:
+            raise StreamLimitError(
+                f"this server runs at most {self.max_streams} streams and {running} are "
+                "running; stop one (DELETE /v1/streams/{id}) or retry later"
+            )
+        per_owner = self.max_streams_per_owner
+        if per_owner is not None and self._running_locked(owner) >= per_owner:
+            raise StreamLimitError(
+                f"this key already runs {per_owner} streams, the most one key may run; "
+                "stop one (DELETE /v1/streams/{id}) or retry later"
+            )
+        self._starting[owner] = self._starting.get(owner, 0) + 1
+
+    def _release_locked(self, owner: str) -> None:
+        left = self._starting[owner] - 1
+        if left:
+            self._starting[owner] = left
+        else:
+            del self._starting[owner]
 
     def _forget_finished_locked(self) -> None:
         done = [k for k, m in self._streams.items() if m.pipeline.finished]
         for key in done[: max(0, len(done) - self.max_finished)]:
             del self._streams[key]
 
-    def _managed(self, stream_id: str) -> _Managed:
+    def _managed(self, stream_id: str, caller: Caller | None = None) -> _Managed:
+        """The stream, if ``caller`` (None: the server itself) may see it; else
+        :class:`UnknownStreamError`, the same for another's stream as for none."""
         with self._lock:
             managed = self._streams.get(stream_id)
-        if managed is None:
+        if managed is None or (caller is not None and not caller.may_see(managed.owner)):
             raise UnknownStreamError(f"no stream {stream_id!r}")
         return managed
 
@@ -357,12 +452,16 @@ class StreamManager:
             raise SourceError(f"cannot open source {uri}: no such file or directory")
 
     # ----------------------------------------------------------------- API
-    def start(self, uri: str, options: StreamOptions | None = None) -> StreamInfo:
+    def start(
+        self, uri: str, options: StreamOptions | None = None, caller: Caller | None = None
+    ) -> StreamInfo:
         """Open ``uri`` and start its pipeline in the background (blocks while the source
-        is probed: call it off the event loop).
+        is probed: call it off the event loop). The stream belongs to ``caller`` (None:
+        :data:`~tapetum.serve.ownership.ANONYMOUS`).
 
         Raises:
-            StreamLimitError: ``max_streams`` streams are running.
+            StreamLimitError: ``max_streams`` streams are running, or the caller runs
+                ``max_streams_per_owner``.
             CircuitOpenError: this URI failed to open repeatedly; retry later.
             SourceError: the source cannot be opened (the reason says why); only failures
                 of a probe count towards the breaker (see ``check_uri``).
@@ -374,14 +473,9 @@ class StreamManager:
         make_tracker(options.tracker, 30.0)  # a bad name fails before any work
         self.check_uri(uri)
         detector = self._detector_provider()
+        owner = caller.owner if caller is not None else ANONYMOUS
         with self._lock:
-            running = self._running_locked() + self._starting
-            if running >= self.max_streams:
-                raise StreamLimitError(
-                    f"this server runs at most {self.max_streams} streams and {running} are "
-                    "running; stop one (DELETE /v1/streams/{id}) or retry later"
-                )
-            self._starting += 1
+            self._reserve_locked(owner)
         try:
             stream_id = uuid.uuid4().hex[:12]
             source = self.breaker_for(uri).call(
@@ -413,31 +507,49 @@ class StreamManager:
                     close()
                 raise
             managed = _Managed(
-                stream_id, redact_url(uri), options, source, pipeline, fanout, time.time()
+                stream_id,
+                redact_url(uri),
+                options,
+                source,
+                pipeline,
+                fanout,
+                time.time(),
+                owner=owner,
             )
             with self._lock:
                 self._streams[stream_id] = managed
                 self._forget_finished_locked()
         finally:
             with self._lock:
-                self._starting -= 1
+                self._release_locked(owner)
         log.info("stream %s started on %s", stream_id, managed.uri)
         return self._info(managed)
 
-    def list(self) -> list[StreamInfo]:
+    def list(self, caller: Caller | None = None) -> list[StreamInfo]:
+        """The streams ``caller`` may see (None: all)."""
         with self._lock:
-            managed = list(self._streams.values())
+            managed = [
+                m for m in self._streams.values() if caller is None or caller.may_see(m.owner)
+            ]
         return [self._info(m) for m in managed]
 
-    def get(self, stream_id: str) -> StreamInfo:
-        """Raises UnknownStreamError."""
-        return self._info(self._managed(stream_id))
+    def get(self, stream_id: str, caller: Caller | None = None) -> StreamInfo:
+        """Raises UnknownStreamError (also for a stream ``caller`` may not see)."""
+        return self._info(self._managed(stream_id, caller))
 
-    def stop(self, stream_id: str, drain: bool = True, timeout_s: float = 10.0) -> StreamInfo:
+    def stop(
+        self,
+        stream_id: str,
+        drain: bool = True,
+        timeout_s: float = 10.0,
+        *,
+        caller: Caller | None = None,
+    ) -> StreamInfo:
         """Stop reading the source, finish (``drain``) or drop what is queued, wait for the
         pipeline to end, and forget the stream. Returns its final state. Blocks: call it
-        off the event loop. Raises UnknownStreamError."""
-        managed = self._managed(stream_id)
+        off the event loop. Raises UnknownStreamError (also for a stream ``caller`` may
+        not see)."""
+        managed = self._managed(stream_id, caller)
         managed.stopped = True
         managed.pipeline.stop(drain=drain)
         if not managed.pipeline.join(timeout_s):
@@ -471,25 +583,54 @@ class StreamManager:
         return len(running)
 
     def subscribe(
-        self, stream_id: str, loop: asyncio.AbstractEventLoop | None = None
+        self,
+        stream_id: str,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        caller: Caller | None = None,
     ) -> Subscription:
-        """A live feed of the stream's results from now on (ended when the stream ends).
-        Raises UnknownStreamError."""
-        managed = self._managed(stream_id)
-        sub = Subscription(self.subscriber_queue_size, loop)
+        """A live feed of the stream's results from now on (ended when the stream ends);
+        release it with :meth:`unsubscribe`.
+
+        Raises:
+            UnknownStreamError: no such stream, or one ``caller`` may not see.
+            SubscriptionLimitError: the caller holds ``max_subscriptions_per_owner``.
+        """
+        managed = self._managed(stream_id, caller)
+        owner = caller.owner if caller is not None else ANONYMOUS
+        limit = self.max_subscriptions_per_owner
+        with self._lock:
+            held = self._subscriptions.get(owner, 0)
+            if limit is not None and caller is not None and held >= limit:
+                raise SubscriptionLimitError(
+                    f"this key already follows {held} live result feeds, the most one key "
+                    "may; close one first"
+                )
+            self._subscriptions[owner] = held + 1
+        sub = Subscription(self.subscriber_queue_size, loop, owner)
         managed.fanout.add(sub)
         return sub
 
     def unsubscribe(self, stream_id: str, sub: Subscription) -> None:
+        """Release a subscription (idempotent), whether or not its stream still exists."""
         with self._lock:
+            if sub.released:
+                return
+            sub.released = True
+            left = self._subscriptions.get(sub.owner, 1) - 1
+            if left > 0:
+                self._subscriptions[sub.owner] = left
+            else:
+                self._subscriptions.pop(sub.owner, None)
             managed = self._streams.get(stream_id)
         if managed is not None:
             managed.fanout.remove(sub)
             managed.dropped_by_gone += sub.dropped
 
     def __len__(self) -> int:
+        """Streams running (opened, not finished)."""
         with self._lock:
-            return self._running_locked()
+            return sum(1 for m in self._streams.values() if not m.pipeline.finished)
 
     # ----------------------------------------------------------------- info
     def _info(self, m: _Managed) -> StreamInfo:
@@ -513,6 +654,7 @@ class StreamManager:
         return StreamInfo(
             stream_id=m.stream_id,
             uri=m.uri,
+            owner=m.owner,
             state=state,
             is_live=s.is_live,
             created_at=m.created_at,

@@ -64,7 +64,7 @@ def served(
     store = KeyStore(tmp / "keys.db")
     keys = {
         "read": store.create("reader", [Scope.READ])[1],
-        "infer": store.create("inferrer", [Scope.INFER])[1],
+        "infer": store.create("inferrer", [Scope.INFER, Scope.READ])[1],  # owns its streams
     }
     settings = ServeSettings(model_path=yolox_path, rate_per_second=None, max_streams=MAX_STREAMS)
     service = DetectionService(settings)
@@ -110,7 +110,7 @@ def test_stream_lifecycle_results_stats_and_stop(served: Served) -> None:
     assert info.options.conf == 0.3 and info.options.tracker == "bytetrack"
     assert mapping.stream_info_from_proto(info).stream_id == sid
 
-    call = served.stub.StreamResults(pb.StreamRef(id=sid), metadata=served.auth("read"))
+    call = served.stub.StreamResults(pb.StreamRef(id=sid), metadata=served.auth("infer"))
     results = []
     for result in call:
         results.append(result)
@@ -129,9 +129,9 @@ def test_stream_lifecycle_results_stats_and_stop(served: Served) -> None:
     assert all(d.HasField("track_id") and d.track_id >= 1 for d in dets)
     assert all(d.confidence >= 0.3 and d.box.x2 > d.box.x1 for d in dets)
 
-    listed = served.stub.ListStreams(pb.ListStreamsRequest(), metadata=served.auth("read"))
+    listed = served.stub.ListStreams(pb.ListStreamsRequest(), metadata=served.auth("infer"))
     assert sid in {s.stream_id for s in listed.streams}
-    got = served.stub.GetStream(pb.StreamRef(id=sid), metadata=served.auth("read"))
+    got = served.stub.GetStream(pb.StreamRef(id=sid), metadata=served.auth("infer"))
     stats = got.stats
     assert stats.frames_processed >= 10 and stats.frames_read >= stats.frames_processed
     assert 0 < stats.fps < 2 * CROWD_FPS, "realtime paces a file at its native rate"
@@ -140,7 +140,7 @@ def test_stream_lifecycle_results_stats_and_stop(served: Served) -> None:
     deadline = time.monotonic() + 3
     while got.stats.subscribers and time.monotonic() < deadline:
         time.sleep(0.1)
-        got = served.stub.GetStream(pb.StreamRef(id=sid), metadata=served.auth("read"))
+        got = served.stub.GetStream(pb.StreamRef(id=sid), metadata=served.auth("infer"))
     assert got.stats.subscribers == 0, "a cancelled StreamResults must unsubscribe"
     # The REST side sees the same stream.
     assert served.streams.get(sid).stream_id == sid
@@ -160,16 +160,16 @@ def test_stream_lifecycle_results_stats_and_stop(served: Served) -> None:
 def test_results_end_when_the_stream_ends(served: Served) -> None:
     sid = served.start(served.clip_1s, realtime=True).stream_id
     t0 = time.monotonic()
-    results = list(served.stub.StreamResults(pb.StreamRef(id=sid), metadata=served.auth("read")))
+    results = list(served.stub.StreamResults(pb.StreamRef(id=sid), metadata=served.auth("infer")))
     assert time.monotonic() - t0 < 5, "the call must end with the stream"
-    info = served.stub.GetStream(pb.StreamRef(id=sid), metadata=served.auth("read"))
+    info = served.stub.GetStream(pb.StreamRef(id=sid), metadata=served.auth("infer"))
     assert info.state == pb.StreamInfo.STATE_FINISHED
     assert 0 < len(results) <= info.stats.frames_processed == int(CROWD_FPS)
 
 
 def test_stop_ends_a_following_results_call(served: Served) -> None:
     sid = served.start(served.clip_3s, realtime=True).stream_id
-    call = served.stub.StreamResults(pb.StreamRef(id=sid), metadata=served.auth("read"))
+    call = served.stub.StreamResults(pb.StreamRef(id=sid), metadata=served.auth("infer"))
     next(call)
     served.stub.StopStream(pb.StreamRef(id=sid), metadata=served.auth("infer"))
     t0 = time.monotonic()

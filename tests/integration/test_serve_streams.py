@@ -55,7 +55,7 @@ def served(
     store = KeyStore(tmp / "keys.db")
     keys = {
         "read": store.create("reader", [Scope.READ])[1],
-        "infer": store.create("inferrer", [Scope.INFER])[1],
+        "infer": store.create("inferrer", [Scope.INFER, Scope.READ])[1],  # owns its streams
     }
     settings = ServeSettings(
         model_path=yolox_path,
@@ -93,7 +93,7 @@ def _sse(served: Served, stream_id: str, max_events: int) -> tuple[list[dict[str
     events: list[dict[str, Any]] = []
     ended, heartbeats, event = False, 0, "message"
     with served.client.stream(
-        "GET", f"/v1/streams/{stream_id}/results", headers=served.auth("read")
+        "GET", f"/v1/streams/{stream_id}/results", headers=served.auth("infer")
     ) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
@@ -129,9 +129,9 @@ def test_stream_lifecycle_live_results_stats_and_delete(served: Served) -> None:
     assert all(t["confidence"] >= 0.3 and t["track_id"] >= 1 for t in tracks)
     assert all(e["end_to_end_ms"] > 0 for e in events)
 
-    listed = served.client.get("/v1/streams", headers=served.auth("read")).json()
+    listed = served.client.get("/v1/streams", headers=served.auth("infer")).json()
     assert sid in {s["stream_id"] for s in listed}
-    stats = served.client.get(f"/v1/streams/{sid}", headers=served.auth("read")).json()["stats"]
+    stats = served.client.get(f"/v1/streams/{sid}", headers=served.auth("infer")).json()["stats"]
     assert stats["frames_processed"] >= 10 and stats["frames_read"] >= stats["frames_processed"]
     assert 0 < stats["fps"] < 2 * CROWD_FPS, "realtime paces a file at its native rate"
     assert 0 < stats["p50_end_to_end_ms"] <= stats["p99_end_to_end_ms"]
@@ -142,7 +142,7 @@ def test_stream_lifecycle_live_results_stats_and_delete(served: Served) -> None:
     assert final["state"] == "stopped"
     assert final["stats"]["frames_processed"] < 3 * CROWD_FPS, "stopped before the clip's end"
     assert_error(
-        served.client.get(f"/v1/streams/{sid}", headers=served.auth("read")), 404, "unknown_stream"
+        served.client.get(f"/v1/streams/{sid}", headers=served.auth("infer")), 404, "unknown_stream"
     )
     assert_error(
         served.client.delete(f"/v1/streams/{sid}", headers=served.auth("infer")),
@@ -159,7 +159,7 @@ def test_results_end_when_the_stream_ends(served: Served) -> None:
     events, ended, heartbeats = _sse(served, sid, max_events=1000)
     assert ended, "the event stream must end with the stream"
     assert time.monotonic() - t0 < 5
-    info = served.client.get(f"/v1/streams/{sid}", headers=served.auth("read")).json()
+    info = served.client.get(f"/v1/streams/{sid}", headers=served.auth("infer")).json()
     assert info["state"] == "finished"
     assert 0 < len(events) <= info["stats"]["frames_processed"] == int(CROWD_FPS)
     assert heartbeats == 0, "no heartbeat while results flow"

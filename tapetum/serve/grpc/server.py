@@ -18,6 +18,7 @@ REST                        gRPC
 404 unknown stream          NOT_FOUND
 400 bad stream source       INVALID_ARGUMENT (the reason as the message)
 429 too many streams        RESOURCE_EXHAUSTED, trailing ``retry-after``
+429 too many subscriptions  RESOURCE_EXHAUSTED, trailing ``retry-after``
 503 source breaker open     UNAVAILABLE, trailing ``retry-after``
 501 detector cannot stream  UNIMPLEMENTED
 400 / 422 model won't load  INVALID_ARGUMENT (``bad_model_path``, ``model_load_failed``)
@@ -34,7 +35,10 @@ Keys come from the metadata ``authorization: Bearer <key>`` or ``x-api-key: <key
 ``infer`` (detection, starting and stopping streams; listing, inspecting and following
 streams needs ``read``) or ``admin`` (``LoadModel``, ``UnloadModel``). Rate limits
 count per key and full method name (``/tapetum.v1.Detector/Detect``), once per call and
-once per frame of ``DetectStream``.
+once per frame of ``DetectStream``. Streams and tracking sessions belong to the key that
+made them (:mod:`tapetum.serve.ownership`): another key's stream is NOT_FOUND, like an
+unknown id, unless the caller has ``admin``; ``session_id`` names one of the caller's own
+sessions.
 
 The detection work (model readiness, request checks, inference, tracking sessions) is the
 :class:`~tapetum.serve.service.DetectionService` the REST app serves too; this module is the
@@ -74,7 +78,7 @@ from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar
 import grpc
 
 from tapetum.core.breaker import CircuitOpenError
-from tapetum.errors import ConfigError, SourceError, TapetumError
+from tapetum.errors import ConfigError, SourceError, SubscriptionLimitError, TapetumError
 from tapetum.serve import mapping
 from tapetum.serve.auth import Scope
 from tapetum.serve.authenticator import Authenticator
@@ -88,6 +92,7 @@ from tapetum.serve.grpc.guard import (
     method_limits,
 )
 from tapetum.serve.images import ImageError
+from tapetum.serve.ownership import ANONYMOUS, Caller, caller_of
 from tapetum.serve.schemas import Health
 from tapetum.serve.service import DetectionService, EncodedImage, NotReadyError
 from tapetum.serve.sessions import SessionTracker
@@ -157,6 +162,8 @@ def _to_api_error(exc: Exception) -> ApiError:
         return ApiError(422, "invalid_request", str(exc))
     if isinstance(exc, UnknownStreamError):
         return ApiError(404, "unknown_stream", str(exc))
+    if isinstance(exc, SubscriptionLimitError):
+        return ApiError(429, "too_many_subscriptions", str(exc), {"Retry-After": "5"})
     if isinstance(exc, StreamLimitError):
         return ApiError(429, "too_many_streams", str(exc), {"Retry-After": "5"})
     if isinstance(exc, CircuitOpenError):
@@ -220,7 +227,13 @@ class _DetectorService(pb_grpc.DetectorServicer):
     def Detect(  # noqa: N802 - generated servicer's name
         self, request: pb.DetectRequest, context: grpc.ServicerContext
     ) -> pb.DetectResponse:
-        return self._unary(request, context, Scope.INFER, "Detect", self._detect)
+        return self._unary(
+            request,
+            context,
+            Scope.INFER,
+            "Detect",
+            lambda req: self._detect(req, owner=self._caller(context).owner),
+        )
 
     def DetectBatch(  # noqa: N802 - generated servicer's name
         self, request: pb.BatchDetectRequest, context: grpc.ServicerContext
@@ -284,7 +297,13 @@ class _DetectorService(pb_grpc.DetectorServicer):
     def StartStream(  # noqa: N802 - generated servicer's name
         self, request: pb.StartStreamRequest, context: grpc.ServicerContext
     ) -> pb.StreamInfo:
-        return self._unary(request, context, Scope.INFER, "StartStream", self._start_stream)
+        return self._unary(
+            request,
+            context,
+            Scope.INFER,
+            "StartStream",
+            lambda req: self._start_stream(req, self._caller(context)),
+        )
 
     def ListStreams(  # noqa: N802 - generated servicer's name
         self, request: pb.ListStreamsRequest, context: grpc.ServicerContext
@@ -294,7 +313,7 @@ class _DetectorService(pb_grpc.DetectorServicer):
             context,
             Scope.READ,
             "ListStreams",
-            lambda _req: mapping.stream_list_to_proto(self.streams.list()),
+            lambda _req: mapping.stream_list_to_proto(self.streams.list(self._caller(context))),
         )
 
     def GetStream(  # noqa: N802 - generated servicer's name
@@ -305,7 +324,9 @@ class _DetectorService(pb_grpc.DetectorServicer):
             context,
             Scope.READ,
             "GetStream",
-            lambda req: mapping.stream_info_to_proto(self.streams.get(req.id)),
+            lambda req: mapping.stream_info_to_proto(
+                self.streams.get(req.id, self._caller(context))
+            ),
         )
 
     def StopStream(  # noqa: N802 - generated servicer's name
@@ -316,7 +337,9 @@ class _DetectorService(pb_grpc.DetectorServicer):
             context,
             Scope.INFER,
             "StopStream",
-            lambda req: mapping.stream_info_to_proto(self.streams.stop(req.id)),
+            lambda req: mapping.stream_info_to_proto(
+                self.streams.stop(req.id, caller=self._caller(context))
+            ),
         )
 
     def StreamResults(  # noqa: N802 - generated servicer's name
@@ -326,8 +349,8 @@ class _DetectorService(pb_grpc.DetectorServicer):
         subscription is released when the stream ends, the client cancels or the
         server stops."""
         try:
-            self._guard(context, Scope.READ, "StreamResults")
-            sub = self.streams.subscribe(request.id)
+            principal = self._guard(context, Scope.READ, "StreamResults")
+            sub = self.streams.subscribe(request.id, caller=caller_of(principal))
         except Exception as exc:
             _abort(context, exc)
         try:
@@ -378,6 +401,10 @@ class _DetectorService(pb_grpc.DetectorServicer):
             raise ApiError(401, "missing_api_key", "this RPC was not authenticated")
         return call.principal
 
+    def _caller(self, context: grpc.ServicerContext) -> Caller:
+        """The call's principal as ownership checks see it (streams, sessions)."""
+        return caller_of(self._authenticate(context))
+
     def _rate_limit(self, key_id: str, method: str) -> None:
         error = rate_limit_error(self.rate_limiter, key_id, f"/{SERVICE_NAME}/{method}")
         if error is not None:
@@ -410,6 +437,7 @@ class _DetectorService(pb_grpc.DetectorServicer):
         *,
         session: SessionTracker | None = None,
         session_id: str | None = None,
+        owner: str = ANONYMOUS,
     ) -> pb.DetectResponse:
         response = self.service.detect(
             EncodedImage(request.image, request.content_type),
@@ -418,10 +446,11 @@ class _DetectorService(pb_grpc.DetectorServicer):
             session_id if session is not None else request.session_id,
             session=session,
             model=request.model or None,
+            owner=owner,
         )
         return mapping.detect_response_to_proto(response)
 
-    def _start_stream(self, request: pb.StartStreamRequest) -> pb.StreamInfo:
+    def _start_stream(self, request: pb.StartStreamRequest, caller: Caller) -> pb.StreamInfo:
         conf = request.conf if request.HasField("conf") else None
         if conf is not None:
             self.service.check_conf(conf)
@@ -430,7 +459,7 @@ class _DetectorService(pb_grpc.DetectorServicer):
         )
         if not request.uri or len(request.uri) > 4096:
             raise ApiError(422, "invalid_request", "uri: give 1 to 4096 characters")
-        return mapping.stream_info_to_proto(self.streams.start(request.uri, options))
+        return mapping.stream_info_to_proto(self.streams.start(request.uri, options, caller))
 
     def _detect_batch(self, request: pb.BatchDetectRequest) -> pb.BatchDetectResponse:
         response = self.service.detect_batch(
@@ -484,17 +513,7 @@ def create_grpc_server(  # noqa: PLR0917 - the REST factory's order, plus the ad
     if settings.require_auth and key_store is None:
         raise ConfigError("gRPC authentication is on: give a key store or turn auth off")
     if streams is None:
-        from tapetum.core.breaker import BreakerRegistry
-
-        streams = StreamManager(
-            service.staged_detector,
-            max_streams=settings.max_streams,
-            breakers=BreakerRegistry(
-                failure_threshold=settings.stream_breaker_failures,
-                reset_timeout_s=settings.stream_breaker_reset_s,
-            ),
-            subscriber_queue_size=settings.stream_subscriber_queue,
-        )
+        streams = StreamManager.from_settings(settings, service.staged_detector)
     servicer = _DetectorService(settings, service, key_store, rate_limiter, streams)
     workers = max_workers if max_workers is not None else settings.grpc_max_workers
     limits, default_limit = method_limits(settings)

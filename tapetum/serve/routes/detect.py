@@ -147,7 +147,8 @@ def build_router(state: AppState, guards: Guards) -> APIRouter:
         ),
         model: ModelQuery = None,
     ) -> Response:
-        """Detect objects in one image. Needs the ``infer`` scope."""
+        """Detect objects in one image; with ``session_id``, track them across the
+        caller's calls of that session. Needs the ``infer`` scope."""
         service.detector()
         service.check_conf(conf, model)
         wanted = _split_classes(classes)
@@ -165,6 +166,7 @@ def build_router(state: AppState, guards: Guards) -> APIRouter:
                     started_s=t0,
                     observe=observe,
                     model=model,
+                    owner=_key.key_id,
                 )
             )
         )

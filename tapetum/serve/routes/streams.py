@@ -1,6 +1,11 @@
 """Server-side streams: started, listed, inspected and stopped over the API, and their
 live results as Server-Sent Events. The work is the app's
-:class:`~tapetum.serve.streams.StreamManager` (shared with the gRPC server)."""
+:class:`~tapetum.serve.streams.StreamManager` (shared with the gRPC server).
+
+A stream belongs to the key (or token subject) that started it: every route answers only
+about the caller's own streams (another's is a 404, as an unknown id) unless the caller has
+``admin`` (see :mod:`tapetum.serve.ownership`).
+"""
 
 from __future__ import annotations
 
@@ -16,12 +21,13 @@ from fastapi.responses import StreamingResponse
 from pydantic import Field
 
 from tapetum.core.breaker import CircuitOpenError
-from tapetum.errors import SourceError
+from tapetum.errors import SourceError, SubscriptionLimitError
+from tapetum.serve.ownership import caller_of
 from tapetum.serve.rest.errors import ERROR_RESPONSES, ResponseTable
 from tapetum.serve.rest.guards import Guards, credential_watch
 from tapetum.serve.rest.state import AppState
 from tapetum.serve.schemas import ErrorResponse
-from tapetum.serve.settings import ApiError
+from tapetum.serve.settings import ApiError, Principal
 from tapetum.serve.streams import (
     StreamInfo,
     StreamLimitError,
@@ -45,12 +51,22 @@ class StreamCreate(StreamOptions):
 
 _STREAM_RESPONSES: ResponseTable = {
     **ERROR_RESPONSES,
-    404: {"model": ErrorResponse, "description": "Unknown stream"},
+    404: {"model": ErrorResponse, "description": "Unknown stream, or another key's"},
+}
+_RESULTS_RESPONSES: ResponseTable = {
+    **_STREAM_RESPONSES,
+    429: {
+        "model": ErrorResponse,
+        "description": "The key follows as many streams as it may, or rate limited",
+    },
 }
 _START_RESPONSES: ResponseTable = {
     **ERROR_RESPONSES,
     400: {"model": ErrorResponse, "description": "The source cannot be opened"},
-    429: {"model": ErrorResponse, "description": "Too many streams, or rate limited"},
+    429: {
+        "model": ErrorResponse,
+        "description": "Too many streams (on the server or for this key), or rate limited",
+    },
     503: {"model": ErrorResponse, "description": "Model not ready, or the URI's breaker is open"},
 }
 
@@ -70,16 +86,17 @@ def build_router(state: AppState, guards: Guards) -> APIRouter:
         status_code=201,
         tags=["streams"],
         responses=_START_RESPONSES,
-        dependencies=[guards.infer],
     )
-    async def start_stream(body: StreamCreate) -> StreamInfo:
-        """Start detecting and tracking on a source in the background. Needs ``infer``."""
+    async def start_stream(body: StreamCreate, _key: Principal = guards.infer) -> StreamInfo:
+        """Start detecting and tracking on a source in the background; the stream is the
+        caller's. Needs ``infer``."""
         if body.conf is not None:
             check_conf(body.conf)
         options = StreamOptions(tracker=body.tracker, conf=body.conf, realtime=body.realtime)
+        caller = caller_of(_key)
         try:
             # Opening probes the source (up to its open timeout): off the event loop.
-            return await anyio.to_thread.run_sync(streams.start, body.uri, options)
+            return await anyio.to_thread.run_sync(streams.start, body.uri, options, caller)
         except StreamLimitError as exc:
             raise ApiError(429, "too_many_streams", str(exc), {"Retry-After": "5"}) from exc
         except CircuitOpenError as exc:
@@ -95,23 +112,22 @@ def build_router(state: AppState, guards: Guards) -> APIRouter:
         response_model=list[StreamInfo],
         tags=["streams"],
         responses=ERROR_RESPONSES,
-        dependencies=[guards.read],
     )
-    async def list_streams() -> list[StreamInfo]:
-        """Running and recently finished streams with live stats. Needs ``read``."""
-        return streams.list()
+    async def list_streams(_key: Principal = guards.read) -> list[StreamInfo]:
+        """The caller's running and recently finished streams (an admin's: everyone's)
+        with live stats. Needs ``read``."""
+        return streams.list(caller_of(_key))
 
     @router.get(
         "/v1/streams/{stream_id}",
         response_model=StreamInfo,
         tags=["streams"],
         responses=_STREAM_RESPONSES,
-        dependencies=[guards.read],
     )
-    async def get_stream(stream_id: str) -> StreamInfo:
-        """One stream with live stats. Needs ``read``."""
+    async def get_stream(stream_id: str, _key: Principal = guards.read) -> StreamInfo:
+        """One of the caller's streams with live stats. Needs ``read``."""
         try:
-            return streams.get(stream_id)
+            return streams.get(stream_id, caller_of(_key))
         except UnknownStreamError:
             raise _unknown(stream_id) from None
 
@@ -120,13 +136,13 @@ def build_router(state: AppState, guards: Guards) -> APIRouter:
         response_model=StreamInfo,
         tags=["streams"],
         responses=_STREAM_RESPONSES,
-        dependencies=[guards.infer],
     )
-    async def stop_stream(stream_id: str) -> StreamInfo:
-        """Stop a stream (queued frames are finished or dropped, counted) and forget it.
-        Returns its final state. Needs ``infer``."""
+    async def stop_stream(stream_id: str, _key: Principal = guards.infer) -> StreamInfo:
+        """Stop one of the caller's streams (queued frames are finished or dropped,
+        counted) and forget it. Returns its final state. Needs ``infer``."""
+        caller = caller_of(_key)
         try:
-            return await anyio.to_thread.run_sync(streams.stop, stream_id)
+            return await anyio.to_thread.run_sync(lambda: streams.stop(stream_id, caller=caller))
         except UnknownStreamError:
             raise _unknown(stream_id) from None
 
@@ -141,16 +157,20 @@ def build_router(state: AppState, guards: Guards) -> APIRouter:
                 "(the JSONL record), `: heartbeat` comments when idle, and a final "
                 "`event: end` when the stream ends.",
             },
-            **_STREAM_RESPONSES,
+            **_RESULTS_RESPONSES,
         },
-        dependencies=[guards.read],
     )
-    async def stream_results(request: Request, stream_id: str) -> StreamingResponse:
-        """Live results of a stream as Server-Sent Events. Needs ``read``."""
+    async def stream_results(
+        request: Request, stream_id: str, _key: Principal = guards.read
+    ) -> StreamingResponse:
+        """Live results of one of the caller's streams as Server-Sent Events. Needs
+        ``read``."""
         try:
-            sub = streams.subscribe(stream_id, asyncio.get_running_loop())
+            sub = streams.subscribe(stream_id, asyncio.get_running_loop(), caller=caller_of(_key))
         except UnknownStreamError:
             raise _unknown(stream_id) from None
+        except SubscriptionLimitError as exc:
+            raise ApiError(429, "too_many_subscriptions", str(exc), {"Retry-After": "5"}) from exc
         heartbeat_s = settings.sse_heartbeat_s
         watch = credential_watch(request)
 
