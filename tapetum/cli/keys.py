@@ -1,7 +1,7 @@
 """``tapetum keys``: create, list and revoke API keys for the serving API.
 
 The key database defaults to ``$TAPETUM_KEYS_DB``, else ``./tapetum-keys.sqlite``. The
-serving dependencies (argon2-cffi) are imported inside the commands so that
+serving dependencies are imported inside the commands so that
 ``tapetum --help`` stays fast.
 """
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 keys_app = typer.Typer(
     name="keys",
-    help="Manage API keys of the serving API (stored as argon2id hashes in SQLite).",
+    help="Manage API keys of the serving API (stored as peppered HMAC-SHA256 in SQLite).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -109,7 +109,8 @@ def revoke(
     key_id: Annotated[str, typer.Argument(help="Id of the key (see `tapetum keys list`).")],
     db: DbOption = DEFAULT_DB,
 ) -> None:
-    """Revoke a key; requests with it are refused from now on (within 60 s on other servers)."""
+    """Revoke a key; every server sharing the database refuses it within about a second,
+    and ends its open streaming calls."""
     with _open_store(db) as store:
         if not store.revoke(key_id):
             existing = store.get(key_id)

@@ -52,7 +52,7 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         str | None,
         typer.Option(
             help="Instead of a local model: another Tapetum node's gRPC address "
-            "(grpc://host:50051), called behind a circuit breaker."
+            "(grpcs://host:50051 for TLS, grpc:// cleartext), called behind a circuit breaker."
         ),
     ] = None,
     backend_key_env: Annotated[
@@ -62,6 +62,26 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
     backend_timeout_s: Annotated[
         float, typer.Option("--backend-timeout", help="Deadline of one backend call, seconds.")
     ] = 2.0,
+    backend_ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM CA bundle of the backend node's certificate (implies TLS; "
+            "grpcs://host:port without it uses the system roots)."
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(help="PEM certificate (chain): serve REST (HTTPS) and gRPC over TLS."),
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Allow cleartext on a non-loopback address (TLS ends at a proxy in front), "
+            "and sending the backend key over cleartext.",
+        ),
+    ] = False,
     host: Annotated[
         str, typer.Option(help="Address to listen on (0.0.0.0 exposes it to the network).")
     ] = "127.0.0.1",
@@ -124,7 +144,10 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         ),
     ] = 32,
 ) -> None:
-    """Serve detection over HTTP (REST, OpenAPI docs at /docs) and gRPC."""
+    """Serve detection over HTTP (REST, OpenAPI docs at /docs) and gRPC.
+
+    Both listen on --host; an address other than loopback needs --tls-cert/--tls-key (or
+    --insecure)."""
     from tapetum._optional import import_optional
 
     uvicorn = import_optional("uvicorn", "serve", "tapetum serve")
@@ -132,7 +155,18 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
     from tapetum.detect.providers import parse_provider_list
     from tapetum.serve.app import create_app
     from tapetum.serve.service import DetectionService
-    from tapetum.serve.settings import ServeSettings, default_key_store, default_rate_limiter
+    from tapetum.serve.settings import (
+        ServeSettings,
+        default_auth_failure_limiter,
+        default_key_store,
+        default_rate_limiter,
+    )
+    from tapetum.serve.tls import TlsFiles, check_bind
+
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    tls = TlsFiles(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+    check_bind(host, tls, insecure=insecure, what="serve")
 
     if (model is None) == (backend is None):
         raise ConfigError("tapetum serve needs exactly one of --model PATH or --backend ADDRESS")
@@ -168,7 +202,14 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         max_sessions_per_key=max_sessions_per_key,
     )
     remote = (
-        _remote_detector(str(backend), backend_key_env, backend_timeout_s, settings)
+        _remote_detector(
+            str(backend),
+            backend_key_env,
+            backend_timeout_s,
+            settings,
+            ca_file=backend_ca,
+            allow_insecure=insecure,
+        )
         if backend is not None
         else None
     )
@@ -179,7 +220,14 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
     )
     key_store = default_key_store(settings)
     rate_limiter = default_rate_limiter(settings)
-    app = create_app(settings, key_store=key_store, rate_limiter=rate_limiter, service=service)
+    auth_failures = default_auth_failure_limiter(settings)  # one count for both APIs
+    app = create_app(
+        settings,
+        key_store=key_store,
+        rate_limiter=rate_limiter,
+        service=service,
+        auth_failures=auth_failures,
+    )
     if remote is not None:  # its breaker state goes to /metrics with the others
         app.state.tapetum.breakers.register(remote.breaker)
     grpc_server = None
@@ -195,6 +243,8 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
             grpc_port,
             host=host,
             streams=app.state.tapetum.streams,  # one set of streams for both APIs
+            tls=tls,
+            auth_failures=auth_failures,
         )
         service.start()  # the REST lifespan would too; gRPC may be asked first
         grpc_server.start()
@@ -215,6 +265,7 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         timeout_graceful_shutdown=graceful_s,
         log_level="info",
         access_log=False,
+        **(tls.uvicorn_options() if tls is not None else {}),
     )
     try:
         _Server(config).run()
@@ -225,7 +276,13 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
 
 
 def _remote_detector(
-    backend: str, key_env: str | None, timeout_s: float, settings: ServeSettings
+    backend: str,
+    key_env: str | None,
+    timeout_s: float,
+    settings: ServeSettings,
+    *,
+    ca_file: Path | None,
+    allow_insecure: bool,
 ) -> RemoteDetector:
     """The backend node as a detector, behind a breaker named after it."""
     import os
@@ -245,4 +302,6 @@ def _remote_detector(
         timeout_s=timeout_s,
         breaker=breaker,
         conf_threshold=settings.min_conf_threshold,
+        ca_file=ca_file,
+        allow_insecure=allow_insecure,
     )

@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tapetum.errors import ConfigError
 
@@ -91,7 +91,7 @@ class TlsFiles:
         except OSError as exc:
             raise ConfigError(f"cannot read the TLS files: {exc}") from exc
 
-    def uvicorn_options(self) -> dict[str, str]:
+    def uvicorn_options(self) -> dict[str, Any]:
         """Keyword arguments of ``uvicorn.Config`` / ``uvicorn.run``."""
         return {"ssl_certfile": str(self.cert_file), "ssl_keyfile": str(self.key_file)}
 
