@@ -22,6 +22,7 @@ from tapetum.classify.crops import CropBatch, crop_batch
 from tapetum.classify.enricher import (
     LABEL_COLUMNS,
     ClassificationEnricher,
+    ClassificationObserver,
     ClassifierService,
     ClassifyConfig,
     ClassifyStats,
@@ -37,6 +38,7 @@ __all__ = [
     "BUILTIN_MAPS",
     "LABEL_COLUMNS",
     "ClassificationEnricher",
+    "ClassificationObserver",
     "ClassifierService",
     "ClassifierSpec",
     "ClassifyConfig",

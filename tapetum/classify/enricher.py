@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "LABEL_COLUMNS",
     "ClassificationEnricher",
+    "ClassificationObserver",
     "ClassifierService",
     "ClassifyConfig",
     "ClassifyStats",
@@ -209,13 +211,30 @@ class ClassifierService:
         self.close()
 
 
+#: Called with each frame's fresh classifications: frame, track ids (M,), probabilities (M, L).
+ClassificationObserver = Callable[[Frame, IntArray, Float32Array], None]
+
+
 class ClassificationEnricher:
     """Per-stream stage: ``label``, ``label_confidence``, ``label_votes`` per track (see the
-    module docstring). One instance per stream; frames in order."""
+    module docstring). One instance per stream; frames in order.
 
-    def __init__(self, service: ClassifierService, config: ClassifyConfig | None = None) -> None:
+    Args:
+        service: the shared classifier.
+        config: which tracks, how often.
+        observer: sees every classification as it is made, before the vote (e.g. to log
+            single-crop answers or collect hard examples); its exceptions are logged.
+    """
+
+    def __init__(
+        self,
+        service: ClassifierService,
+        config: ClassifyConfig | None = None,
+        observer: ClassificationObserver | None = None,
+    ) -> None:
         self.service = service
         self.config = config or ClassifyConfig()
+        self.observer = observer
         self.state = TrackLabels(len(service.labels), self.config.max_age_frames)
         self._labels = np.array([*service.labels, None], dtype=object)  # -1 → None
 
@@ -256,6 +275,11 @@ class ClassificationEnricher:
             )
             return
         self.state.add(tid[valid], probs, area[valid], frame.index)
+        if self.observer is not None:
+            try:
+                self.observer(frame, tid[valid], probs)
+            except Exception:
+                log.exception("classification observer failed")
 
 
 def parse_classify_option(text: str) -> tuple[Path, dict[str, str]]:

@@ -29,7 +29,7 @@ from tapetum.errors import ConfigError, TapetumError
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from tapetum.pipeline import Pipeline, PipelineStats
+    from tapetum.pipeline import EnricherFactory, Pipeline, PipelineStats
 
 app = typer.Typer(
     name="tapetum",
@@ -122,6 +122,16 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
             "written to the JSONL and drawn with 2-sigma ellipses."
         ),
     ] = None,
+    classify: Annotated[
+        str | None,
+        typer.Option(
+            help="Classify tracks with a second ONNX model: "
+            "MODEL[:classes=car,truck,bus][:every=N][:min_box=PX][:grow=X][:labels=MAP] "
+            "(first sighting, then every N frames (10) or when the box area grows X× (1.5); "
+            "boxes under PX (16) wait; MAP: a YAML/JSON label map or 'vehicles'). Writes "
+            "label, label_confidence, label_votes per track."
+        ),
+    ] = None,
     workers: Annotated[
         int, typer.Option(help="Concurrent inference workers (0: auto, 2 on a multi-core CPU).")
     ] = 0,
@@ -163,6 +173,7 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         video=video,
         trail=trail,
         forecast=forecast,
+        classify=classify,
         workers=workers,
         threads=threads,
         provider=provider,
@@ -170,14 +181,23 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         max_wait_ms=max_wait_ms,
         drop_policy=drop_policy,
     )
+    extras: dict[str, Callable[[], dict[str, int]]] = {}
     try:
-        pipeline, out_dir = _build(options)
+        pipeline, out_dir = _build(options, extras)
     except TapetumError as exc:
         raise _fail(str(exc)) from None
     stats = _run_with_progress(pipeline, quiet)
     summary = stats.as_dict()
+    summary.update({name: read() for name, read in extras.items()})
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(stats, out_dir)
+    if "classification" in summary:
+        c = summary["classification"]
+        Console().print(
+            f"classification: {c['crops_classified']} crops in {c['calls']} model calls, "
+            f"{c['crops_skipped']} skipped (outside the frame or empty), "
+            f"{c['failed_crops']} failed"
+        )
     failed = [s for s in stats.streams if s.error and s.frames_processed == 0]
     if len(failed) == len(stats.streams):
         raise _fail("; ".join(s.error or "" for s in failed))
@@ -208,15 +228,20 @@ class RunOptions:
     drop_policy: str | None
     arch: str | None = None
     provider: str | None = None
+    classify: str | None = None
 
 
-def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
-    """Open sources, model, tracker factory and sinks; every user error is a TapetumError."""
+def _build(
+    opts: RunOptions, extras: dict[str, Callable[[], dict[str, int]]] | None = None
+) -> tuple[Pipeline, Path]:
+    """Open sources, model, tracker factory and sinks; every user error is a TapetumError.
+
+    ``extras`` receives readers of stage counters for the summary (``classification``)."""
     from tapetum._optional import import_optional
     from tapetum.detect import DetectorConfig, RuntimeOptions, load_detector
     from tapetum.detect.classes import resolve_class_filter
     from tapetum.detect.providers import parse_provider_list
-    from tapetum.pipeline import DropPolicy, Enricher, EnricherFactory, Pipeline, PipelineConfig
+    from tapetum.pipeline import DropPolicy, Enricher, Pipeline, PipelineConfig
     from tapetum.sinks import AnnotatedVideoSink, JsonlSink, Sink
     from tapetum.sources import Source, open_source
     from tapetum.track import Tracker, make_tracker
@@ -297,6 +322,8 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
             return IdentityEnricher(service, src.source_id, reid_model)
 
         enrichers.append(identity_for)
+    if opts.classify:
+        enrichers.append(_classify_stage(opts, detector.class_names, len(opened), extras))
 
     def tracker_for(src: Source) -> Tracker:
         return make_tracker(opts.tracker, frame_rate=src.fps or 30.0, reid=tracker_reid)
@@ -314,6 +341,48 @@ def _build(opts: RunOptions) -> tuple[Pipeline, Path]:
         ),
     )
     return pipe, out_dir
+
+
+def _classify_stage(
+    opts: RunOptions,
+    detector_classes: tuple[str, ...],
+    n_sources: int,
+    extras: dict[str, Callable[[], dict[str, int]]] | None,
+) -> EnricherFactory:
+    """The ``--classify`` enricher factory (one classifier shared by every stream)."""
+    from tapetum.classify import (
+        ClassificationEnricher,
+        ClassifierService,
+        OnnxClassifier,
+        load_label_map,
+        parse_classify_option,
+    )
+    from tapetum.classify.enricher import config_from_options
+    from tapetum.detect import RuntimeOptions
+    from tapetum.detect.providers import parse_provider_list
+    from tapetum.pipeline import Enricher
+    from tapetum.sources import Source
+
+    assert opts.classify is not None
+    model_path, options = parse_classify_option(opts.classify)
+    config = config_from_options(options, detector_classes)
+    classifier = OnnxClassifier(
+        model_path,
+        runtime=RuntimeOptions(
+            intra_op_threads=1, workers=1, providers=parse_provider_list(opts.provider)
+        ),
+    )
+    label_map = (
+        load_label_map(options["labels"], classifier.class_names) if "labels" in options else None
+    )
+    service = ClassifierService(classifier, label_map, max_wait_ms=2.0 if n_sources > 1 else 0.0)
+    if extras is not None:
+        extras["classification"] = service.stats.as_dict
+
+    def classifier_for(src: Source) -> Enricher:
+        return ClassificationEnricher(service, config)
+
+    return classifier_for
 
 
 def _parse_horizons(text: str) -> tuple[float, ...]:

@@ -84,7 +84,8 @@ class AnnotatedVideoSink:
         self._stream = stream
 
     def annotate(self, result: FrameResult) -> np.ndarray:
-        """The frame with boxes, labels (``#id class conf``) and trails drawn (a copy)."""
+        """The frame with boxes, labels (``#id class conf``, then `` | label`` once the
+        classification stage has labelled the track) and trails drawn (a copy)."""
         det = result.detections
         scene = result.frame.image.copy()
         if len(det) == 0:
@@ -100,6 +101,12 @@ class AnnotatedVideoSink:
                 strict=True,
             )
         ]
+        classified = det.data.get("label")
+        if classified is not None:  # the classification stage's per-track label
+            labels = [
+                f"{text} | {label}" if label is not None else text
+                for text, label in zip(labels, classified.tolist(), strict=True)
+            ]
         if self._trace is not None:
             scene = self._trace.annotate(scene, sv_det)
         scene = self._box.annotate(scene, sv_det)

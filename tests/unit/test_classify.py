@@ -433,3 +433,26 @@ def test_a_detector_is_not_taken_for_a_classifier(tmp_path: Path) -> None:
     path = tiny_model(tmp_path / "d.onnx", head="vector", meta=meta)
     with pytest.raises(ClassifierError, match="'yolox' detector"):
         OnnxClassifier(path)
+
+
+# ------------------------------------------------------------------------ drawing
+
+
+def test_the_annotated_video_shows_the_track_label(tmp_path: Path) -> None:
+    from tapetum.core.result import FrameResult
+    from tapetum.sinks.video import AnnotatedVideoSink
+
+    sink = AnnotatedVideoSink(tmp_path / "v.mp4", trail_length=0)
+    frame = Frame("cam", 0, np.zeros((200, 400, 3), np.uint8), 0.0, 0.0)
+    plain = dets([3], [1])
+    labelled = dets([3], [1])
+    labelled.data["label"] = np.array(["a long label text"], dtype=object)
+    unlabelled = dets([3], [1])
+    unlabelled.data["label"] = np.array([None], dtype=object)
+    drawn = [sink.annotate(FrameResult(frame, d, ("person",))) for d in (plain, labelled)]
+    sink.close()
+    text_band = (slice(0, 12), slice(0, 400))  # the label strip above the box top (y=10)
+    ink = [int(np.count_nonzero(img[text_band].any(axis=2))) for img in drawn]
+    assert ink[1] > ink[0] * 1.5  # the label adds text to the strip
+    same = sink.annotate(FrameResult(frame, unlabelled, ("person",)))
+    np.testing.assert_array_equal(same, drawn[0])  # no label yet: drawn as before
