@@ -22,14 +22,18 @@ from rich.markup import escape
 from tapetum.cli.eval import eval_app
 from tapetum.cli.export import export_command
 from tapetum.cli.keys import keys_app
+from tapetum.cli.models import models_app
 from tapetum.cli.optimize import optimize_command
 from tapetum.cli.serve import serve_command
+from tapetum.cli.train import train_app
 from tapetum.errors import ConfigError, TapetumError
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
+    from tapetum.detect import OnnxDetector
     from tapetum.pipeline import EnricherFactory, Pipeline, PipelineStats
+    from tapetum.registry import AliasWatcher, ResolvedModel
 
 app = typer.Typer(
     name="tapetum",
@@ -41,6 +45,8 @@ app = typer.Typer(
 console = Console(stderr=True)
 app.add_typer(eval_app, name="eval")
 app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
+app.add_typer(train_app, name="train")
 app.command("serve")(serve_command)
 app.command("export")(export_command)
 app.command("optimize")(optimize_command)
@@ -63,11 +69,12 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         list[str], typer.Argument(help="Video files, stream URLs or image folders.")
     ],
     model: Annotated[
-        Path,
+        str,
         typer.Option(
             "--model",
             "-m",
-            help="ONNX detector: YOLOX, YOLOv5, Ultralytics YOLOv5u/v8/11, RT-DETR, EfficientDet.",
+            help="ONNX detector (YOLOX, YOLOv5, Ultralytics YOLOv5u/v8/11, RT-DETR, "
+            "EfficientDet), or a registered one: models:/NAME/VERSION or models:/NAME@ALIAS.",
         ),
     ],
     out: Annotated[
@@ -122,6 +129,13 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
             "written to the JSONL and drawn with 2-sigma ellipses."
         ),
     ] = None,
+    forecaster: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --forecast: a learned forecaster (tapetum train forecast) instead of "
+            "constant velocity, which stays for tracks seen less than the model's history."
+        ),
+    ] = None,
     classify: Annotated[
         str | None,
         typer.Option(
@@ -154,12 +168,34 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         typer.Option(help="block | drop_oldest | drop_newest (default: by source kind)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            "--registry",
+            envvar="TAPETUM_REGISTRY_URI",
+            help="Model registry of a models:/ --model (default: sqlite:///tapetum-registry.db).",
+        ),
+    ] = None,
+    model_poll: Annotated[
+        float,
+        typer.Option(
+            help="With --model models:/NAME@ALIAS on live streams or --realtime: seconds "
+            "between alias checks; a new version is loaded, warmed and swapped in (SIGHUP "
+            "checks at once). 0: keep the version resolved at start."
+        ),
+    ] = 10.0,
 ) -> None:
     """Detect and track objects in SOURCES; write tracks (JSONL), annotated video and a summary."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if model_poll < 0:
+        raise _fail(f"--model-poll must be ≥ 0 seconds, got {model_poll}")
+    try:
+        model_path, resolved = _resolve_model(model, registry)
+    except TapetumError as exc:
+        raise _fail(str(exc)) from None
     options = RunOptions(
         sources=sources,
-        model=model,
+        model=model_path,
         out=out,
         conf=conf,
         nms_iou=nms_iou,
@@ -173,6 +209,7 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         video=video,
         trail=trail,
         forecast=forecast,
+        forecaster=forecaster,
         classify=classify,
         workers=workers,
         threads=threads,
@@ -186,8 +223,17 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         pipeline, out_dir = _build(options, extras)
     except TapetumError as exc:
         raise _fail(str(exc)) from None
-    stats = _run_with_progress(pipeline, quiet)
+    watcher = None
+    if resolved is not None and resolved.alias and model_poll > 0 and _is_live(options):
+        watcher = _follow_alias(pipeline, options, resolved, model_poll, registry)
+    try:
+        stats = _run_with_progress(pipeline, quiet, watcher)
+    finally:
+        if watcher is not None:
+            watcher.stop()
     summary = stats.as_dict()
+    if resolved is not None:
+        summary["model"] = _model_summary(model, resolved, watcher)
     summary.update({name: read() for name, read in extras.items()})
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(stats, out_dir)
@@ -197,6 +243,12 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
             f"classification: {c['crops_classified']} crops in {c['calls']} model calls, "
             f"{c['crops_skipped']} skipped (outside the frame or empty), "
             f"{c['failed_crops']} failed"
+        )
+    if "forecast" in summary:
+        f = summary["forecast"]
+        Console().print(
+            f"forecasts: {f['model']} by the model, {f['fallback_short_history']} by constant "
+            f"velocity (tracks seen too briefly), {f['beyond_horizon']} past its horizon"
         )
     failed = [s for s in stats.streams if s.error and s.frames_processed == 0]
     if len(failed) == len(stats.streams):
@@ -229,51 +281,85 @@ class RunOptions:
     arch: str | None = None
     provider: str | None = None
     classify: str | None = None
+    forecaster: Path | None = None
 
 
-def _build(
-    opts: RunOptions, extras: dict[str, Callable[[], dict[str, int]]] | None = None
-) -> tuple[Pipeline, Path]:
-    """Open sources, model, tracker factory and sinks; every user error is a TapetumError.
+def _resolve_model(model: str, registry: str | None) -> tuple[Path, ResolvedModel | None]:
+    """A file path as given; a ``models:/`` reference resolved to a hash-checked file in
+    the local model cache (the registry is imported only then)."""
+    from tapetum.registry.uri import is_model_uri
 
-    ``extras`` receives readers of stage counters for the summary (``classification``)."""
-    from tapetum._optional import import_optional
+    if not is_model_uri(model):
+        return Path(model), None
+    from tapetum.registry import resolve_model_uri
+
+    resolved = resolve_model_uri(model, registry=registry)
+    console.print(f"model {model} → {resolved.describe()}", highlight=False, markup=False)
+    return resolved.path, resolved
+
+
+def _is_live(opts: RunOptions) -> bool:
+    """Sources that run until stopped, or files paced like cameras: worth following."""
+    from tapetum.sources.video import is_live_url
+
+    return opts.realtime or any(is_live_url(s) for s in opts.sources)
+
+
+def _follow_alias(
+    pipeline: Pipeline,
+    opts: RunOptions,
+    resolved: ResolvedModel,
+    poll_s: float,
+    registry: str | None,
+) -> AliasWatcher:
+    """Watch the alias; each new version is loaded like the first, warmed and swapped into
+    the running pipeline (frames in flight finish on the old model, trackers keep ids)."""
+    from tapetum.registry import AliasWatcher
+
+    def swap(new: ResolvedModel) -> None:
+        old = watcher.current
+        detector = _make_detector(opts, new.path)
+        warm_s = pipeline.swap_detector(detector)
+        console.print(
+            f"model swap: {old.describe() if old else '-'} → {new.describe()} "
+            f"(warm-up {warm_s * 1e3:.0f} ms)",
+            highlight=False,
+            markup=False,
+        )
+
+    watcher = AliasWatcher(
+        f"{resolved.name}@{resolved.alias}",
+        swap,
+        poll_s=poll_s,
+        registry=registry,
+        current=resolved,
+    )
+    return watcher.start()
+
+
+def _model_summary(
+    uri: str, resolved: ResolvedModel, watcher: AliasWatcher | None
+) -> dict[str, object]:
+    current = watcher.current if watcher is not None and watcher.current else resolved
+    return {
+        "uri": uri,
+        "resolved": resolved.uri,
+        "sha256": resolved.sha256,
+        "final": current.uri,
+        "swaps": [s.as_dict() for s in watcher.swaps] if watcher is not None else [],
+        "alias_check_errors": watcher.errors if watcher is not None else 0,
+    }
+
+
+def _make_detector(opts: RunOptions, path: Path) -> OnnxDetector:
+    """The run's detector from ``path``: thresholds, runtime and class filter of ``opts``."""
     from tapetum.detect import DetectorConfig, RuntimeOptions, load_detector
     from tapetum.detect.classes import resolve_class_filter
     from tapetum.detect.providers import parse_provider_list
-    from tapetum.pipeline import DropPolicy, Enricher, Pipeline, PipelineConfig
-    from tapetum.sinks import AnnotatedVideoSink, JsonlSink, Sink
-    from tapetum.sources import Source, open_source
-    from tapetum.track import Tracker, make_tracker
-    from tapetum.track.forecast import (
-        DETECTOR_CV_CONFIG,
-        ConstantVelocityForecaster,
-        ForecastEnricher,
-    )
-    from tapetum.track.reid import ReidEmbedder
 
-    if opts.topology and not opts.reid:
-        raise ConfigError("--topology needs --reid: global identities match appearance")
-    embedder = ReidEmbedder(opts.reid, threads=1) if opts.reid else None
-    # BoT-SORT is the tracker that uses appearance; with another tracker the embedder only
-    # serves the identity service.
-    tracker_reid = embedder if opts.tracker.strip().lower() == "botsort" else None
-    if embedder is not None and tracker_reid is None and not opts.topology:
-        raise ConfigError("--reid is used by --tracker botsort or by --topology")
-    make_tracker(opts.tracker, 30.0, tracker_reid)  # a bad name fails before anything opens
-    policy = DropPolicy.parse(opts.drop_policy) if opts.drop_policy else None
     config = DetectorConfig(conf_threshold=opts.conf, nms_iou=opts.nms_iou)
-    opened: list[Source] = []
-    seen: dict[str, int] = {}
-    for uri in opts.sources:
-        src = open_source(uri, realtime=opts.realtime)
-        n = seen.get(src.source_id, 0)
-        seen[src.source_id] = n + 1
-        if n:  # two sources with one name (a.mp4 in two folders): number the later ones
-            src = open_source(uri, realtime=opts.realtime, source_id=f"{src.source_id}-{n}")
-        opened.append(src)
     detector = load_detector(
-        opts.model,
+        path,
         opts.arch,
         config,
         RuntimeOptions(
@@ -288,6 +374,44 @@ def _build(
         detector.class_names, opts.classes.split(",") if opts.classes else None
     )
     detector.config = dataclasses.replace(config, class_ids=class_ids)
+    return detector
+
+
+def _build(
+    opts: RunOptions, extras: dict[str, Callable[[], dict[str, int]]] | None = None
+) -> tuple[Pipeline, Path]:
+    """Open sources, model, tracker factory and sinks; every user error is a TapetumError.
+
+    ``extras`` receives readers of stage counters for the summary (``classification``)."""
+    from tapetum._optional import import_optional
+    from tapetum.pipeline import DropPolicy, Enricher, Pipeline, PipelineConfig
+    from tapetum.sinks import AnnotatedVideoSink, JsonlSink, Sink
+    from tapetum.sources import Source, open_source
+    from tapetum.track import Tracker, make_tracker
+    from tapetum.track.forecast import DETECTOR_CV_CONFIG, ForecastEnricher
+    from tapetum.track.forecast_model import StreamForecasters
+    from tapetum.track.reid import ReidEmbedder
+
+    if opts.topology and not opts.reid:
+        raise ConfigError("--topology needs --reid: global identities match appearance")
+    embedder = ReidEmbedder(opts.reid, threads=1) if opts.reid else None
+    # BoT-SORT is the tracker that uses appearance; with another tracker the embedder only
+    # serves the identity service.
+    tracker_reid = embedder if opts.tracker.strip().lower() == "botsort" else None
+    if embedder is not None and tracker_reid is None and not opts.topology:
+        raise ConfigError("--reid is used by --tracker botsort or by --topology")
+    make_tracker(opts.tracker, 30.0, tracker_reid)  # a bad name fails before anything opens
+    policy = DropPolicy.parse(opts.drop_policy) if opts.drop_policy else None
+    opened: list[Source] = []
+    seen: dict[str, int] = {}
+    for uri in opts.sources:
+        src = open_source(uri, realtime=opts.realtime)
+        n = seen.get(src.source_id, 0)
+        seen[src.source_id] = n + 1
+        if n:  # two sources with one name (a.mp4 in two folders): number the later ones
+            src = open_source(uri, realtime=opts.realtime, source_id=f"{src.source_id}-{n}")
+        opened.append(src)
+    detector = _make_detector(opts, opts.model)
     out_dir = opts.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     sinks: list[Sink] = [JsonlSink(out_dir / "tracks.jsonl")]
     if opts.video:
@@ -302,11 +426,16 @@ def _build(
         ]
 
     enrichers: list[EnricherFactory] = []
+    if opts.forecaster and not opts.forecast:
+        raise ConfigError("--forecaster needs --forecast (the horizons, e.g. 1,2)")
     if opts.forecast:
         horizons = _parse_horizons(opts.forecast)
+        make_forecaster = StreamForecasters(horizons, opts.forecaster, DETECTOR_CV_CONFIG)
+        if opts.forecaster and extras is not None:
+            extras["forecast"] = make_forecaster.counts
 
         def forecaster_for(src: Source) -> Enricher:
-            return ForecastEnricher(ConstantVelocityForecaster(DETECTOR_CV_CONFIG), horizons)
+            return ForecastEnricher(make_forecaster(src.fps, src.source_id), horizons)
 
         enrichers.append(forecaster_for)
     if opts.topology and embedder is not None:
@@ -396,7 +525,9 @@ def _parse_horizons(text: str) -> tuple[float, ...]:
     return horizons
 
 
-def _run_with_progress(pipeline: Pipeline, quiet: bool) -> PipelineStats:
+def _run_with_progress(
+    pipeline: Pipeline, quiet: bool, watcher: AliasWatcher | None = None
+) -> PipelineStats:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     # Ctrl-C is counted by a handler rather than caught as KeyboardInterrupt: the exception
@@ -408,8 +539,17 @@ def _run_with_progress(pipeline: Pipeline, quiet: bool) -> PipelineStats:
         nonlocal interrupts
         interrupts += 1
 
+    # SIGHUP asks a run following a registry alias to check it now; counted the same way.
+    hangups = 0
+
+    def on_sighup(signum: int, frame: FrameType | None) -> None:
+        nonlocal hangups
+        hangups += 1
+
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
+    follow_hup = in_main and watcher is not None and hasattr(signal, "SIGHUP")
+    previous_hup = signal.signal(signal.SIGHUP, on_sighup) if follow_hup else None
     pipeline.start()
     try:
         with Progress(
@@ -422,20 +562,36 @@ def _run_with_progress(pipeline: Pipeline, quiet: bool) -> PipelineStats:
             transient=False,
         ) as progress:
             task = progress.add_task("tracking", line="starting…")
-            _progress_loop(pipeline, progress, task, lambda: interrupts)
+            reload = watcher.trigger if watcher is not None else None
+            _progress_loop(
+                pipeline, progress, task, lambda: interrupts, hangups=lambda: hangups, reload=reload
+            )
     finally:
         if in_main:
             signal.signal(signal.SIGINT, previous)
+        if follow_hup:
+            signal.signal(signal.SIGHUP, previous_hup)
     return pipeline.stats()
 
 
 def _progress_loop(
-    pipeline: Pipeline, progress: Progress, task: TaskID, interrupts: Callable[[], int]
+    pipeline: Pipeline,
+    progress: Progress,
+    task: TaskID,
+    interrupts: Callable[[], int],
+    *,
+    hangups: Callable[[], int] = lambda: 0,
+    reload: Callable[[], None] | None = None,
 ) -> None:
     """Refresh the progress line until the pipeline ends; the first Ctrl-C drains what is
-    queued, a second one drops it."""
+    queued, a second one drops it; a SIGHUP calls ``reload`` (check the model alias now)."""
     handled = 0
+    reloads = 0
     while True:
+        if hangups() > reloads:
+            reloads = hangups()
+            if reload is not None:
+                reload()
         seen = interrupts()
         if seen > handled:
             handled = seen

@@ -165,7 +165,14 @@ def _print_table(report: TrackingReport, runs: list[TrackerRun], title: str) -> 
 
 @eval_app.command("detect")
 def detect(  # noqa: PLR0917 - typer maps parameters to options
-    model: Annotated[Path, typer.Option("--model", "-m", help="Detector ONNX model file.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Detector ONNX model file, or models:/NAME/VERSION or models:/NAME@ALIAS.",
+        ),
+    ],
     data: Annotated[
         Path,
         typer.Option(
@@ -211,17 +218,28 @@ def detect(  # noqa: PLR0917 - typer maps parameters to options
     per_class: Annotated[
         bool, typer.Option("--per-class", help="Also print the AP of every class.")
     ] = False,
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            "--registry",
+            envvar="TAPETUM_REGISTRY_URI",
+            help="Registry of a models:/ --model (default: sqlite:///tapetum-registry.db).",
+        ),
+    ] = None,
 ) -> None:
     """Run MODEL over the labelled images in DATA and print COCO mAP, recall and speed."""
     from rich.console import Console
 
     from tapetum.detect.detector import DetectorConfig
     from tapetum.eval.datasets import load_dataset
+    from tapetum.registry.resolve import local_model_path
 
     config = DetectorConfig(conf_threshold=conf, nms_iou=nms_iou, max_detections=max_det)
     if batch < 1:
         raise ConfigError(f"--batch must be ≥ 1, got {batch}")
-    detector = _load_detector(model, arch, config)
+    model_file, resolved = local_model_path(model, registry=registry)
+    shown = resolved.describe() if resolved else model_file.name
+    detector = _load_detector(model_file, arch, config)
     dataset = load_dataset(data, images=images, split=split)
     report = _evaluate_with_progress(detector, dataset, batch)
     if report.images_skipped:
@@ -229,12 +247,13 @@ def detect(  # noqa: PLR0917 - typer maps parameters to options
             f"[yellow]warning:[/] {report.images_skipped} unreadable images were skipped",
             highlight=False,
         )
-    _print_detection_table(report, title=f"{model.name} on {dataset.name}")
+    _print_detection_table(report, title=f"{shown} on {dataset.name}")
     if per_class:
         _print_per_class(report)
     if json_out is not None:
         result = {
-            "model": str(model),
+            "model": model,
+            "model_sha256": resolved.sha256 if resolved else None,
             "arch": arch,
             "data": str(data),
             "dataset": dataset.name,

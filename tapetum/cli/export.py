@@ -48,6 +48,21 @@ def export_command(  # noqa: PLR0917 - typer maps parameters to options
     simplify: Annotated[
         bool, typer.Option("--simplify/--no-simplify", help="Simplify the graph with onnxslim.")
     ] = True,
+    register: Annotated[
+        str | None,
+        typer.Option(
+            help="Register the exported detector as a new version of this model (with the "
+            "export's parameters as its lineage)."
+        ),
+    ] = None,
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            "--registry",
+            envvar="TAPETUM_REGISTRY_URI",
+            help="Registry for --register (default: sqlite:///tapetum-registry.db).",
+        ),
+    ] = None,
 ) -> None:
     """Export a PyTorch detector or classifier to ONNX: dynamic batch axis, onnxslim,
     Tapetum metadata."""
@@ -58,8 +73,17 @@ def export_command(  # noqa: PLR0917 - typer maps parameters to options
 
     target = out or Path(Path(source).stem + ".onnx")
     if source.strip().lower().replace("-", "_") in CLASSIFIER_ARCHS:
+        if register:
+            raise ConfigError("--register: the registry holds detectors, not classifiers")
         _export_classifier(source, target, weights, imgsz, names, opset, simplify)
         return
+    reg = None
+    if register:  # reach the registry before the slow export, not after
+        from tapetum.registry import registry_for
+        from tapetum.registry.uri import check_model_name
+
+        reg = registry_for(registry)
+        check_model_name(register)
     result = export_model(
         source,
         target,
@@ -79,6 +103,12 @@ def export_command(  # noqa: PLR0917 - typer maps parameters to options
         highlight=False,
         soft_wrap=True,
     )
+    if reg is not None and register:
+        from tapetum.cli.models import register_file
+
+        params = {"source": source, "arch": arch, "imgsz": imgsz, "weights": weights}
+        params |= {"names": names, "opset": opset, "simplify": simplify}
+        register_file(result.path, register, registry=reg, arch=meta.family, params=params)
 
 
 def _export_classifier(  # noqa: PLR0917 - the command's options, passed on

@@ -23,12 +23,19 @@ from tapetum.errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:
     from tapetum.detect.detector import OnnxDetector
+    from tapetum.registry import ModelRef, ModelRegistry
 
 PRECISIONS = ("fp16", "int8")
 
 
 def optimize_command(  # noqa: PLR0917 - typer maps parameters to options
-    model: Annotated[Path, typer.Argument(help="The ONNX detector to convert.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="The ONNX detector to convert: a file, or models:/NAME/VERSION or "
+            "models:/NAME@ALIAS from the registry."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write.")],
     precision: Annotated[
         str, typer.Option(help="fp16 (GPUs; halves the file) or int8 (static, QDQ).")
@@ -71,6 +78,23 @@ def optimize_command(  # noqa: PLR0917 - typer maps parameters to options
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the results as JSON here.")
     ] = None,
+    register: Annotated[
+        str | None,
+        typer.Option(
+            help="Register the result as a new version of this model; its parent is the "
+            "source's registered version (the models:/ reference, or the version whose file "
+            "has the same sha256), and the calibration data is recorded with its digest."
+        ),
+    ] = None,
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            "--registry",
+            envvar="TAPETUM_REGISTRY_URI",
+            help="Registry of a models:/ MODEL and of --register "
+            "(default: sqlite:///tapetum-registry.db).",
+        ),
+    ] = None,
 ) -> None:
     """Convert MODEL to FP16 or INT8, then compare size, speed (and mAP with --data)."""
     from tapetum.detect import DetectorConfig, RuntimeOptions, load_detector
@@ -87,9 +111,10 @@ def optimize_command(  # noqa: PLR0917 - typer maps parameters to options
     # Check every argument before the slow work starts.
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown --precision {precision!r}; use fp16 or int8")
-    if not model.is_file():
-        raise ModelLoadError(f"model file not found: {model}")
-    if out.resolve() == model.resolve():
+    reg, model_file, parent = _registry_source(model, register, registry)
+    if not model_file.is_file():
+        raise ModelLoadError(f"model file not found: {model_file}")
+    if out.resolve() == model_file.resolve():
         raise ConfigError("--out must differ from the source model")
     if runs < 1 or calib_frames < 1:
         raise ConfigError("--runs and --calib-frames must be ≥ 1")
@@ -108,11 +133,11 @@ def optimize_command(  # noqa: PLR0917 - typer maps parameters to options
 
     config = DetectorConfig(conf_threshold=0.001, nms_iou=0.65, max_detections=100)
     runtime = RuntimeOptions(intra_op_threads=threads, workers=1)
-    source = load_detector(model, arch, config, runtime)
+    source = load_detector(model_file, arch, config, runtime)
     out.parent.mkdir(parents=True, exist_ok=True)
     if samples is not None:
         report = quantize_int8(
-            model,
+            model_file,
             out,
             load_calibration_images(samples),
             source.preprocess,
@@ -121,7 +146,7 @@ def optimize_command(  # noqa: PLR0917 - typer maps parameters to options
             float_head=float_head,
         )
     else:
-        report = convert_fp16(model, out)
+        report = convert_fp16(model_file, out)
     result = load_detector(out, arch, config, runtime)
 
     summary: dict[str, Any] = {
@@ -133,7 +158,7 @@ def optimize_command(  # noqa: PLR0917 - typer maps parameters to options
         },
         "threads": source.model.threads,
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "source": _measure(source, model, runs),
+        "source": _measure(source, model_file, runs),
         "result": _measure(result, out, runs),
     }
     if dataset is not None:
@@ -142,9 +167,48 @@ def optimize_command(  # noqa: PLR0917 - typer maps parameters to options
             summary[key].update(_accuracy(det, dataset))
     summary["change"] = _change(summary["source"], summary["result"])
     _print(summary)
+    if reg is not None and register:
+        from tapetum.cli.models import find_parent, register_file
+        from tapetum.registry import DatasetRecord
+
+        params: dict[str, object] = {"source": model, "precision": precision, "arch": arch}
+        if precision == "int8":
+            params |= {"calib_frames": calib_frames, "method": method}
+            params |= {"float_stem": float_stem, "float_head": float_head}
+        datasets = [DatasetRecord.from_path(p, "calibration") for p in calib or ()]
+        info = register_file(
+            out,
+            register,
+            registry=reg,
+            arch=arch,
+            parent=parent or find_parent(reg, model_file, prefer=register),
+            params=params,
+            datasets=datasets if precision == "int8" else (),
+        )
+        summary["registered"] = f"models:/{info.short}"
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _registry_source(
+    model: str, register: str | None, registry: str | None
+) -> tuple[ModelRegistry | None, Path, ModelRef | None]:
+    """(registry or None, local file of ``model``, its registered version or None). The
+    registry is opened only for a ``models:/`` source or ``register``, before the slow work."""
+    from tapetum.registry.uri import check_model_name, is_model_uri
+
+    if not is_model_uri(model) and not register:
+        return None, Path(model), None
+    from tapetum.registry import ModelRef, registry_for, resolve_model_uri
+
+    if register:
+        check_model_name(register)
+    reg = registry_for(registry)
+    if not is_model_uri(model):
+        return reg, Path(model), None
+    resolved = resolve_model_uri(model, registry=reg)
+    return reg, resolved.path, ModelRef(resolved.name, version=resolved.version)
 
 
 def _load_dataset(data: Path, split: str | None) -> Any:
