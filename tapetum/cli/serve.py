@@ -143,6 +143,23 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
             "used one is dropped."
         ),
     ] = 32,
+    media_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--media-root",
+            help="Folder whose videos and image folders API callers may stream (repeat for "
+            "more). None: no local path may be opened over the API.",
+        ),
+    ] = None,
+    allow_source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-source",
+            help="Stream sources allowed although loopback, private or link-local: a CIDR "
+            "(10.0.7.0/24), a URI glob (rtsp://10.0.7.*, any scheme) or a host glob "
+            "(*.cams.internal). Repeat for more.",
+        ),
+    ] = None,
 ) -> None:
     """Serve detection over HTTP (REST, OpenAPI docs at /docs) and gRPC.
 
@@ -200,6 +217,8 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         max_streams_per_key=max_streams_per_key,
         max_subscriptions_per_key=max_subscriptions_per_key,
         max_sessions_per_key=max_sessions_per_key,
+        media_roots=tuple(media_root or ()),
+        allowed_sources=tuple(allow_source or ()),
     )
     remote = (
         _remote_detector(

@@ -163,6 +163,12 @@ class ServeSettings:
             (beyond it the key's own least recently used session is dropped) and live
             result subscriptions (SSE and gRPC ``StreamResults``), so one key cannot take
             every slot or evict everyone's sessions.
+        media_roots: folders whose files (and image folders) API callers may open as
+            streams; a path's real location must lie inside one. Empty: no local paths.
+        allowed_sources: exceptions to the network rules of stream sources (loopback,
+            private, link-local and metadata addresses are refused, and only rtsp(s),
+            rtmp and http(s)): CIDRs, URI globs (``rtsp://10.0.7.*``) or host globs. See
+            :mod:`tapetum.serve.source_policy`.
         max_models: most models loaded at once, the default one included (more can be
             loaded at runtime with ``POST /v1/models`` / ``LoadModel``).
         max_json_body_bytes: largest request body of every route but the detect routes
@@ -214,6 +220,8 @@ class ServeSettings:
     max_streams_per_key: int = 2
     max_sessions_per_key: int = 32
     max_subscriptions_per_key: int = 4
+    media_roots: tuple[Path, ...] = ()
+    allowed_sources: tuple[str, ...] = ()
     max_models: int = 4
     batch_requests: int = 8
     batch_wait_ms: float = 0.0
@@ -253,6 +261,11 @@ class ServeSettings:
                 "max_streams_per_key, max_sessions_per_key and max_subscriptions_per_key "
                 "must be ≥ 1"
             )
+        for root in self.media_roots:
+            if not root.is_dir():
+                raise ConfigError(f"media root {root} is not a folder")
+        if any(not pattern.strip() for pattern in self.allowed_sources):
+            raise ConfigError("allowed_sources: a pattern is empty")
         if self.max_models < 1:
             raise ConfigError(f"max_models must be ≥ 1, got {self.max_models}")
         if self.max_json_body_bytes < 1024 or self.auth_failures_per_minute < 0:

@@ -11,6 +11,12 @@ streams (another's is :class:`UnknownStreamError`, as if it did not exist) unles
 admin; ``max_streams_per_owner`` and ``max_subscriptions_per_owner`` bound what one
 principal holds, so one key cannot take every slot.
 
+Before anything is opened, a :class:`~tapetum.serve.source_policy.SourcePolicy` decides
+whether the URI may be opened at all (local paths only under the media roots, network
+hosts only at public addresses unless allow-listed). Clients get generic reasons (a
+refused source, or one that cannot be opened); the detail goes to the server log, so the
+API cannot be used to learn which files exist or which internal ports answer.
+
 Opening a source goes through a per-URI :class:`~tapetum.core.breaker.CircuitBreaker`:
 a URI that failed to open ``failure_threshold`` times in a row is refused at once
 (:class:`~tapetum.core.breaker.CircuitOpenError`) until its reset timeout passes, so a
@@ -42,21 +48,23 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tapetum.core.breaker import BreakerRegistry, CircuitBreaker
+from tapetum.core.breaker import BreakerRegistry, CircuitBreaker, CircuitOpenError
 from tapetum.core.detections import Detections
 from tapetum.core.frame import Frame
 from tapetum.core.result import FrameResult
 from tapetum.detect.base import StagedDetector
 from tapetum.errors import (
     SourceError,
+    SourceNotAllowedError,
     StreamLimitError,
     SubscriptionLimitError,
     UnknownStreamError,
 )
 from tapetum.pipeline import Enricher, Pipeline, PipelineConfig
 from tapetum.serve.ownership import ANONYMOUS, Caller
+from tapetum.serve.source_policy import SourcePolicy
 from tapetum.sources import Source, open_source
-from tapetum.sources.video import LIVE_SCHEMES, redact_url, url_scheme
+from tapetum.sources.video import display_url, redact_url, url_scheme
 
 if TYPE_CHECKING:
     from tapetum.serve.settings import ServeSettings
@@ -73,6 +81,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: What a client hears about a source that cannot be opened; the server log says why.
+_CANNOT_OPEN = "the source cannot be opened (the server log has the reason)"
 
 StreamStateName = Literal["running", "finished", "stopped", "failed"]
 
@@ -326,6 +337,8 @@ class StreamManager:
             limit below ``max_streams``).
         max_subscriptions_per_owner: most live subscriptions one principal holds at once,
             over all streams (None: no limit).
+        source_policy: what may be opened; default :class:`SourcePolicy()` (no local
+            paths, public network hosts only).
     """
 
     def __init__(
@@ -339,6 +352,7 @@ class StreamManager:
         source_options: dict[str, Any] | None = None,
         max_streams_per_owner: int | None = None,
         max_subscriptions_per_owner: int | None = None,
+        source_policy: SourcePolicy | None = None,
     ) -> None:
         self._detector_provider = detector_provider
         self.max_streams = max_streams
@@ -352,6 +366,7 @@ class StreamManager:
         self._source_options = dict(source_options or {})
         self.max_streams_per_owner = max_streams_per_owner
         self.max_subscriptions_per_owner = max_subscriptions_per_owner
+        self.source_policy = source_policy if source_policy is not None else SourcePolicy()
         self._streams: dict[str, _Managed] = {}
         self._starting: dict[str, int] = {}  # owner → streams being opened
         self._subscriptions: dict[str, int] = {}  # owner → live subscriptions
@@ -378,6 +393,9 @@ class StreamManager:
             subscriber_queue_size=settings.stream_subscriber_queue,
             max_streams_per_owner=settings.max_streams_per_key,
             max_subscriptions_per_owner=settings.max_subscriptions_per_key,
+            source_policy=SourcePolicy(
+                media_roots=settings.media_roots, allowed=settings.allowed_sources
+            ),
         )
 
     # ----------------------------------------------------------------- helpers
@@ -432,24 +450,30 @@ class StreamManager:
             raise UnknownStreamError(f"no stream {stream_id!r}")
         return managed
 
-    @staticmethod
-    def check_uri(uri: str) -> None:
-        """Refuse what no retry can fix (an unsupported scheme, a missing path) at once,
-        without touching the URI's breaker, which is for sources that fail when probed.
+    def _target(self, uri: str, owner: str) -> str:
+        """What to open for ``uri``: the policy's answer, or a refusal that says no more
+        than it must (the detail is logged). A local path that is allowed but missing is
+        refused here too, without touching the URI's breaker (which is for sources that
+        fail when probed).
 
         Raises:
-            SourceError: with the reason.
+            SourceNotAllowedError: the policy refuses ``uri``.
+            SourceError: the host does not resolve, or the local file is missing.
         """
-        scheme = url_scheme(uri)
-        if scheme is not None:
-            if scheme not in LIVE_SCHEMES:
-                supported = ", ".join(sorted(LIVE_SCHEMES))
-                raise SourceError(
-                    f"cannot open {redact_url(uri)}: unsupported URL scheme '{scheme}' "
-                    f"(supported: {supported}, or a file or folder path)"
-                )
-        elif not Path(uri).exists():
-            raise SourceError(f"cannot open source {uri}: no such file or directory")
+        try:
+            target = self.source_policy.check(uri)
+        except SourceNotAllowedError as exc:
+            log.warning(
+                "stream source refused for %s: %s (%s)", owner, exc.reason, display_url(uri)
+            )
+            raise
+        except SourceError as exc:
+            log.warning("stream source refused for %s: %s", owner, exc)
+            raise SourceError(_CANNOT_OPEN) from None
+        if url_scheme(target) is None and not Path(target).exists():
+            log.warning("stream source refused for %s: no such path %s", owner, target)
+            raise SourceError(_CANNOT_OPEN)
+        return target
 
     # ----------------------------------------------------------------- API
     def start(
@@ -462,29 +486,24 @@ class StreamManager:
         Raises:
             StreamLimitError: ``max_streams`` streams are running, or the caller runs
                 ``max_streams_per_owner``.
+            SourceNotAllowedError: the source policy refuses ``uri``.
             CircuitOpenError: this URI failed to open repeatedly; retry later.
-            SourceError: the source cannot be opened (the reason says why); only failures
-                of a probe count towards the breaker (see ``check_uri``).
+            SourceError: the source cannot be opened (a generic reason; the server log
+                has the detail); only failures of a probe count towards the breaker.
             ConfigError: an unknown tracker name.
         """
         from tapetum.track import make_tracker
 
         options = options or StreamOptions()
         make_tracker(options.tracker, 30.0)  # a bad name fails before any work
-        self.check_uri(uri)
-        detector = self._detector_provider()
         owner = caller.owner if caller is not None else ANONYMOUS
+        target = self._target(uri, owner)
+        detector = self._detector_provider()
         with self._lock:
             self._reserve_locked(owner)
         try:
             stream_id = uuid.uuid4().hex[:12]
-            source = self.breaker_for(uri).call(
-                open_source,
-                uri,
-                source_id=stream_id,
-                realtime=options.realtime,
-                **self._source_options,
-            )
+            source = self._open(uri, target, stream_id, options.realtime, owner)
             fanout = _FanOut()
             tracker_name = options.tracker
 
@@ -524,6 +543,23 @@ class StreamManager:
                 self._release_locked(owner)
         log.info("stream %s started on %s", stream_id, managed.uri)
         return self._info(managed)
+
+    def _open(self, uri: str, target: str, stream_id: str, realtime: bool, owner: str) -> Source:
+        """Open ``target`` through ``uri``'s breaker; failures reach the client generic."""
+        try:
+            return self.breaker_for(uri).call(
+                open_source,
+                target,
+                source_id=stream_id,
+                realtime=realtime,
+                **self._source_options,
+            )
+        except CircuitOpenError as exc:
+            log.warning("stream source %s for %s: breaker open", exc.name, owner)
+            raise CircuitOpenError(exc.name, exc.retry_after_s, _CANNOT_OPEN) from None
+        except SourceError as exc:
+            log.warning("stream source for %s cannot be opened: %s", owner, exc)
+            raise SourceError(_CANNOT_OPEN) from None
 
     def list(self, caller: Caller | None = None) -> list[StreamInfo]:
         """The streams ``caller`` may see (None: all)."""

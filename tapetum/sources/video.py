@@ -26,7 +26,7 @@ from collections.abc import Generator, Iterator, Mapping
 from fractions import Fraction
 from pathlib import Path
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import av
 import numpy as np
@@ -41,6 +41,20 @@ logger = logging.getLogger(__name__)
 
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "http", "https", "udp", "tcp", "rtmp"})
 """URL schemes read as live streams: paced by their own clock and reconnected when they drop."""
+
+#: FFmpeg protocols each kind of URI may use, nested opens included (an HLS playlist's
+#: segments, RTP under RTSP): a playlist or a redirect cannot reach ``file:`` or another
+#: protocol. Key None: a local file.
+PROTOCOL_WHITELIST: dict[str | None, str] = {
+    None: "file",
+    "http": "http,https,tcp,tls,crypto",
+    "https": "http,https,tcp,tls,crypto",
+    "rtsp": "rtsp,rtsps,rtp,srtp,udp,tcp,tls",
+    "rtsps": "rtsp,rtsps,rtp,srtp,udp,tcp,tls",
+    "rtmp": "rtmp,rtmps,tcp,tls",
+    "udp": "udp,rtp",
+    "tcp": "tcp",
+}
 
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -70,6 +84,31 @@ def redact_url(uri: str) -> str:
         return uri
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
+
+
+def display_url(uri: str) -> str:
+    """``uri`` as logs, listings and metrics show it: the user name, password, query string
+    and fragment removed (they often carry credentials or tokens). A plain path is returned
+    unchanged; a URL that does not parse shows only its scheme.
+
+    >>> display_url("rtsp://admin:pw@10.0.0.7:554/Streaming/101?token=abc")
+    'rtsp://10.0.0.7:554/Streaming/101'
+    >>> display_url("http://[::1/x")
+    'http://<malformed>'
+    """
+    scheme = url_scheme(uri)
+    if scheme is None:
+        return uri
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return f"{scheme}://<malformed>"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{port}" if port is not None else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def sanitise_source_id(text: str) -> str:
@@ -436,12 +475,13 @@ class VideoSource(SourceBase):
         return container
 
     def _container_options(self) -> dict[str, str]:
+        whitelist = {"protocol_whitelist": PROTOCOL_WHITELIST.get(self._scheme, "file")}
         if not self._live:
-            return dict(self._ffmpeg_options)
+            return {**whitelist, **self._ffmpeg_options}
         read_timeout_us = str(int(self._read_timeout_s * _MICROSECONDS_PER_S))
         # rw_timeout bounds every read of any protocol; "timeout" is the socket timeout of
         # rtsp/http/tcp/udp (microseconds) but means a listen timeout in seconds for rtmp.
-        options = {"rw_timeout": read_timeout_us}
+        options = {**whitelist, "rw_timeout": read_timeout_us}
         if self._scheme != "rtmp":
             options["timeout"] = read_timeout_us
         if self._scheme in {"rtsp", "rtsps"}:

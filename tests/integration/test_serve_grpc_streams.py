@@ -46,6 +46,7 @@ class Served:
     streams: StreamManager
     clip_3s: Path
     clip_1s: Path
+    media: Path
 
     def auth(self, name: str) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.keys[name]}"),)
@@ -66,7 +67,12 @@ def served(
         "read": store.create("reader", [Scope.READ])[1],
         "infer": store.create("inferrer", [Scope.INFER, Scope.READ])[1],  # owns its streams
     }
-    settings = ServeSettings(model_path=yolox_path, rate_per_second=None, max_streams=MAX_STREAMS)
+    settings = ServeSettings(
+        model_path=yolox_path,
+        rate_per_second=None,
+        max_streams=MAX_STREAMS,
+        media_roots=(tmp,),  # the clips; API callers may open nothing else
+    )
     service = DetectionService(settings)
     app = create_app(settings, key_store=store, service=service)
     streams: StreamManager = app.state.tapetum.streams  # the REST app's manager, shared
@@ -83,6 +89,7 @@ def served(
             streams,
             clip_3s=remux_to_mpegts(crowd_video, tmp / "crowd_3s.ts", max_s=3.0),
             clip_1s=remux_to_mpegts(crowd_video, tmp / "crowd_1s.ts", max_s=1.0),
+            media=tmp,
         )
     finally:
         channel.close()
@@ -180,8 +187,9 @@ def test_stop_ends_a_following_results_call(served: Served) -> None:
 
 def test_bad_requests_are_invalid_argument_with_the_reason(served: Served, tmp_path: Path) -> None:
     cases = [
-        ({"uri": str(tmp_path / "nope.mp4")}, "bad_source", "no such file"),
-        ({"uri": "ftp://cams.example/1.ts"}, "bad_source", "unsupported URL scheme 'ftp'"),
+        ({"uri": str(served.media / "nope.mp4")}, "bad_source", "cannot be opened"),
+        ({"uri": str(tmp_path / "nope.mp4")}, "bad_source", "not allowed"),
+        ({"uri": "ftp://cams.example/1.ts"}, "bad_source", "not allowed"),
         ({"uri": ""}, "invalid_request", "uri"),
         ({"uri": str(served.clip_1s), "conf": 0.01}, "invalid_request", "conf"),
         ({"uri": str(served.clip_1s), "tracker": "nope"}, "invalid_request", "nope"),
@@ -218,8 +226,8 @@ def test_max_streams_is_resource_exhausted_with_retry_after(served: Served) -> N
             served.stub.StopStream(pb.StreamRef(id=sid), metadata=served.auth("infer"))
 
 
-def test_open_breaker_is_unavailable_with_retry_after(served: Served, tmp_path: Path) -> None:
-    bad = tmp_path / "not_a_video.ts"
+def test_open_breaker_is_unavailable_with_retry_after(served: Served) -> None:
+    bad = served.media / "not_a_video.ts"
     bad.write_bytes(b"definitely not MPEG-TS " * 500)
     failures = ServeSettings(model_path=Path("m.onnx")).stream_breaker_failures
     for _ in range(failures):

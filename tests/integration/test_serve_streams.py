@@ -64,6 +64,7 @@ def served(
         stream_breaker_failures=BREAKER_FAILURES,
         stream_breaker_reset_s=30.0,
         sse_heartbeat_s=0.3,
+        media_roots=(tmp,),  # the clips; API callers may open nothing else
     )
     app = create_app(settings, key_store=store)
     server = LoopbackServer(app).start()
@@ -166,12 +167,15 @@ def test_results_end_when_the_stream_ends(served: Served) -> None:
 
 
 def test_bad_uris_are_400_with_the_reason(served: Served, tmp_path: Path) -> None:
-    missing = served.start(tmp_path / "nope.mp4")
+    missing = served.start(served.clip_1s.parent / "nope.mp4")
     assert_error(missing, 400, "bad_source")
-    assert "no such file" in missing.json()["detail"]
+    assert "cannot be opened" in missing.json()["detail"]
+    outside = served.start(tmp_path / "nope.mp4")  # outside the media roots
+    assert_error(outside, 400, "bad_source")
+    assert "not allowed" in outside.json()["detail"]
     scheme = served.start("ftp://cams.example/1.ts")
     assert_error(scheme, 400, "bad_source")
-    assert "unsupported URL scheme 'ftp'" in scheme.json()["detail"]
+    assert "not allowed" in scheme.json()["detail"]
     assert_error(served.start(""), 422, "invalid_request")
     assert_error(served.start(served.clip_1s, conf=0.01), 422, "invalid_request")
     assert_error(served.start(served.clip_1s, tracker="nope"), 422, "invalid_request")
@@ -213,7 +217,7 @@ def test_failing_uri_opens_its_breaker_then_fails_fast(served: Served) -> None:
     elapsed_s = time.perf_counter() - t0
     assert_error(refused, 503, "source_circuit_open")
     assert 1 <= int(refused.headers["Retry-After"]) <= 30
-    assert "not_a_video" in refused.json()["detail"], "the reason names the source"
+    assert "cannot be opened" in refused.json()["detail"]
     assert elapsed_s < 0.5, "an open breaker must not probe the source again"
     # Other URIs are not affected.
     ok = served.start(served.clip_1s)
@@ -229,7 +233,12 @@ def test_failing_uri_opens_its_breaker_then_fails_fast(served: Served) -> None:
 
 
 def test_shutdown_stops_running_streams(yolox_path: Path, served: Served) -> None:
-    settings = ServeSettings(model_path=yolox_path, require_auth=False, rate_per_second=None)
+    settings = ServeSettings(
+        model_path=yolox_path,
+        require_auth=False,
+        rate_per_second=None,
+        media_roots=(served.clip_3s.parent,),
+    )
     app = create_app(settings)
     server = LoopbackServer(app).start()
     with httpx.Client(base_url=server.url, timeout=20) as client:

@@ -16,7 +16,7 @@ REST                        gRPC
 429 rate limited            RESOURCE_EXHAUSTED, trailing ``retry-after`` (seconds)
 503 model not ready         UNAVAILABLE, trailing ``retry-after: 1``
 404 unknown stream          NOT_FOUND
-400 bad stream source       INVALID_ARGUMENT (the reason as the message)
+400 bad stream source       INVALID_ARGUMENT (a generic reason; the log has the detail)
 429 too many streams        RESOURCE_EXHAUSTED, trailing ``retry-after``
 429 too many subscriptions  RESOURCE_EXHAUSTED, trailing ``retry-after``
 503 source breaker open     UNAVAILABLE, trailing ``retry-after``

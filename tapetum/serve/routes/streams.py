@@ -44,7 +44,8 @@ class StreamCreate(StreamOptions):
     uri: str = Field(
         min_length=1,
         max_length=4096,
-        description="Video file path or live URL (rtsp, rtmp, http, srt, udp…).",
+        description="A video file or image folder under the server's media roots, or a live "
+        "URL (rtsp, rtsps, rtmp, http, https) of a public host or one the server allows.",
         examples=["rtsp://cam-7:554/Streaming/101"],
     )
 
@@ -62,7 +63,10 @@ _RESULTS_RESPONSES: ResponseTable = {
 }
 _START_RESPONSES: ResponseTable = {
     **ERROR_RESPONSES,
-    400: {"model": ErrorResponse, "description": "The source cannot be opened"},
+    400: {
+        "model": ErrorResponse,
+        "description": "The source policy refuses the URI, or the source cannot be opened",
+    },
     429: {
         "model": ErrorResponse,
         "description": "Too many streams (on the server or for this key), or rate limited",

@@ -41,6 +41,7 @@ def stack(
     with serve_stack(
         yolox_path,
         tmp_path_factory.mktemp("keys"),
+        media_roots=(media,),
         max_streams=3,
         max_streams_per_key=1,
         max_subscriptions_per_key=1,
