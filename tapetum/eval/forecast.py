@@ -10,9 +10,16 @@ track's centre at every frame up to the longest horizon. For a horizon ``h``:
 * **ADE** is the mean over samples of the mean centre displacement over the frames
   ``1 .. round(h · fps)`` ahead; **FDE** the mean displacement at the last of them;
 * both in pixels, and normalised by the box height at the forecast's origin (``*_norm``,
-  "box heights"), so sequences of different resolution and depth combine fairly.
+  "box heights"), so sequences of different resolution and depth combine fairly;
+* **miss rate**: the share of samples whose FDE exceeds ``miss_threshold_norm`` box heights;
+* **calibration** at the horizon's last frame: the share of true positions inside the
+  forecast's 1- and 2-sigma ellipses (a calibrated 2-D Gaussian holds 39.3 % and 86.5 %)
+  and the mean negative log-likelihood of the true position in box-height units (nats;
+  lower is better, it punishes both over- and under-confident ellipses).
 
-Combined scores pool the samples of all sequences (each sample weighs the same).
+Combined scores pool the samples of all sequences (each sample weighs the same). A learned
+forecaster is scored leave-one-sequence-out: ``per_sequence`` gives each sequence a model
+that never saw its tracks (:func:`tapetum.learn.forecast.leave_one_sequence_out`).
 
 The loop runs over frames only; tracks, future frames and horizons are array axes.
 
@@ -27,12 +34,14 @@ Example:
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from tapetum._types import Float64Array
 from tapetum.errors import ConfigError
 from tapetum.eval.mot import MotSequence
 from tapetum.track.forecast import (
@@ -45,6 +54,12 @@ from tapetum.track.forecast import (
 COMBINED = "COMBINED"
 
 ForecasterFactory = Callable[[], Forecaster]
+#: A forecaster for one sequence (a fold model that did not train on it).
+SequenceForecasterFactory = Callable[[MotSequence], Forecaster]
+
+#: Probability inside the 1- and 2-sigma ellipses of a 2-D Gaussian: 1 - exp(-n²/2).
+EXPECTED_COVERAGE_1SIGMA = 1.0 - math.exp(-0.5)
+EXPECTED_COVERAGE_2SIGMA = 1.0 - math.exp(-2.0)
 
 
 def default_forecasters() -> dict[str, ForecasterFactory]:
@@ -66,6 +81,8 @@ class ForecastEvalConfig:
             box heights (0: clean ground truth; ~0.05 mimics detector jitter). Errors are
             always measured against the clean ground truth.
         seed: seed of that noise.
+        miss_threshold_norm: a forecast whose final displacement exceeds this many box
+            heights is a miss (0.5 h: about 0.85 m for a 1.7 m pedestrian).
     """
 
     horizons_s: tuple[float, ...] = (1.0, 2.0)
@@ -73,6 +90,7 @@ class ForecastEvalConfig:
     track_stride: int = 1
     observation_noise_std_per_height: float = 0.0
     seed: int = 0
+    miss_threshold_norm: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.horizons_s or any(not (h > 0 and np.isfinite(h)) for h in self.horizons_s):
@@ -81,6 +99,10 @@ class ForecastEvalConfig:
             raise ConfigError("min_history_s and observation_noise_std_per_height must be >= 0")
         if self.track_stride < 1:
             raise ConfigError(f"track_stride must be >= 1, got {self.track_stride}")
+        if not (self.miss_threshold_norm > 0 and np.isfinite(self.miss_threshold_norm)):
+            raise ConfigError(
+                f"miss_threshold_norm must be positive box heights, got {self.miss_threshold_norm}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +117,12 @@ class ForecastScores:
         fde_px: final displacement error at the horizon, pixels.
         ade_norm: ADE in box heights.
         fde_norm: FDE in box heights.
+        miss_rate: share of samples with FDE above the config's ``miss_threshold_norm``.
+        coverage_1sigma: share of true final positions inside the 1-sigma ellipse
+            (calibrated: 0.393).
+        coverage_2sigma: the same for the 2-sigma ellipse (calibrated: 0.865).
+        nll: mean negative log-likelihood of the true final position under the forecast's
+            Gaussian, in box-height units (nats; inf when a covariance is singular).
         samples: number of (track, frame) forecasts scored.
     """
 
@@ -105,7 +133,24 @@ class ForecastScores:
     fde_px: float
     ade_norm: float
     fde_norm: float
+    miss_rate: float
+    coverage_1sigma: float
+    coverage_2sigma: float
+    nll: float
     samples: int
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        return {
+            "ade_px": self.ade_px,
+            "fde_px": self.fde_px,
+            "ade_norm": self.ade_norm,
+            "fde_norm": self.fde_norm,
+            "miss_rate": self.miss_rate,
+            "coverage_1sigma": self.coverage_1sigma,
+            "coverage_2sigma": self.coverage_2sigma,
+            "nll": self.nll,
+            "samples": self.samples,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,19 +167,98 @@ class ForecastReport:
                 return s
         raise KeyError((forecaster, sequence, horizon_s))
 
+    def as_dict(self) -> dict[str, dict[str, dict[str, dict[str, float | int | str]]]]:
+        """``{forecaster: {sequence: {"1.0": scores}}}``, JSON-ready."""
+        out: dict[str, dict[str, dict[str, dict[str, float | int | str]]]] = {}
+        for s in self.scores:
+            per_seq = out.setdefault(s.forecaster, {}).setdefault(s.sequence, {})
+            per_seq[f"{s.horizon_s:g}"] = s.as_dict()
+        return out
+
     def format_table(self) -> str:
         """A fixed-width text table, one row per score."""
         head = (
             f"{'forecaster':<10} {'sequence':<16} {'h_s':>4} {'ADE_px':>8} {'FDE_px':>8} "
-            f"{'ADE/h':>7} {'FDE/h':>7} {'samples':>8}"
+            f"{'ADE/h':>7} {'FDE/h':>7} {'miss':>6} {'cov1':>6} {'cov2':>6} {'NLL':>7} "
+            f"{'samples':>8}"
         )
         lines = [head, "-" * len(head)]
         for s in self.scores:
             lines.append(
                 f"{s.forecaster:<10} {s.sequence:<16} {s.horizon_s:>4.1f} {s.ade_px:>8.2f} "
-                f"{s.fde_px:>8.2f} {s.ade_norm:>7.3f} {s.fde_norm:>7.3f} {s.samples:>8d}"
+                f"{s.fde_px:>8.2f} {s.ade_norm:>7.3f} {s.fde_norm:>7.3f} {s.miss_rate:>6.3f} "
+                f"{s.coverage_1sigma:>6.3f} {s.coverage_2sigma:>6.3f} {s.nll:>7.3f} "
+                f"{s.samples:>8d}"
             )
+        lines.append(
+            f"cov1/cov2: share inside the 1/2-sigma ellipses (calibrated "
+            f"{EXPECTED_COVERAGE_1SIGMA:.3f}/{EXPECTED_COVERAGE_2SIGMA:.3f}); "
+            f"miss: FDE > {self.config.miss_threshold_norm:g} box heights; NLL in box heights"
+        )
         return "\n".join(lines)
+
+
+def mahalanobis_sq(error: Float64Array, cov: Float64Array) -> Float64Array:
+    """Squared Mahalanobis distances of 2-D errors under 2x2 covariances.
+
+    Args:
+        error: (..., 2) true minus predicted position.
+        cov: (..., 2, 2) symmetric covariances.
+
+    Returns:
+        (...) ``eᵀ Σ⁻¹ e``; inf where the covariance is singular or not finite (and the error
+        is not zero).
+    """
+    a, b, c = cov[..., 0, 0], cov[..., 1, 1], cov[..., 0, 1]
+    ex, ey = error[..., 0], error[..., 1]
+    det = a * b - c * c
+    ok = np.isfinite(det) & (det > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d2 = (b * ex * ex - 2.0 * c * ex * ey + a * ey * ey) / np.where(ok, det, 1.0)
+    out: Float64Array = np.where(ok, d2, np.inf)
+    return out
+
+
+def gaussian_nll(error: Float64Array, cov: Float64Array) -> Float64Array:
+    """Negative log-density (nats) of 2-D errors under zero-mean Gaussians: (...)."""
+    det = cov[..., 0, 0] * cov[..., 1, 1] - cov[..., 0, 1] ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_det = np.where(det > 0, np.log(np.where(det > 0, det, 1.0)), np.inf)
+    out: Float64Array = 0.5 * mahalanobis_sq(error, cov) + math.log(2 * math.pi) + 0.5 * log_det
+    return out
+
+
+def ellipse_coverage(d2: Float64Array, n_sigma: float) -> float:
+    """Share of squared Mahalanobis distances inside the ``n_sigma`` ellipse (NaN if empty)."""
+    return float(np.mean(d2 <= n_sigma * n_sigma)) if d2.size else float("nan")
+
+
+def fit_covariance_scale(d2: Float64Array) -> float:
+    """The standard-deviation multiplier that best calibrates a set of forecasts.
+
+    Scaling every covariance by ``s²`` divides every squared Mahalanobis distance by ``s²``.
+    The scale chosen minimises the squared gaps between the 1- and 2-sigma coverages and
+    their Gaussian values (39.3 %, 86.5 %), searched on a fine log grid: errors of real
+    motion are heavier-tailed than a Gaussian, and the likelihood-optimal scale
+    (``mean(d²) / 2``) would be set by the few worst forecasts and widen every ellipse.
+
+    Args:
+        d2: (M,) squared Mahalanobis distances of validation forecasts (inf allowed).
+
+    Returns:
+        The multiplier ``s`` (1.0 when ``d2`` is empty).
+    """
+    values = np.sort(d2[~np.isnan(d2)])
+    if values.size == 0:
+        return 1.0
+    scales = np.exp(np.linspace(math.log(0.05), math.log(20.0), 2001))
+    s2 = np.square(scales)
+    inside_1 = np.searchsorted(values, 1.0 * s2, side="right") / values.size
+    inside_2 = np.searchsorted(values, 4.0 * s2, side="right") / values.size
+    gap = np.square(inside_1 - EXPECTED_COVERAGE_1SIGMA) + np.square(
+        inside_2 - EXPECTED_COVERAGE_2SIGMA
+    )
+    return float(scales[int(np.argmin(gap))])
 
 
 @dataclass(slots=True)
@@ -145,6 +269,10 @@ class _Sums:
     fde_px: float = 0.0
     ade_norm: float = 0.0
     fde_norm: float = 0.0
+    misses: int = 0
+    inside_1sigma: int = 0
+    inside_2sigma: int = 0
+    nll: float = 0.0
     samples: int = 0
 
     def add(self, other: _Sums) -> None:
@@ -152,11 +280,18 @@ class _Sums:
         self.fde_px += other.fde_px
         self.ade_norm += other.ade_norm
         self.fde_norm += other.fde_norm
+        self.misses += other.misses
+        self.inside_1sigma += other.inside_1sigma
+        self.inside_2sigma += other.inside_2sigma
+        self.nll += other.nll
         self.samples += other.samples
 
     def scores(self, forecaster: str, sequence: str, horizon_s: float) -> ForecastScores:
         n = self.samples
-        mean = (lambda v: v / n) if n else (lambda v: float("nan"))
+
+        def mean(v: float) -> float:
+            return v / n if n else float("nan")
+
         return ForecastScores(
             forecaster,
             sequence,
@@ -165,12 +300,16 @@ class _Sums:
             mean(self.fde_px),
             mean(self.ade_norm),
             mean(self.fde_norm),
+            mean(self.misses),
+            mean(self.inside_1sigma),
+            mean(self.inside_2sigma),
+            mean(self.nll),
             n,
         )
 
 
 def _evaluate_sequence(
-    seq: MotSequence, factory: ForecasterFactory, config: ForecastEvalConfig
+    seq: MotSequence, factory: SequenceForecasterFactory, config: ForecastEvalConfig
 ) -> list[_Sums]:
     """Sums per horizon of one forecaster on one sequence."""
     gt = seq.gt
@@ -205,7 +344,7 @@ def _evaluate_sequence(
     min_history_frames = config.min_history_s * fps
 
     offsets = np.searchsorted(frame, np.arange(1, length + 2), side="left")
-    forecaster = factory()
+    forecaster = factory(seq)
     sums = [_Sums() for _ in horizon_steps]
     for f in range(1, length + 1):
         rows = slice(int(offsets[f - 1]), int(offsets[f]))
@@ -217,33 +356,60 @@ def _evaluate_sequence(
         ready = (f - first_frame[ti]) >= min_history_frames - 1e-9
         if not ready.any():
             continue
-        pred = forecaster.predict(ids[ready], steps / fps).mean_px  # (N, S, 2)
+        forecast = forecaster.predict(ids[ready], steps / fps)
         truth = future[ti[ready, None], f + steps[None, :]]  # (N, S, 2)
-        err = np.linalg.norm(pred - truth, axis=-1)  # (N, S), NaN where no ground truth
+        diff = truth - forecast.mean_px
+        err = np.linalg.norm(diff, axis=-1)  # (N, S), NaN where no ground truth
         h_now = height[rows][ready]
         for acc, k in zip(sums, horizon_steps, strict=True):
             window = err[:, :k]
             full = ~np.isnan(window).any(axis=1)
-            if not full.any():
-                continue
-            ade = window[full].mean(axis=1)
-            fde = window[full, k - 1]
-            acc.add(
-                _Sums(
-                    float(ade.sum()),
-                    float(fde.sum()),
-                    float((ade / h_now[full]).sum()),
-                    float((fde / h_now[full]).sum()),
-                    int(full.sum()),
+            if full.any():
+                acc.add(
+                    _score(
+                        window[full],
+                        diff[full, k - 1],
+                        forecast.cov_px2[full, k - 1],
+                        h_now[full],
+                        config.miss_threshold_norm,
+                    )
                 )
-            )
     return sums
+
+
+def _score(
+    err_px: Float64Array,
+    final_diff_px: Float64Array,
+    final_cov_px2: Float64Array,
+    height_px: Float64Array,
+    miss_threshold_norm: float,
+) -> _Sums:
+    """Sums over M samples: displacement errors (M, k) px, the final error (M, 2) px, its
+    forecast covariance (M, 2, 2) px² and the origin box heights (M,) px."""
+    ade = err_px.mean(axis=1)
+    fde = err_px[:, -1]
+    fde_norm = fde / height_px
+    d2 = mahalanobis_sq(final_diff_px, final_cov_px2)
+    h2 = np.square(height_px)[:, None, None]
+    nll = gaussian_nll(final_diff_px / height_px[:, None], final_cov_px2 / h2)
+    return _Sums(
+        ade_px=float(ade.sum()),
+        fde_px=float(fde.sum()),
+        ade_norm=float((ade / height_px).sum()),
+        fde_norm=float(fde_norm.sum()),
+        misses=int((fde_norm > miss_threshold_norm).sum()),
+        inside_1sigma=int((d2 <= 1.0).sum()),
+        inside_2sigma=int((d2 <= 4.0).sum()),
+        nll=float(nll.sum()),
+        samples=int(err_px.shape[0]),
+    )
 
 
 def evaluate_forecasts(
     sequences: Iterable[MotSequence],
     forecasters: Mapping[str, ForecasterFactory],
     config: ForecastEvalConfig | None = None,
+    per_sequence: Mapping[str, SequenceForecasterFactory] | None = None,
 ) -> ForecastReport:
     """Score forecasters on the ground-truth tracks of MOTChallenge sequences.
 
@@ -251,6 +417,8 @@ def evaluate_forecasts(
         sequences: sequences with ground truth (``load_sequence``).
         forecasters: name → factory of a fresh forecaster (one per sequence).
         config: horizons and sampling; defaults to :class:`ForecastEvalConfig`.
+        per_sequence: name → factory given the sequence it will forecast (leave-one-out
+            fold models); scored after ``forecasters``.
 
     Returns:
         One row per forecaster, sequence (then ``COMBINED``) and horizon.
@@ -261,7 +429,11 @@ def evaluate_forecasts(
     config = config or ForecastEvalConfig()
     seqs: Sequence[MotSequence] = list(sequences)
     rows: list[ForecastScores] = []
-    for name, factory in forecasters.items():
+    factories: dict[str, SequenceForecasterFactory] = {
+        name: _ignoring_sequence(factory) for name, factory in forecasters.items()
+    }
+    factories.update(per_sequence or {})
+    for name, factory in factories.items():
         pooled = [_Sums() for _ in config.horizons_s]
         for seq in seqs:
             sums = _evaluate_sequence(seq, factory, config)
@@ -273,6 +445,13 @@ def evaluate_forecasts(
             for total, h in zip(pooled, config.horizons_s, strict=True)
         )
     return ForecastReport(tuple(rows), config)
+
+
+def _ignoring_sequence(factory: ForecasterFactory) -> SequenceForecasterFactory:
+    def make(seq: MotSequence) -> Forecaster:
+        return factory()
+
+    return make
 
 
 def main(argv: Sequence[str] | None = None) -> None:

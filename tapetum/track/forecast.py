@@ -250,6 +250,42 @@ class Forecaster(Protocol):
         ...
 
 
+def validate_update(
+    track_ids: npt.ArrayLike,
+    centers_px: npt.ArrayLike,
+    timestamp_s: float,
+    heights_px: npt.ArrayLike | None,
+    default_height_px: float,
+) -> tuple[IntArray, Float64Array, Float64Array, float]:
+    """Check and convert the arguments of :meth:`Forecaster.update`.
+
+    Returns:
+        ids (N,) int64, centres (N, 2) float64, heights (N,) float64 (``default_height_px``
+        when None) and the timestamp as a float.
+
+    Raises:
+        ValueError: shapes disagree, ids repeat, values are not finite or heights not positive.
+    """
+    ids = np.asarray(track_ids, np.int64).reshape(-1)
+    z = np.asarray(centers_px, np.float64).reshape(-1, 2)
+    n = ids.shape[0]
+    h = (
+        np.full(n, default_height_px, np.float64)
+        if heights_px is None
+        else np.asarray(heights_px, np.float64).reshape(-1)
+    )
+    t = float(timestamp_s)
+    if z.shape[0] != n or h.shape[0] != n:
+        raise ValueError(f"update got {n} ids, {z.shape[0]} centres and {h.shape[0]} heights")
+    if np.unique(ids).shape[0] != n:
+        raise ValueError("update got the same track id twice in one frame")
+    if not (np.isfinite(t) and np.isfinite(z).all() and np.isfinite(h).all()):
+        raise ValueError("update got a non-finite timestamp, centre or height")
+    if np.any(h <= 0):
+        raise ValueError("box heights must be positive")
+    return ids, z, h, t
+
+
 class _LinearForecaster:
     """Batched Kalman filter on independent per-axis linear motion models.
 
@@ -332,23 +368,9 @@ class _LinearForecaster:
         timestamp_s: float,
         heights_px: npt.ArrayLike | None = None,
     ) -> None:
-        ids = np.asarray(track_ids, np.int64).reshape(-1)
-        z = np.asarray(centers_px, np.float64).reshape(-1, 2)
-        n = ids.shape[0]
-        h = (
-            np.full(n, self._default_h, np.float64)
-            if heights_px is None
-            else np.asarray(heights_px, np.float64).reshape(-1)
+        ids, z, h, t = validate_update(
+            track_ids, centers_px, timestamp_s, heights_px, self._default_h
         )
-        t = float(timestamp_s)
-        if z.shape[0] != n or h.shape[0] != n:
-            raise ValueError(f"update got {n} ids, {z.shape[0]} centres and {h.shape[0]} heights")
-        if np.unique(ids).shape[0] != n:
-            raise ValueError("update got the same track id twice in one frame")
-        if not (np.isfinite(t) and np.isfinite(z).all() and np.isfinite(h).all()):
-            raise ValueError("update got a non-finite timestamp, centre or height")
-        if np.any(h <= 0):
-            raise ValueError("box heights must be positive")
         if self._now_s is not None and t < self._now_s:
             raise ValueError(f"timestamp {t} s is earlier than the previous update {self._now_s} s")
         self._now_s = t
