@@ -287,6 +287,8 @@ def stream_info_to_proto(info: StreamInfo) -> pb.StreamInfo:
     )
     if info.error is not None:
         msg.error = info.error
+    if info.full_uri is not None:
+        msg.full_uri = info.full_uri
     return msg
 
 
@@ -305,6 +307,7 @@ def stream_info_from_proto(msg: pb.StreamInfo) -> StreamInfo:
         options=stream_options_from_proto(msg.options),
         stats=stream_stats_from_proto(msg.stats),
         error=msg.error if msg.HasField("error") else None,
+        full_uri=msg.full_uri if msg.HasField("full_uri") else None,
     )
 
 

@@ -17,6 +17,12 @@ hosts only at public addresses unless allow-listed). Clients get generic reasons
 refused source, or one that cannot be opened); the detail goes to the server log, so the
 API cannot be used to learn which files exist or which internal ports answer.
 
+A URI often carries credentials (``rtsp://user:password@cam``, ``?token=…``): listings,
+logs and metrics show it without its user info, query string and fragment
+(:func:`~tapetum.sources.video.display_url`); the full URI is in ``full_uri`` of the
+answers about one stream (start, get, stop), which only its owner or an admin can see.
+Breakers are named ``source:<hash>``, a keyed hash of the full URI, never the URI.
+
 Opening a source goes through a per-URI :class:`~tapetum.core.breaker.CircuitBreaker`:
 a URI that failed to open ``failure_threshold`` times in a row is refused at once
 (:class:`~tapetum.core.breaker.CircuitOpenError`) until its reset timeout passes, so a
@@ -34,9 +40,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import math
+import secrets
 import threading
 import time
 import uuid
@@ -64,7 +73,7 @@ from tapetum.pipeline import Enricher, Pipeline, PipelineConfig
 from tapetum.serve.ownership import ANONYMOUS, Caller
 from tapetum.serve.source_policy import SourcePolicy
 from tapetum.sources import Source, open_source
-from tapetum.sources.video import display_url, redact_url, url_scheme
+from tapetum.sources.video import display_url, url_scheme
 
 if TYPE_CHECKING:
     from tapetum.serve.settings import ServeSettings
@@ -127,7 +136,15 @@ class StreamInfo(BaseModel):
     """One stream as the API shows it."""
 
     stream_id: str
-    uri: str = Field(description="The source URI, credentials redacted.")
+    uri: str = Field(
+        description="The source URI without user name, password, query string or fragment."
+    )
+    full_uri: str | None = Field(
+        default=None,
+        description="The URI as given, credentials included: only in answers about this one "
+        "stream (start, get, stop), which only its owner or an admin receives; null in "
+        "listings.",
+    )
     owner: str = Field(
         default=ANONYMOUS,
         description="Who started it: an API key id, or `jwt:<subject>` for a bearer token.",
@@ -310,7 +327,7 @@ def _conf_filter(conf: float) -> Callable[[Source], Enricher]:
 @dataclass(slots=True)
 class _Managed:
     stream_id: str
-    uri: str
+    uri: str  # as displayed: no credentials
     options: StreamOptions
     source: Source
     pipeline: Pipeline
@@ -319,6 +336,7 @@ class _Managed:
     stopped: bool = False
     dropped_by_gone: int = field(default=0)  # results dropped by subscribers now gone
     owner: str = ANONYMOUS
+    full_uri: str = ""
 
 
 class StreamManager:
@@ -370,6 +388,7 @@ class StreamManager:
         self._streams: dict[str, _Managed] = {}
         self._starting: dict[str, int] = {}  # owner → streams being opened
         self._subscriptions: dict[str, int] = {}  # owner → live subscriptions
+        self._label_key = secrets.token_bytes(16)  # breaker names: keyed hashes of URIs
         self._lock = threading.Lock()
 
     @classmethod
@@ -399,8 +418,14 @@ class StreamManager:
         )
 
     # ----------------------------------------------------------------- helpers
+    def breaker_name(self, uri: str) -> str:
+        """``source:<12 hex>``: the name of ``uri``'s breaker (and its ``/metrics`` label),
+        a hash keyed per manager, so neither the URI nor its credentials show."""
+        digest = hmac.new(self._label_key, uri.encode("utf-8", "replace"), hashlib.sha256)
+        return f"source:{digest.hexdigest()[:12]}"
+
     def breaker_for(self, uri: str) -> CircuitBreaker:
-        return self.breakers.get(f"source:{redact_url(uri)}")
+        return self.breakers.get(self.breaker_name(uri))
 
     def _running_locked(self, owner: str | None = None) -> int:
         """Streams running (and being opened), of ``owner`` only unless None."""
@@ -527,13 +552,14 @@ class StreamManager:
                 raise
             managed = _Managed(
                 stream_id,
-                redact_url(uri),
+                display_url(uri),
                 options,
                 source,
                 pipeline,
                 fanout,
                 time.time(),
                 owner=owner,
+                full_uri=uri,
             )
             with self._lock:
                 self._streams[stream_id] = managed
@@ -541,8 +567,14 @@ class StreamManager:
         finally:
             with self._lock:
                 self._release_locked(owner)
-        log.info("stream %s started on %s", stream_id, managed.uri)
-        return self._info(managed)
+        log.info(
+            "stream %s of %s started on %s (breaker %s)",
+            stream_id,
+            owner,
+            managed.uri,
+            self.breaker_name(uri),
+        )
+        return self._info(managed, full=True)
 
     def _open(self, uri: str, target: str, stream_id: str, realtime: bool, owner: str) -> Source:
         """Open ``target`` through ``uri``'s breaker; failures reach the client generic."""
@@ -558,7 +590,8 @@ class StreamManager:
             log.warning("stream source %s for %s: breaker open", exc.name, owner)
             raise CircuitOpenError(exc.name, exc.retry_after_s, _CANNOT_OPEN) from None
         except SourceError as exc:
-            log.warning("stream source for %s cannot be opened: %s", owner, exc)
+            name = self.breaker_name(uri)
+            log.warning("stream source for %s cannot be opened (breaker %s): %s", owner, name, exc)
             raise SourceError(_CANNOT_OPEN) from None
 
     def list(self, caller: Caller | None = None) -> list[StreamInfo]:
@@ -571,7 +604,7 @@ class StreamManager:
 
     def get(self, stream_id: str, caller: Caller | None = None) -> StreamInfo:
         """Raises UnknownStreamError (also for a stream ``caller`` may not see)."""
-        return self._info(self._managed(stream_id, caller))
+        return self._info(self._managed(stream_id, caller), full=True)
 
     def stop(
         self,
@@ -593,7 +626,7 @@ class StreamManager:
             managed.pipeline.join(timeout_s)
         with self._lock:
             self._streams.pop(stream_id, None)
-        info = self._info(managed)
+        info = self._info(managed, full=True)
         log.info(
             "stream %s stopped: %d frames processed, %d dropped",
             stream_id,
@@ -669,7 +702,9 @@ class StreamManager:
             return sum(1 for m in self._streams.values() if not m.pipeline.finished)
 
     # ----------------------------------------------------------------- info
-    def _info(self, m: _Managed) -> StreamInfo:
+    def _info(self, m: _Managed, *, full: bool = False) -> StreamInfo:
+        """The stream as the API shows it; ``full``: with ``full_uri`` (an answer about
+        this one stream to a caller allowed to see it)."""
         stats = m.pipeline.stats()
         (s,) = stats.streams
         e2e = m.pipeline.recent_latency_ms("end_to_end")
@@ -690,6 +725,7 @@ class StreamManager:
         return StreamInfo(
             stream_id=m.stream_id,
             uri=m.uri,
+            full_uri=m.full_uri if full else None,
             owner=m.owner,
             state=state,
             is_live=s.is_live,

@@ -22,6 +22,7 @@ from tapetum.sources.video import (
     LIVE_SCHEMES,
     VideoSource,
     default_source_id,
+    display_url,
     redact_url,
     url_scheme,
 )
@@ -57,7 +58,7 @@ def open_source(
         if scheme not in LIVE_SCHEMES:
             supported = ", ".join(sorted(LIVE_SCHEMES))
             raise SourceError(
-                f"cannot open {redact_url(uri)}: unsupported URL scheme '{scheme}' "
+                f"cannot open {display_url(uri)}: unsupported URL scheme '{scheme}' "
                 f"(supported: {supported}, or a file or folder path)"
             )
         return VideoSource(uri, source_id=source_id, realtime=realtime, **options)

@@ -244,7 +244,7 @@ class VideoSource(SourceBase):
         if self._scheme is not None and not self._live:
             supported = ", ".join(sorted(LIVE_SCHEMES))
             raise SourceError(
-                f"cannot open {redact_url(self._uri)}: unsupported URL scheme "
+                f"cannot open {display_url(self._uri)}: unsupported URL scheme "
                 f"'{self._scheme}' (supported: {supported}, or a file path)"
             )
         if reconnect_initial_delay_s <= 0 or reconnect_max_delay_s <= 0:
@@ -497,11 +497,11 @@ class VideoSource(SourceBase):
             return f"cannot open video {self._uri}: {reason}"
         if isinstance(exc, av.error.ExitError | av.error.TimeoutError):
             reason = f"no answer within {self._open_timeout_s:g} s ({reason})"
-        return f"cannot open stream {redact_url(self._uri)}: {reason}"
+        return f"cannot open stream {display_url(self._uri)}: {reason}"
 
     def _describe(self) -> str:
         kind = "stream" if self._live else "video"
-        return f"{kind} {redact_url(self._uri)}"
+        return f"{kind} {display_url(self._uri)}"
 
 
 def _reason(exc: BaseException) -> str:

@@ -4,9 +4,11 @@ and one stream manager (as ``tapetum serve`` wires them), for the security tests
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +115,33 @@ def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
 def error_code(err: grpc.RpcError) -> str:
     """The REST error code a gRPC error carries in its trailing metadata."""
     return str(dict(err.trailing_metadata() or ())["tapetum-error-code"])  # type: ignore[attr-defined]
+
+
+class CountingHttpServer:
+    """Loopback HTTP server of one MPEG-TS payload that counts the requests it gets."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.requests = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp2t")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}/live.ts"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

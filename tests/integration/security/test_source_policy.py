@@ -10,10 +10,8 @@ allow-listed, and every refusal and open failure reads the same.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,40 +26,16 @@ import grpc
 from tapetum.errors import SourceError
 from tapetum.sources import video
 from tests.helpers import remux_to_mpegts
-from tests.integration.security.stack import Stack, error_code, rpc_error, serve_stack
+from tests.integration.security.stack import (
+    CountingHttpServer,
+    Stack,
+    error_code,
+    rpc_error,
+    serve_stack,
+)
 from tests.integration.serve_harness import assert_error
 
 pytestmark = pytest.mark.integration
-
-
-class CountingHttpServer:
-    """Loopback HTTP server of one MPEG-TS payload that counts the requests it gets."""
-
-    def __init__(self, payload: bytes) -> None:
-        self.requests = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.requests += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "video/mp2t")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port = int(self._server.server_address[1])
-        self.url = f"http://127.0.0.1:{self.port}/live.ts"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @pytest.fixture(scope="module")

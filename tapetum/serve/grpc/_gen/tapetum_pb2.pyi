@@ -246,7 +246,7 @@ class StreamStats(_message.Message):
     def __init__(self, frames_read: _Optional[int] = ..., frames_processed: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., frames_corrupt: _Optional[int] = ..., frames_failed: _Optional[int] = ..., reconnects: _Optional[int] = ..., fps: _Optional[float] = ..., p50_end_to_end_ms: _Optional[float] = ..., p99_end_to_end_ms: _Optional[float] = ..., subscribers: _Optional[int] = ..., results_dropped: _Optional[int] = ...) -> None: ...
 
 class StreamInfo(_message.Message):
-    __slots__ = ("stream_id", "uri", "state", "is_live", "created_at", "options", "stats", "error", "owner")
+    __slots__ = ("stream_id", "uri", "state", "is_live", "created_at", "options", "stats", "error", "owner", "full_uri")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[StreamInfo.State]
@@ -268,6 +268,7 @@ class StreamInfo(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    FULL_URI_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     uri: str
     state: StreamInfo.State
@@ -277,7 +278,8 @@ class StreamInfo(_message.Message):
     stats: StreamStats
     error: str
     owner: str
-    def __init__(self, stream_id: _Optional[str] = ..., uri: _Optional[str] = ..., state: _Optional[_Union[StreamInfo.State, str]] = ..., is_live: _Optional[bool] = ..., created_at: _Optional[float] = ..., options: _Optional[_Union[StreamOptions, _Mapping]] = ..., stats: _Optional[_Union[StreamStats, _Mapping]] = ..., error: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
+    full_uri: str
+    def __init__(self, stream_id: _Optional[str] = ..., uri: _Optional[str] = ..., state: _Optional[_Union[StreamInfo.State, str]] = ..., is_live: _Optional[bool] = ..., created_at: _Optional[float] = ..., options: _Optional[_Union[StreamOptions, _Mapping]] = ..., stats: _Optional[_Union[StreamStats, _Mapping]] = ..., error: _Optional[str] = ..., owner: _Optional[str] = ..., full_uri: _Optional[str] = ...) -> None: ...
 
 class ListStreamsRequest(_message.Message):
     __slots__ = ()
