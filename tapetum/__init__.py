@@ -43,6 +43,10 @@ _EXPORTS: dict[str, str] = {
     "JsonlSink": "tapetum.sinks",
     "AnnotatedVideoSink": "tapetum.sinks",
     "CallbackSink": "tapetum.sinks",
+    "OnnxClassifier": "tapetum.classify",
+    "ClassifierService": "tapetum.classify",
+    "ClassificationEnricher": "tapetum.classify",
+    "ClassifyConfig": "tapetum.classify",
 }
 
 __all__ = [
@@ -51,6 +55,9 @@ __all__ = [
     "ByteTrackConfig",
     "ByteTracker",
     "CallbackSink",
+    "ClassificationEnricher",
+    "ClassifierService",
+    "ClassifyConfig",
     "Detections",
     "DetectorConfig",
     "DropPolicy",
@@ -59,6 +66,7 @@ __all__ = [
     "ImageFolderSource",
     "JsonlSink",
     "LetterboxTransform",
+    "OnnxClassifier",
     "OnnxDetector",
     "Pipeline",
     "PipelineConfig",
@@ -72,6 +80,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from tapetum.classify import (
+        ClassificationEnricher,
+        ClassifierService,
+        ClassifyConfig,
+        OnnxClassifier,
+    )
     from tapetum.core import NO_TRACK, Detections, Frame, FrameResult
     from tapetum.detect import (
         DetectorConfig,
