@@ -160,6 +160,21 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
             "(*.cams.internal). Repeat for more.",
         ),
     ] = None,
+    max_subscription_s: Annotated[
+        float,
+        typer.Option(
+            "--max-subscription-s",
+            help="Longest a live result feed lasts, seconds; then the client subscribes again.",
+        ),
+    ] = 3600.0,
+    model_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--model-root",
+            help="Folder admins may load models from at runtime (repeat for more; default: "
+            "the --model file's folder).",
+        ),
+    ] = None,
 ) -> None:
     """Serve detection over HTTP (REST, OpenAPI docs at /docs) and gRPC.
 
@@ -219,6 +234,8 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         max_sessions_per_key=max_sessions_per_key,
         media_roots=tuple(media_root or ()),
         allowed_sources=tuple(allow_source or ()),
+        max_subscription_s=max_subscription_s,
+        model_roots=tuple(model_root or ()),
     )
     remote = (
         _remote_detector(

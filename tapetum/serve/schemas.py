@@ -175,7 +175,9 @@ class ModelInfo(BaseModel):
 
     name: str
     family: Literal["yolox"] = "yolox"
-    path: str
+    path: str = Field(
+        description="The model file: its full path for admin keys, its file name for others."
+    )
     input_width: int = Field(gt=0, description="Model input width in pixels.")
     input_height: int = Field(gt=0, description="Model input height in pixels.")
     num_classes: int = Field(gt=0)

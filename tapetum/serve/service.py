@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import threading
 import time
@@ -382,26 +383,34 @@ class DetectionService:
 
     # ---- operations ----
 
-    def model_info(self, name: str | None = None) -> ModelInfo:
-        """A loaded model (None: the default one); 404 for an unknown name."""
+    def model_info(self, name: str | None = None, *, full_path: bool = True) -> ModelInfo:
+        """A loaded model (None: the default one); 404 for an unknown name.
+
+        ``full_path`` False (callers without ``admin``): ``path`` is the file name only, so
+        the server's folders do not show."""
         if name is not None and not name:
             raise ApiError(404, "unknown_model", "no model named ''")
-        return self._info(self._model(name))
+        return self._info(self._model(name), full_path)
 
-    def list_models(self) -> ModelList:
+    def list_models(self, *, full_path: bool = True) -> ModelList:
         """Every loaded model, the default first then in load order."""
         self.detector()
         with self._models_lock:
             extra = list(self._extra.values())
-        return ModelList(models=[self.model_info(), *(self._info(m) for m in extra)])
+        return ModelList(
+            models=[
+                self.model_info(full_path=full_path),
+                *(self._info(m, full_path) for m in extra),
+            ]
+        )
 
     @staticmethod
-    def _info(model: _Model) -> ModelInfo:
+    def _info(model: _Model, full_path: bool = True) -> ModelInfo:
         detector = model.detector
         h, w = detector.input_hw
         return ModelInfo(
             name=model.name,
-            path=str(detector.model.path),
+            path=str(detector.model.path) if full_path else Path(detector.model.path).name,
             input_width=w,
             input_height=h,
             num_classes=len(detector.class_names),
@@ -556,14 +565,17 @@ class DetectionService:
 
         Args:
             name: the model's name in requests (``model=``); :data:`MODEL_NAME_PATTERN`.
-            path: an existing ONNX file the detector adapter accepts.
+            path: an ONNX file the detector adapter accepts, inside one of
+                :meth:`model_roots` by its real location (a relative path is looked up in
+                each root).
             conf: the model's default score threshold (None: the settings' default).
 
         Raises:
             NotReadyError: the default model is not ready (503).
             ApiError: 422 bad name or conf, or the file does not load as a detector
                 (``model_load_failed``, with the loader's reason); 400 ``bad_model_path``
-                when ``path`` is not an existing ``.onnx`` file; 409 ``model_exists`` for
+                when ``path`` is not an ``.onnx`` file inside the model roots (the same
+                answer whether or not it exists elsewhere); 409 ``model_exists`` for
                 a name in use, ``too_many_models`` at ``settings.max_models``.
         """
         self.detector()
@@ -576,7 +588,7 @@ class DetectionService:
         try:
             settings = dataclasses.replace(
                 self.settings,
-                model_path=Path(path),
+                model_path=self._model_file(path),
                 model_name=name,
                 model_arch=None,  # the new file's metadata or shapes decide
                 conf_threshold=self.settings.conf_threshold if conf is None else conf,
@@ -584,10 +596,6 @@ class DetectionService:
         except ConfigError as exc:
             raise ApiError(422, "invalid_request", f"conf: {exc}") from exc
         file = settings.model_path
-        if file.suffix.lower() != ".onnx" or not file.is_file():
-            raise ApiError(
-                400, "bad_model_path", f"path: {str(file)!r} is not an existing .onnx file"
-            )
         with self._models_lock:
             if name == self.settings.name or name in self._extra or name in self._loading:
                 raise ApiError(409, "model_exists", f"a model named {name!r} is already loaded")
@@ -622,6 +630,32 @@ class DetectionService:
         finally:
             with self._models_lock:
                 self._loading.discard(name)
+
+    def model_roots(self) -> tuple[Path, ...]:
+        """The folders runtime models load from: ``settings.model_roots``, or the default
+        model's folder when none are configured (real locations)."""
+        roots = self.settings.model_roots
+        if not roots:
+            default_folder = self.settings.model_path.parent
+            roots = (default_folder,) if default_folder.is_dir() else ()
+        return tuple(Path(os.path.realpath(root)) for root in roots)
+
+    def _model_file(self, path: str | Path) -> Path:
+        """``path``'s real location when it is an ``.onnx`` file inside a model root;
+        400 ``bad_model_path`` otherwise (a file outside the roots is never looked at)."""
+        given = Path(path)
+        roots = self.model_roots()
+        candidates = [given] if given.is_absolute() else [root / given for root in roots]
+        for candidate in candidates:
+            real = Path(os.path.realpath(candidate))
+            inside = any(real.is_relative_to(root) for root in roots)
+            if inside and real.suffix.lower() == ".onnx" and real.is_file():
+                return real
+        raise ApiError(
+            400,
+            "bad_model_path",
+            f"path: {str(given)!r} is not an .onnx file in this server's model folders",
+        )
 
     def unload_model(self, name: str) -> None:
         """Forget a model loaded at runtime (in-flight requests on it finish).

@@ -169,6 +169,11 @@ class ServeSettings:
             private, link-local and metadata addresses are refused, and only rtsp(s),
             rtmp and http(s)): CIDRs, URI globs (``rtsp://10.0.7.*``) or host globs. See
             :mod:`tapetum.serve.source_policy`.
+        max_subscription_s: longest a live result subscription (SSE, gRPC
+            ``StreamResults``) lasts; it then ends (``subscription_expired``) and the
+            client subscribes again, so a forgotten one does not hold its slot for ever.
+        model_roots: folders ``POST /v1/models`` / ``LoadModel`` may load ONNX files from
+            (real locations); empty: the default model's folder.
         max_models: most models loaded at once, the default one included (more can be
             loaded at runtime with ``POST /v1/models`` / ``LoadModel``).
         max_json_body_bytes: largest request body of every route but the detect routes
@@ -222,6 +227,8 @@ class ServeSettings:
     max_subscriptions_per_key: int = 4
     media_roots: tuple[Path, ...] = ()
     allowed_sources: tuple[str, ...] = ()
+    max_subscription_s: float = 3600.0
+    model_roots: tuple[Path, ...] = ()
     max_models: int = 4
     batch_requests: int = 8
     batch_wait_ms: float = 0.0
@@ -266,6 +273,11 @@ class ServeSettings:
                 raise ConfigError(f"media root {root} is not a folder")
         if any(not pattern.strip() for pattern in self.allowed_sources):
             raise ConfigError("allowed_sources: a pattern is empty")
+        if self.max_subscription_s <= 0:
+            raise ConfigError(f"max_subscription_s must be > 0, got {self.max_subscription_s}")
+        for root in self.model_roots:
+            if not root.is_dir():
+                raise ConfigError(f"model root {root} is not a folder")
         if self.max_models < 1:
             raise ConfigError(f"max_models must be ≥ 1, got {self.max_models}")
         if self.max_json_body_bytes < 1024 or self.auth_failures_per_minute < 0:

@@ -201,10 +201,12 @@ class Subscription:
         capacity: int,
         loop: asyncio.AbstractEventLoop | None = None,
         owner: str = ANONYMOUS,
+        max_duration_s: float | None = None,
     ) -> None:
         #: the principal that follows the stream (its subscriptions are counted).
         self.owner = owner
         self.released = False
+        self._expires_at_s = None if max_duration_s is None else time.monotonic() + max_duration_s
         self._items: deque[str] = deque()
         self._capacity = capacity
         self._cond = threading.Condition()
@@ -214,6 +216,12 @@ class Subscription:
         #: results discarded because this subscriber fell behind.
         self.dropped = 0
         self.delivered = 0
+
+    @property
+    def expired(self) -> bool:
+        """The subscription has lasted its maximum duration: the reader should end it
+        (the client subscribes again if it still wants results)."""
+        return self._expires_at_s is not None and time.monotonic() >= self._expires_at_s
 
     def push(self, item: str) -> None:
         with self._cond:
@@ -355,6 +363,8 @@ class StreamManager:
             limit below ``max_streams``).
         max_subscriptions_per_owner: most live subscriptions one principal holds at once,
             over all streams (None: no limit).
+        max_subscription_s: how long a subscription lasts at most before its reader ends
+            it (see :attr:`Subscription.expired`; None: no limit).
         source_policy: what may be opened; default :class:`SourcePolicy()` (no local
             paths, public network hosts only).
     """
@@ -371,6 +381,7 @@ class StreamManager:
         max_streams_per_owner: int | None = None,
         max_subscriptions_per_owner: int | None = None,
         source_policy: SourcePolicy | None = None,
+        max_subscription_s: float | None = None,
     ) -> None:
         self._detector_provider = detector_provider
         self.max_streams = max_streams
@@ -384,6 +395,7 @@ class StreamManager:
         self._source_options = dict(source_options or {})
         self.max_streams_per_owner = max_streams_per_owner
         self.max_subscriptions_per_owner = max_subscriptions_per_owner
+        self.max_subscription_s = max_subscription_s
         self.source_policy = source_policy if source_policy is not None else SourcePolicy()
         self._streams: dict[str, _Managed] = {}
         self._starting: dict[str, int] = {}  # owner → streams being opened
@@ -415,6 +427,7 @@ class StreamManager:
             source_policy=SourcePolicy(
                 media_roots=settings.media_roots, allowed=settings.allowed_sources
             ),
+            max_subscription_s=settings.max_subscription_s,
         )
 
     # ----------------------------------------------------------------- helpers
@@ -676,7 +689,7 @@ class StreamManager:
                     "may; close one first"
                 )
             self._subscriptions[owner] = held + 1
-        sub = Subscription(self.subscriber_queue_size, loop, owner)
+        sub = Subscription(self.subscriber_queue_size, loop, owner, self.max_subscription_s)
         managed.fanout.add(sub)
         return sub
 

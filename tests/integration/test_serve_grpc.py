@@ -40,6 +40,7 @@ def _free_port() -> int:
 class Served:
     stub: pb_grpc.DetectorStub
     keys: dict[str, str]
+    models: Path  # a model folder beside the default model's
 
     def auth(self, name: str, header: str = "authorization") -> tuple[tuple[str, str], ...]:
         value = f"Bearer {self.keys[name]}" if header == "authorization" else self.keys[name]
@@ -57,7 +58,13 @@ def served(yolox_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         RateLimit(per_second=1000, burst=1000),
         {LIMITED_METHOD: RateLimit(per_second=0.2, burst=LIMITED_BURST)},
     )
-    settings = ServeSettings(model_path=yolox_path, conf_threshold=0.35, max_batch=4)
+    models = tmp_path_factory.mktemp("models")  # a second model folder, for junk.onnx
+    settings = ServeSettings(
+        model_path=yolox_path,
+        conf_threshold=0.35,
+        max_batch=4,
+        model_roots=(yolox_path.parent, models),
+    )
     detector: DetectorLike = default_detector_factory(settings)
     port = _free_port()
     # The default model is built here; models loaded at runtime (LoadModel) for real.
@@ -70,7 +77,7 @@ def served(yolox_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Served(pb_grpc.DetectorStub(channel), keys)
+        yield Served(pb_grpc.DetectorStub(channel), keys, models)
     finally:
         channel.close()
         server.stop(grace=2).wait()
@@ -167,6 +174,7 @@ def test_models_list_describe_unknown(served: Served) -> None:
         416,
     )
     assert "CPUExecutionProvider" in info.providers
+    assert info.path == "yolox_nano.onnx", "a key without admin sees the file name only"
     one = served.stub.DescribeModel(
         pb.DescribeModelRequest(name="yolox_nano"), metadata=served.auth("read")
     )
@@ -200,7 +208,7 @@ def test_admin_loads_detects_with_and_unloads_a_model(
     )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     assert "/no/such.onnx" in err.details()  # type: ignore[attr-defined]
-    junk = tmp_path / "junk.onnx"
+    junk = served.models / "junk.onnx"
     junk.write_bytes(b"not a model")
     err = _error(
         lambda: stub.LoadModel(pb.LoadModelRequest(name="second", path=str(junk)), metadata=admin)

@@ -203,8 +203,9 @@ def test_models_list_describe_unknown(served: Served) -> None:
     assert info["name"] == "yolox_nano" and info["family"] == "yolox"
     assert info["num_classes"] == 80 and info["input_width"] == 416
     assert "CPUExecutionProvider" in info["providers"]
+    assert Path(info["path"]).is_absolute(), "an admin sees where the model file is"
     one = served.client.get("/v1/models/yolox_nano", headers=served.auth("read"))
-    assert one.json() == info
+    assert one.json() == {**info, "path": "yolox_nano.onnx"}, "others see its file name"
     _assert_error(
         served.client.get("/v1/models/yolov99", headers=served.auth("read")), 404, "unknown_model"
     )
@@ -399,7 +400,12 @@ def test_admin_loads_detects_with_and_unloads_a_model(
     admin = {"Authorization": f"Bearer {store.create('admin', [Scope.ADMIN])[1]}"}
     infer = {"Authorization": f"Bearer {store.create('inferrer', [Scope.INFER])[1]}"}
     read = {"Authorization": f"Bearer {store.create('reader', [Scope.READ, Scope.INFER])[1]}"}
-    settings = ServeSettings(model_path=yolox_path, conf_threshold=0.35, rate_per_second=None)
+    settings = ServeSettings(
+        model_path=yolox_path,
+        conf_threshold=0.35,
+        rate_per_second=None,
+        model_roots=(yolox_path.parent, tmp_path),  # where runtime models may come from
+    )
     server = LoopbackServer(create_app(settings, key_store=store)).start()
     second = {"name": "second", "path": str(yolox_path)}
     jpeg = {"Content-Type": "image/jpeg"}
@@ -440,7 +446,8 @@ def test_admin_loads_detects_with_and_unloads_a_model(
             )
             listed = client.get("/v1/models", headers=read).json()["models"]
             assert [m["name"] for m in listed] == ["yolox_nano", "second"]
-            assert client.get("/v1/models/second", headers=read).json() == loaded.json()
+            described = client.get("/v1/models/second", headers=read).json()
+            assert described == {**loaded.json(), "path": yolox_path.name}
 
             resp = client.post(
                 "/v1/detect", content=bus_jpg, params={"model": "second"}, headers={**infer, **jpeg}

@@ -19,6 +19,7 @@ REST                        gRPC
 400 bad stream source       INVALID_ARGUMENT (a generic reason; the log has the detail)
 429 too many streams        RESOURCE_EXHAUSTED, trailing ``retry-after``
 429 too many subscriptions  RESOURCE_EXHAUSTED, trailing ``retry-after``
+408 subscription expired    DEADLINE_EXCEEDED (``StreamResults`` past its maximum duration)
 503 source breaker open     UNAVAILABLE, trailing ``retry-after``
 501 detector cannot stream  UNIMPLEMENTED
 400 / 422 model won't load  INVALID_ARGUMENT (``bad_model_path``, ``model_load_failed``)
@@ -141,6 +142,7 @@ _GRPC_CODES_BY_ERROR = {
     "model_exists": grpc.StatusCode.ALREADY_EXISTS,
     "too_many_models": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "default_model": grpc.StatusCode.FAILED_PRECONDITION,
+    "subscription_expired": grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 #: how often a ``StreamResults`` call checks that its client is still there, seconds.
 _RESULTS_POLL_S = 0.5
@@ -177,6 +179,14 @@ def _to_api_error(exc: Exception) -> ApiError:
         return ApiError(503, "service_unavailable", str(exc), {"Retry-After": "1"})
     log.error("unhandled %s", type(exc).__name__, exc_info=exc)
     return ApiError(500, "internal_error", "internal server error; see the server log")
+
+
+def _expired(max_s: float | None) -> ApiError:
+    return ApiError(
+        408,
+        "subscription_expired",
+        f"this subscription reached its maximum of {max_s or 0:g} s; subscribe again",
+    )
 
 
 def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
@@ -243,12 +253,24 @@ class _DetectorService(pb_grpc.DetectorServicer):
     def ListModels(  # noqa: N802 - generated servicer's name
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
-        return self._unary(request, context, Scope.READ, "ListModels", self._list_models)
+        return self._unary(
+            request,
+            context,
+            Scope.READ,
+            "ListModels",
+            lambda req: self._list_models(req, full_path=self._caller(context).admin),
+        )
 
     def DescribeModel(  # noqa: N802 - generated servicer's name
         self, request: pb.DescribeModelRequest, context: grpc.ServicerContext
     ) -> pb.ModelInfo:
-        return self._unary(request, context, Scope.READ, "DescribeModel", self._describe_model)
+        return self._unary(
+            request,
+            context,
+            Scope.READ,
+            "DescribeModel",
+            lambda req: self._describe_model(req, full_path=self._caller(context).admin),
+        )
 
     def LoadModel(  # noqa: N802 - generated servicer's name
         self, request: pb.LoadModelRequest, context: grpc.ServicerContext
@@ -359,6 +381,8 @@ class _DetectorService(pb_grpc.DetectorServicer):
                     check_current_call()  # a revoked key or an expired token ends the call
                 except Exception as exc:
                     _abort(context, exc)
+                if sub.expired:  # the most a subscription lasts: the client subscribes again
+                    _abort(context, _expired(self.streams.max_subscription_s))
                 items = sub.get(_RESULTS_POLL_S)
                 if items is None:
                     return
@@ -412,11 +436,14 @@ class _DetectorService(pb_grpc.DetectorServicer):
 
     # ---- handlers ----
 
-    def _list_models(self, request: pb.ListModelsRequest) -> pb.ListModelsResponse:
-        return mapping.model_list_to_proto(self.service.list_models())
+    def _list_models(
+        self, request: pb.ListModelsRequest, *, full_path: bool
+    ) -> pb.ListModelsResponse:
+        return mapping.model_list_to_proto(self.service.list_models(full_path=full_path))
 
-    def _describe_model(self, request: pb.DescribeModelRequest) -> pb.ModelInfo:
-        return mapping.model_info_to_proto(self.service.model_info(request.name))
+    def _describe_model(self, request: pb.DescribeModelRequest, *, full_path: bool) -> pb.ModelInfo:
+        info = self.service.model_info(request.name, full_path=full_path)
+        return mapping.model_info_to_proto(info)
 
     def _load_model(self, request: pb.LoadModelRequest) -> pb.ModelInfo:
         if not request.path or len(request.path) > 4096:

@@ -8,17 +8,21 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from tapetum.serve.auth import Scope
 from tapetum.serve.rest.errors import ERROR_RESPONSES, ResponseTable
 from tapetum.serve.rest.guards import Guards
 from tapetum.serve.rest.state import AppState
 from tapetum.serve.schemas import ErrorResponse, ModelInfo, ModelList
-from tapetum.serve.settings import MODEL_NAME_PATTERN
+from tapetum.serve.settings import MODEL_NAME_PATTERN, Principal
 
 __all__ = ["ModelLoad", "build_router"]
 
 _LOAD_RESPONSES: ResponseTable = {
     **ERROR_RESPONSES,
-    400: {"model": ErrorResponse, "description": "The path is not an existing .onnx file"},
+    400: {
+        "model": ErrorResponse,
+        "description": "The path is not an .onnx file in the server's model folders",
+    },
     409: {"model": ErrorResponse, "description": "The name is taken, or too many models"},
     422: {"model": ErrorResponse, "description": "Invalid body, or the file does not load"},
 }
@@ -42,7 +46,12 @@ class ModelLoad(BaseModel):
     name: str = Field(
         pattern=MODEL_NAME_PATTERN, description="Name for the detect routes' `model` parameter."
     )
-    path: str = Field(min_length=1, max_length=4096, description="A YOLOX ONNX file on the server.")
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="An ONNX detector file in one of the server's model folders (absolute, "
+        "or relative to a folder).",
+    )
     conf: float | None = Field(
         None, ge=0.0, le=1.0, description="The model's default score threshold."
     )
@@ -58,11 +67,11 @@ def build_router(state: AppState, guards: Guards) -> APIRouter:
         response_model=ModelList,
         tags=["models"],
         responses=ERROR_RESPONSES,
-        dependencies=[guards.read],
     )
-    async def list_models() -> ModelList:
-        """The loaded models, the default first. Needs the ``read`` scope."""
-        return service.list_models()
+    async def list_models(_key: Principal = guards.read) -> ModelList:
+        """The loaded models, the default first (file paths for ``admin`` keys, file names
+        for others). Needs the ``read`` scope."""
+        return service.list_models(full_path=_key.allows(Scope.ADMIN))
 
     @router.post(
         "/v1/models",
@@ -73,8 +82,8 @@ def build_router(state: AppState, guards: Guards) -> APIRouter:
         dependencies=[guards.admin],
     )
     async def load_model(body: ModelLoad) -> ModelInfo:
-        """Load and warm another model (a server-side ONNX file) under a name, for the
-        ``model`` parameter of the detect routes. Needs the ``admin`` scope."""
+        """Load and warm another model (an ONNX file in the server's model folders) under a
+        name, for the ``model`` parameter of the detect routes. Needs the ``admin`` scope."""
         return await anyio.to_thread.run_sync(
             lambda: service.load_model(body.name, body.path, body.conf)
         )
@@ -98,10 +107,9 @@ def build_router(state: AppState, guards: Guards) -> APIRouter:
         response_model=ModelInfo,
         tags=["models"],
         responses=ERROR_RESPONSES,
-        dependencies=[guards.read],
     )
-    async def describe_model(name: str) -> ModelInfo:
+    async def describe_model(name: str, _key: Principal = guards.read) -> ModelInfo:
         """One loaded model by name. Needs the ``read`` scope."""
-        return service.model_info(name)
+        return service.model_info(name, full_path=_key.allows(Scope.ADMIN))
 
     return router

@@ -191,6 +191,10 @@ def build_router(state: AppState, guards: Guards) -> APIRouter:
                             ended = {"stream_id": stream_id, "reason": exc.code}
                             yield f"event: end\ndata: {json.dumps(ended)}\n\n"
                             return
+                    if sub.expired:  # the most a subscription lasts: subscribe again
+                        ended = {"stream_id": stream_id, "reason": "subscription_expired"}
+                        yield f"event: end\ndata: {json.dumps(ended)}\n\n"
+                        return
                     items = await sub.aget(min(heartbeat_s, 1.0))
                     now = time.monotonic()
                     if items is None:
