@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tapetum.errors import ConfigError
-from tapetum.track.base import Tracker
+from tapetum.track.base import PredictingTracker, Tracker
 from tapetum.track.bytetrack import ByteTrackConfig, ByteTracker
 from tapetum.track.ocsort import OCSortConfig, OCSortTracker
 
@@ -25,6 +25,7 @@ __all__ = [
     "ByteTracker",
     "OCSortConfig",
     "OCSortTracker",
+    "PredictingTracker",
     "Tracker",
     "make_tracker",
 ]

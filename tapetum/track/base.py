@@ -33,3 +33,29 @@ class Tracker(Protocol):
     def reset(self) -> None:
         """Forget every track and restart id numbering."""
         ...
+
+
+@runtime_checkable
+class PredictingTracker(Tracker, Protocol):
+    """A tracker that can also carry its tracks through a frame the detector skipped.
+
+    A stream with a detection interval (the detector on every k-th frame) calls
+    :meth:`predict` on the frames in between: the tracks move by the motion model alone.
+    """
+
+    def predict(self, frame: Frame | None = None) -> Detections:
+        """Advance every track one frame by its motion model, without detections.
+
+        Nothing is matched, started or deleted; the next :meth:`update` carries on from
+        the predicted state, one motion step per frame of video in all.
+
+        Args:
+            frame: the frame skipped by the detector; trackers with camera-motion
+                compensation measure the camera's motion on it, others ignore it.
+
+        Returns:
+            The tracks reported on the last ``update``, in its row order, with their
+            predicted boxes; ``tracker_id``, ``confidence``, ``class_id`` and extra data
+            are those of that update.
+        """
+        ...

@@ -35,6 +35,7 @@ from tapetum.core.frame import Frame
 from tapetum.errors import ConfigError
 from tapetum.track.assignment import fuse_score
 from tapetum.track.cmc import CMC_METHODS, CameraMotionEstimator, make_cmc
+from tapetum.track.coast import coast_byte_core
 from tapetum.track.kalman_xywh import KalmanFilterXYWH
 from tapetum.track.reid import ReidEmbedder
 
@@ -228,13 +229,16 @@ class BoTSortTracker:
         self._cmc: CameraMotionEstimator | None = make_cmc(self.config.cmc_method)
         self._core = _make_core(self.config, embedder.embedding_dim if embedder is not None else 0)
         self._frame_id = 0
-        #: (2, 3) camera warp applied on the last ``update`` (identity without CMC).
+        self._last = Detections.empty()
+        #: (2, 3) camera warp applied on the last ``update`` or ``predict`` (identity
+        #: without CMC).
         self.last_warp: Float64Array = np.eye(2, 3, dtype=np.float64)
 
     def reset(self) -> None:
         """Forget every track and the previous frame; ids restart at 1."""
         self._core.reset()
         self._frame_id = 0
+        self._last = Detections.empty()
         self.last_warp = np.eye(2, 3, dtype=np.float64)
         if self._cmc is not None:
             self._cmc.reset()
@@ -324,7 +328,27 @@ class BoTSortTracker:
         result.tracker_id = ids[rows]
         if feats is not None and detections.embeddings is None:
             result.embeddings = feats[rows]
+        self._last = result
         return result
+
+    def predict(self, frame: Frame | None = None) -> Detections:
+        """A frame without detections (implements ``PredictingTracker``): confirmed and
+        lost tracks move by the Kalman filter, then every track by the camera's motion
+        measured on ``frame`` (when CMC is on and the frame is given, with the last
+        reported boxes masked out); nothing is matched, started or lost.
+
+        Returns:
+            The tracks of the last ``update``, with their predicted boxes (embeddings
+            carried over).
+        """
+        self._frame_id += 1
+        self.last_warp = np.eye(2, 3, dtype=np.float64)
+        affine: Float64Array | None = None
+        if self._cmc is not None and frame is not None:
+            self.last_warp = self._cmc.estimate(frame.image, self._last.xyxy)
+            if not np.array_equal(self.last_warp, np.eye(2, 3)):
+                affine = np.ascontiguousarray(self.last_warp, np.float64)
+        return coast_byte_core(self._core, self._last, affine)
 
 
 def _make_core(cfg: BoTSortConfig, feature_dim: int) -> ByteCore:

@@ -30,6 +30,7 @@ import numpy as np
 from tapetum.core.detections import Detections
 from tapetum.core.frame import Frame
 from tapetum.errors import ConfigError
+from tapetum.track.coast import coast_byte_core
 from tapetum.track.kalman import KalmanFilter
 
 #: ``tapetum.track.kernels.kalman8.MOTION_XYAH`` (the kernels load numba; this does not).
@@ -155,11 +156,13 @@ class ByteTracker:
         )
         self._core = kernel.ByteCore(params, flags)
         self._frame_id = 0
+        self._last = Detections.empty()
 
     def reset(self) -> None:
         """Forget every track; the next frame is frame 1 and ids restart at 1."""
         self._core.reset()
         self._frame_id = 0
+        self._last = Detections.empty()
 
     @property
     def frame_id(self) -> int:
@@ -188,4 +191,17 @@ class ByteTracker:
         rows = np.flatnonzero(ids >= 0)
         result = detections[rows]
         result.tracker_id = ids[rows]
+        self._last = result
         return result
+
+    def predict(self, frame: Frame | None = None) -> Detections:
+        """A frame without detections (implements ``PredictingTracker``): confirmed and
+        lost tracks move by the Kalman filter; nothing is matched, started or lost, but
+        the frame counts towards how long a lost track is kept.
+
+        Returns:
+            The tracks of the last ``update``, with their predicted boxes.
+        """
+        del frame
+        self._frame_id += 1
+        return coast_byte_core(self._core, self._last)

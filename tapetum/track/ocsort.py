@@ -41,6 +41,7 @@ from tapetum._types import Float64Array, IntArray
 from tapetum.core.detections import Detections
 from tapetum.core.frame import Frame
 from tapetum.errors import ConfigError
+from tapetum.track.coast import carry_forward
 
 #: Rows of a new tracker's state; doubled whenever a frame could overflow it.
 _INITIAL_CAPACITY = 64
@@ -188,6 +189,7 @@ class OCSortTracker:
         from tapetum.track.kernels import ocsort_step
 
         self._kernel = ocsort_step.ocsort_step
+        self._last = Detections.empty()
         self.config = config if config is not None else OCSortConfig()
         self._state = _TrackState(_INITIAL_CAPACITY, self.config.delta_t)
         self._n_tracks = 0
@@ -205,6 +207,7 @@ class OCSortTracker:
         self._n_tracks = 0
         self._frame_id = 0
         self._next_id = 1
+        self._last = Detections.empty()
 
     @property
     def frame_id(self) -> int:
@@ -267,4 +270,21 @@ class OCSortTracker:
         )
         result = detections[rows]
         result.tracker_id = ids
+        self._last = result
         return result
+
+    def predict(self, frame: Frame | None = None) -> Detections:
+        """A frame without detections (implements ``PredictingTracker``): every track's
+        filter is predicted one frame; nothing is matched, started or lost. The
+        observation bookkeeping (``min_hits``, ``max_age``, the ORU gap) counts detector
+        frames, so ``max_age`` is in detector frames on a stream with a detection interval.
+
+        Returns:
+            The tracks of the last ``update``, with their predicted boxes.
+        """
+        del frame
+        from tapetum.track.kernels.coast import coast_ocsort
+
+        state = self._state
+        boxes = coast_ocsort(state.mean, state.covariance, self._n_tracks)
+        return carry_forward(self._last, state.track_id[: self._n_tracks], boxes)

@@ -224,6 +224,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "ByteTracker",
         "OCSortConfig",
         "OCSortTracker",
+        "PredictingTracker",
         "Tracker",
         "make_tracker",
     ],
