@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "Pipeline": "tapetum.pipeline",
     "PipelineConfig": "tapetum.pipeline",
     "DropPolicy": "tapetum.pipeline",
+    "SchedulerConfig": "tapetum.pipeline",
     "JsonlSink": "tapetum.sinks",
     "AnnotatedVideoSink": "tapetum.sinks",
     "CallbackSink": "tapetum.sinks",
@@ -71,6 +72,7 @@ __all__ = [
     "Pipeline",
     "PipelineConfig",
     "RuntimeOptions",
+    "SchedulerConfig",
     "VideoSource",
     "YoloxDetector",
     "__version__",
@@ -95,7 +97,7 @@ if TYPE_CHECKING:
         YoloxDetector,
         load_detector,
     )
-    from tapetum.pipeline import DropPolicy, Pipeline, PipelineConfig
+    from tapetum.pipeline import DropPolicy, Pipeline, PipelineConfig, SchedulerConfig
     from tapetum.sinks import AnnotatedVideoSink, CallbackSink, JsonlSink
     from tapetum.sources import ImageFolderSource, VideoSource, open_source
     from tapetum.track import ByteTrackConfig, ByteTracker, make_tracker

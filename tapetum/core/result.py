@@ -20,13 +20,19 @@ class FrameResult:
         detections: tracked objects (``tracker_id`` set) in source pixels.
         class_names: names for ``detections.class_id``.
         timings_ms: per-stage latency of this frame (``preprocess``, ``batch_wait``,
-            ``infer``, ``postprocess``, ``track``, ``end_to_end``) in milliseconds.
+            ``infer``, ``postprocess``, ``track``, ``end_to_end``; ``predict`` and
+            ``end_to_end`` on a predicted frame) in milliseconds.
+        predicted: the detector skipped this frame (a detection interval): the boxes are
+            the tracker's motion predictions, and the JSONL record says
+            ``"predicted": true``. Each track also carries a ``predicted`` flag
+            (``detections.data``) on streams with an interval.
     """
 
     frame: Frame
     detections: Detections
     class_names: tuple[str, ...] = ()
     timings_ms: dict[str, float] = field(default_factory=dict)
+    predicted: bool = False
 
     @property
     def source_id(self) -> str:
@@ -61,12 +67,15 @@ class FrameResult:
             for key, values in extras.items():
                 track[key] = _rounded(values[i])
             tracks.append(track)
-        return {
+        record: dict[str, object] = {
             "source_id": self.frame.source_id,
             "frame_index": self.frame.index,
             "timestamp_s": round(self.frame.timestamp_s, 6),
             "tracks": tracks,
         }
+        if self.predicted:  # absent on detector frames: records without intervals unchanged
+            record["predicted"] = True
+        return record
 
 
 def _rounded(value: object) -> object:

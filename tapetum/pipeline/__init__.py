@@ -1,4 +1,5 @@
-"""The stream runtime: bounded queues, cross-stream batching, per-stream tracking, sinks."""
+"""The stream runtime: bounded queues, cross-stream batching, per-stream tracking, sinks,
+and the scheduler of detection intervals."""
 
 from tapetum.errors import QueueClosed
 from tapetum.pipeline.queues import BoundedQueue, DropPolicy
@@ -10,6 +11,7 @@ from tapetum.pipeline.runtime import (
     PipelineStats,
     StreamStats,
 )
+from tapetum.pipeline.scheduler import IntervalPolicy, Priority, SchedulerConfig
 from tapetum.pipeline.stats import LatencyRecorder, LatencySummary
 
 __all__ = [
@@ -17,11 +19,14 @@ __all__ = [
     "DropPolicy",
     "Enricher",
     "EnricherFactory",
+    "IntervalPolicy",
     "LatencyRecorder",
     "LatencySummary",
     "Pipeline",
     "PipelineConfig",
     "PipelineStats",
+    "Priority",
     "QueueClosed",
+    "SchedulerConfig",
     "StreamStats",
 ]

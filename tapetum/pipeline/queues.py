@@ -6,6 +6,7 @@ import enum
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from tapetum.errors import ConfigError, QueueClosed
@@ -42,6 +43,10 @@ class BoundedQueue(Generic[T]):
 
     Several queues may share one ``condition`` so that a consumer can wait on all of them
     at once (the cross-stream batcher does).
+
+    ``counts`` says which items take room: items it rejects (a stream's predicted frames,
+    which cost nothing to hold) never make the queue full and are never dropped by its
+    policy, so they cannot push a frame that does take room out of the queue.
     """
 
     def __init__(
@@ -49,6 +54,7 @@ class BoundedQueue(Generic[T]):
         capacity: int,
         policy: DropPolicy = DropPolicy.BLOCK,
         condition: threading.Condition | None = None,
+        counts: Callable[[T], bool] | None = None,
     ) -> None:
         if capacity < 1:
             raise ConfigError(f"queue capacity must be ≥ 1, got {capacity}")
@@ -56,9 +62,27 @@ class BoundedQueue(Generic[T]):
         self.policy = policy
         self.cond = condition or threading.Condition()
         self._items: deque[T] = deque()
+        self._counts = counts
+        self._counted = 0  # items that take room
         self._closed = False
         #: items discarded by the policy, or left behind by ``discard_pending``.
         self.dropped = 0
+
+    def _takes_room(self, item: T) -> bool:
+        return self._counts is None or self._counts(item)
+
+    def _popleft(self) -> T:
+        item = self._items.popleft()
+        self._counted -= self._takes_room(item)
+        return item
+
+    def _drop_oldest_counted(self) -> None:
+        for i, queued in enumerate(self._items):
+            if self._takes_room(queued):
+                del self._items[i]
+                self._counted -= 1
+                self.dropped += 1
+                return
 
     def __len__(self) -> int:
         return len(self._items)
@@ -77,20 +101,21 @@ class BoundedQueue(Generic[T]):
             if self._closed:
                 self.dropped += 1
                 return False
-            if len(self._items) >= self.capacity:
+            room = self._takes_room(item)
+            if room and self._counted >= self.capacity:
                 if self.policy is DropPolicy.DROP_NEWEST:
                     self.dropped += 1
                     return False
                 if self.policy is DropPolicy.DROP_OLDEST:
-                    self._items.popleft()
-                    self.dropped += 1
+                    self._drop_oldest_counted()
                 else:
-                    while len(self._items) >= self.capacity:
+                    while self._counted >= self.capacity:
                         if self._closed or (stop is not None and stop.is_set()):
                             self.dropped += 1
                             return False
                         self.cond.wait(0.05)
             self._items.append(item)
+            self._counted += room
             self.cond.notify_all()
             return True
 
@@ -110,7 +135,7 @@ class BoundedQueue(Generic[T]):
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError
                 self.cond.wait(remaining)
-            item = self._items.popleft()
+            item = self._popleft()
             self.cond.notify_all()
             return item
 
@@ -119,9 +144,24 @@ class BoundedQueue(Generic[T]):
         with self.cond:
             if not self._items:
                 return None
-            item = self._items.popleft()
+            item = self._popleft()
             self.cond.notify_all()
             return item
+
+    def peek(self) -> T | None:
+        """The oldest item, left in place (None if empty)."""
+        with self.cond:
+            return self._items[0] if self._items else None
+
+    def take_while(self, predicate: Callable[[T], bool]) -> list[T]:
+        """Take the leading items for which ``predicate`` holds, up to the first that fails."""
+        taken: list[T] = []
+        with self.cond:
+            while self._items and predicate(self._items[0]):
+                taken.append(self._popleft())
+            if taken:
+                self.cond.notify_all()
+        return taken
 
     def close(self) -> None:
         """No more puts; consumers drain what is left, then see ``QueueClosed``."""
@@ -134,6 +174,7 @@ class BoundedQueue(Generic[T]):
         with self.cond:
             n = len(self._items)
             self._items.clear()
+            self._counted = 0
             self.dropped += n
             self.cond.notify_all()
             return n

@@ -15,6 +15,18 @@ model output, run NMS and the tracker (so post-processing overlaps the next batc
 The detector can be replaced while running (:meth:`Pipeline.swap_detector`, e.g. when a
 registry alias moves): each frame remembers the detector that preprocessed it and is
 inferred and decoded by that one, so a swap loses no frame and trackers keep their ids.
+
+Detection intervals (``PipelineConfig.detect_every`` or ``scheduler``): a stream with
+interval k sends every k-th frame to the detector; its reader passes the others on
+without letterboxing them, and they reach the stream's tracker, in frame order, as soon
+as the detector frame before them has been taken for inference; the tracker carries its
+tracks through them by its motion model (``PredictingTracker.predict``) and the results
+are marked ``predicted``. With a scheduler, a thread observes every stream each tick
+(latency, oldest queued frame, motion) and sets the intervals
+(:mod:`tapetum.pipeline.scheduler`)::
+
+    scheduler ──(interval per stream)──→ reader[s]   (detector frame or predicted frame)
+    tracker[s] ──(latency, motion)──────→ scheduler
 """
 
 from __future__ import annotations
@@ -37,11 +49,18 @@ from tapetum.detect.base import StagedDetector
 from tapetum.detect.letterbox import LetterboxMeta
 from tapetum.errors import ConfigError, QueueClosed, TapetumError
 from tapetum.pipeline.queues import BoundedQueue, DropPolicy
+from tapetum.pipeline.scheduler import (
+    IntervalPolicy,
+    MotionMonitor,
+    Priority,
+    SchedulerConfig,
+    StreamObservation,
+)
 from tapetum.pipeline.sink_worker import SinkWorker
-from tapetum.pipeline.stats import LatencySummary, StageTimers
+from tapetum.pipeline.stats import LatencyRecorder, LatencySummary, StageTimers
 from tapetum.sinks.base import Sink
 from tapetum.sources.base import Source
-from tapetum.track.base import Tracker
+from tapetum.track.base import PredictingTracker, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +90,10 @@ class PipelineConfig:
             single-threaded workers beat one two-threaded run: no straggler waits inside
             operators when decode or tracking takes a core for a moment. Results are put
             back in frame order per stream before tracking.
+        detect_every: a fixed detection interval k for every stream: the detector sees
+            frames 0, k, 2k, … of each; the tracker predicts the others (1: every frame).
+        scheduler: adaptive intervals under a latency budget instead (then
+            ``detect_every`` must stay 1); None: no scheduler.
     """
 
     max_batch: int | None = None
@@ -83,6 +106,8 @@ class PipelineConfig:
     sink_policy: DropPolicy | None = None
     warmup: bool = True
     inference_workers: int = 0
+    detect_every: int = 1
+    scheduler: SchedulerConfig | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch is not None and self.max_batch < 1:
@@ -91,6 +116,13 @@ class PipelineConfig:
             raise ConfigError(f"max_wait_ms must be ≥ 0, got {self.max_wait_ms}")
         if self.inference_workers < 0:
             raise ConfigError(f"inference_workers must be ≥ 0, got {self.inference_workers}")
+        if self.detect_every < 1:
+            raise ConfigError(f"detect_every must be ≥ 1 frame, got {self.detect_every}")
+        if self.scheduler is not None and self.detect_every != 1:
+            raise ConfigError(
+                f"a fixed detect_every ({self.detect_every}) and the adaptive scheduler "
+                "exclude each other"
+            )
         sizes = ("source_queue_size", "post_queue_size", "sink_queue_size", "result_queue_size")
         for name in sizes:
             if getattr(self, name) < 1:
@@ -102,8 +134,9 @@ class _Pending:
     """A frame on its way through the pipeline."""
 
     frame: Frame
-    tensor: npt.NDArray[np.float32]
-    meta: LetterboxMeta
+    #: the letterboxed model input and its placement; None on a predicted frame.
+    tensor: npt.NDArray[np.float32] | None
+    meta: LetterboxMeta | None
     ready_s: float
     timings_ms: dict[str, float]
     #: position in its stream's inference order (assigned when a batch takes the frame).
@@ -113,6 +146,17 @@ class _Pending:
     #: the detector that preprocessed the frame: it also infers and decodes it, so a frame
     #: in flight during :meth:`Pipeline.swap_detector` stays on one model.
     detector: StagedDetector | None = None
+    #: the detector skips this frame (its stream's interval): the tracker predicts it.
+    predicted: bool = False
+
+
+def _is_predicted(item: _Pending) -> bool:
+    return item.predicted
+
+
+def _is_detector_frame(item: _Pending) -> bool:
+    """Frames that take room in a source queue: a predicted frame holds no tensor."""
+    return not item.predicted
 
 
 class Enricher(Protocol):
@@ -141,6 +185,21 @@ class _Stream:
     error: str | None = None
     started_s: float | None = None
     last_result_s: float | None = None
+    #: detection interval k now (the scheduler changes it) and the largest it has been.
+    interval: int = 1
+    interval_max: int = 1
+    #: frames read since the last detector frame was read; -1 before the first frame.
+    since_detect: int = -1
+    detector_frames: int = 0
+    tracker_frames: int = 0
+    monitor: MotionMonitor = field(default_factory=MotionMonitor)
+    #: end-to-end latency of this stream's recent frames, and how many the scheduler saw.
+    latency: LatencyRecorder = field(default_factory=lambda: LatencyRecorder(1024))
+    latency_seen: int = 0
+    interval_changes: dict[str, int] = field(default_factory=dict)
+    #: frames read so far, and as many as the scheduler had seen at its last tick.
+    frames_in: int = 0
+    frames_in_seen: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +217,21 @@ class StreamStats:
     reconnects: int
     fps: float
     error: str | None
+    #: frames the detector saw and frames the tracker predicted alone (a detection
+    #: interval); ``detector_frames + tracker_frames == frames_processed``.
+    detector_frames: int = 0
+    tracker_frames: int = 0
+    #: detection interval now, the largest it reached, and the scheduler's changes by
+    #: reason (``IntervalChange.reason``).
+    interval: int = 1
+    interval_max: int = 1
+    interval_changes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def detector_share(self) -> float:
+        """Fraction of processed frames that went through the detector."""
+        done = self.detector_frames + self.tracker_frames
+        return self.detector_frames / done if done else 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +248,8 @@ class PipelineStats:
     extra: dict[str, Any] = field(default_factory=dict)
     #: detectors swapped in while running (:meth:`Pipeline.swap_detector`).
     detector_swaps: int = 0
+    #: the scheduler's account (:meth:`Pipeline.scheduler_summary`); None without one.
+    scheduler: dict[str, Any] | None = None
 
     @property
     def frames_read(self) -> int:
@@ -212,6 +288,7 @@ class PipelineStats:
             "fps": round(self.fps, 2),
             "batches": self.batches,
             "detector_swaps": self.detector_swaps,
+            **({"scheduler": self.scheduler} if self.scheduler is not None else {}),
             "latency_ms": {k: v.as_dict() for k, v in self.latency_ms.items()},
             "sinks": {"dropped": self.sink_dropped, "errors": self.sink_errors},
             "streams": [
@@ -226,6 +303,12 @@ class PipelineStats:
                     "reconnects": s.reconnects,
                     "fps": round(s.fps, 2),
                     "error": s.error,
+                    "detector_frames": s.detector_frames,
+                    "tracker_frames": s.tracker_frames,
+                    "detector_share": round(s.detector_share, 4),
+                    "interval": s.interval,
+                    "interval_max": s.interval_max,
+                    "interval_changes": dict(s.interval_changes),
                 }
                 for s in self.streams
             ],
@@ -285,6 +368,7 @@ class Pipeline:
                     self.config.drop_policy
                     or (DropPolicy.DROP_OLDEST if src.is_live else DropPolicy.BLOCK),
                     self._batch_cond,
+                    counts=_is_detector_frame,
                 ),
                 post=BoundedQueue(self.config.post_queue_size, DropPolicy.BLOCK),
             )
@@ -315,6 +399,26 @@ class Pipeline:
         self._rr = 0
         self._swap_lock = threading.Lock()
         self._swaps = 0
+        self._scheduler = self.config.scheduler
+        self._intervals = self._scheduler is not None or self.config.detect_every > 1
+        self._model_latency_ms: float | None = None
+        self._ticks: dict[str, int] = {}
+        self._infer_busy_s = 0.0  # inference time summed over workers
+        if self._scheduler is not None:
+            self._scheduler.check_streams(ids)
+        if self._intervals:
+            self._check_trackers_predict()
+        for st in self._streams:
+            st.interval = st.interval_max = self.config.detect_every
+
+    def _check_trackers_predict(self) -> None:
+        for st in self._streams:
+            if not isinstance(st.tracker, PredictingTracker):
+                raise ConfigError(
+                    f"a detection interval needs a tracker that predicts tracks between "
+                    f"detector frames; {type(st.tracker).__name__} of stream "
+                    f"{st.source.source_id!r} has no predict()"
+                )
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> Pipeline:
@@ -324,6 +428,8 @@ class Pipeline:
         if self.config.warmup:
             h, w = self.detector.input_hw
             self.detector.infer(np.zeros((self.max_batch, 3, h, w), np.float32))
+        if self._scheduler is not None:
+            self._check_budget(self._scheduler.latency_budget_ms)
         for sink in self._sinks:
             sink.start()
         self._started_s = time.perf_counter()
@@ -332,9 +438,33 @@ class Pipeline:
             self._spawn("track", self._track_loop, st, f"track-{st.source.source_id}")
         for i in range(self.inference_workers):
             self._spawn("detect", self._detect_loop, None, f"detect-{i}")
+        if self._scheduler is not None:
+            self._spawn("schedule", self._schedule_loop, self._scheduler, "scheduler")
         self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         self._supervisor.start()
         return self
+
+    def model_latency_ms(self, runs: int = 3) -> float:
+        """The detector's own latency on one frame here: the fastest of ``runs``
+        inferences of a single zero frame, in milliseconds (no schedule beats it)."""
+        h, w = self.detector.input_hw
+        frame = np.zeros((1, 3, h, w), np.float32)
+        best = float("inf")
+        for _ in range(max(1, runs)):
+            t0 = time.perf_counter()
+            self.detector.infer(frame)
+            best = min(best, (time.perf_counter() - t0) * 1e3)
+        return best
+
+    def _check_budget(self, budget_ms: float) -> None:
+        """Raises ConfigError if the budget is below the model's own latency."""
+        self._model_latency_ms = latency_ms = self.model_latency_ms()
+        if budget_ms < latency_ms:
+            raise ConfigError(
+                f"latency budget {budget_ms:g} ms is below the model's own latency "
+                f"({latency_ms:.1f} ms for one frame on this machine): no schedule can meet "
+                "it; raise the budget or use a faster model"
+            )
 
     def _spawn(self, stage: str, fn: Callable[..., None], arg: Any, name: str) -> None:
         t = threading.Thread(target=fn, args=() if arg is None else (arg,), name=name, daemon=True)
@@ -445,6 +575,10 @@ class Pipeline:
             for frame in src.frames(self._stop_sources):
                 if st.started_s is None:
                     st.started_s = time.perf_counter()
+                st.frames_in += 1
+                if self._intervals and self._skip_detector(st):
+                    self._put_predicted(st, frame)
+                    continue
                 t0 = time.perf_counter()
                 detector = self.detector  # one model per frame, even across a swap
                 try:
@@ -461,7 +595,14 @@ class Pipeline:
                 )
                 # A BLOCK queue waits for space until the pipeline is aborted; a frame
                 # decoded while draining is still processed.
-                st.queue.put(item, self._abort)
+                if not self._intervals:
+                    st.queue.put(item, self._abort)
+                    continue
+                with self._batch_cond:  # a dropped detector frame may uncover predicted ones
+                    st.queue.put(item, self._abort)
+                    ready = self._take_predicted(st)
+                for ahead in ready:
+                    st.post.put(ahead, self._abort)
         except TapetumError as exc:
             st.error = str(exc)
             log.error("%s", exc)
@@ -471,7 +612,50 @@ class Pipeline:
         finally:
             st.queue.close()
 
-    def _take_round_robin(self, batch: list[tuple[_Stream, _Pending]]) -> bool:
+    def _skip_detector(self, st: _Stream) -> bool:
+        """Whether the frame just read goes to the tracker alone (the stream's interval)."""
+        if st.since_detect < 0 or st.since_detect + 1 >= st.interval:
+            st.since_detect = 0
+            return False
+        st.since_detect += 1
+        return True
+
+    def _put_predicted(self, st: _Stream, frame: Frame) -> None:
+        """Queue a frame the detector skips behind the stream's detector frames; it leaves
+        for the tracker at once if none is waiting (else when the one before it is taken
+        for inference, :meth:`_take_stream`)."""
+        now = time.perf_counter()
+        item = _Pending(frame, None, None, now, {}, predicted=True)
+        with self._batch_cond:
+            st.queue.put(item, self._abort)
+            ready = self._take_predicted(st)
+        for ahead in ready:
+            st.post.put(ahead, self._abort)
+
+    def _take_predicted(self, st: _Stream) -> list[_Pending]:
+        """The predicted frames at the head of the stream's queue, numbered in frame order
+        (caller holds the batch lock)."""
+        ready = st.queue.take_while(_is_predicted)
+        for item in ready:
+            item.seq = st.next_seq
+            st.next_seq += 1
+        return ready
+
+    def _take_stream(self, st: _Stream, forward: list[tuple[_Stream, _Pending]]) -> _Pending | None:
+        """The stream's next detector frame, numbered; the predicted frames around it go
+        to ``forward`` (caller holds the batch lock)."""
+        forward.extend((st, p) for p in self._take_predicted(st))
+        item = st.queue.get_nowait()
+        if item is None:
+            return None
+        item.seq = st.next_seq  # under the batch lock: seqs follow frame order
+        st.next_seq += 1
+        forward.extend((st, p) for p in self._take_predicted(st))
+        return item
+
+    def _take_round_robin(
+        self, batch: list[tuple[_Stream, _Pending]], forward: list[tuple[_Stream, _Pending]]
+    ) -> bool:
         """Move at most one frame per stream into ``batch``; True if anything moved."""
         n = len(self._streams)
         moved = False
@@ -479,26 +663,29 @@ class Pipeline:
             if len(batch) >= self.max_batch:
                 break
             st = self._streams[(self._rr + k) % n]
-            item = st.queue.get_nowait()
+            item = self._take_stream(st, forward)
             if item is not None:
-                item.seq = st.next_seq  # under the batch lock: seqs follow frame order
-                st.next_seq += 1
                 batch.append((st, item))
                 moved = True
         self._rr = (self._rr + 1) % n
         return moved
 
-    def _collect_batch(self) -> list[tuple[_Stream, _Pending]] | None:
-        """Wait for the next batch; None once every source queue is closed and empty."""
+    def _collect_batch(
+        self, forward: list[tuple[_Stream, _Pending]]
+    ) -> list[tuple[_Stream, _Pending]] | None:
+        """Wait for the next batch; None once every source queue is closed and empty.
+        Predicted frames met on the way are appended to ``forward``."""
         batch: list[tuple[_Stream, _Pending]] = []
         with self._batch_cond:
-            while not self._take_round_robin(batch):
+            while not self._take_round_robin(batch, forward):
                 if all(st.queue.closed and len(st.queue) == 0 for st in self._streams):
                     return None
+                if forward:  # hand them over before waiting
+                    return batch
                 self._batch_cond.wait(0.1)
             deadline = time.perf_counter() + self.config.max_wait_ms / 1e3
             while len(batch) < self.max_batch:
-                if self._take_round_robin(batch):
+                if self._take_round_robin(batch, forward):
                     continue
                 if all(st.queue.closed for st in self._streams):
                     break
@@ -510,9 +697,17 @@ class Pipeline:
 
     def _detect_loop(self) -> None:
         buffers: dict[tuple[int, int], npt.NDArray[np.float32]] = {}
-        while (batch := self._collect_batch()) is not None:
-            for group in self._by_detector(batch):
-                self._infer_batch(group, buffers)
+        forward: list[tuple[_Stream, _Pending]] = []
+        while True:
+            batch = self._collect_batch(forward)
+            for st, item in forward:  # predicted frames: straight to their tracker
+                st.post.put(item, self._abort)
+            forward.clear()
+            if batch is None:
+                return
+            if batch:
+                for group in self._by_detector(batch):
+                    self._infer_batch(group, buffers)
 
     def _by_detector(
         self, batch: list[tuple[_Stream, _Pending]]
@@ -539,6 +734,7 @@ class Pipeline:
             buf = np.empty((self.max_batch, 3, *detector.input_hw), np.float32)
             buffers[detector.input_hw] = buf
         for i, (_, item) in enumerate(batch):
+            assert item.tensor is not None  # detector frames carry their input
             buf[i] = item.tensor
         t0 = time.perf_counter()
         try:
@@ -552,6 +748,7 @@ class Pipeline:
         t1 = time.perf_counter()
         with self._count_lock:
             self._batches += 1
+            self._infer_busy_s += t1 - t0
         infer_ms = (t1 - t0) * 1e3
         for i, (st, item) in enumerate(batch):
             item.raw = raw[i]
@@ -579,9 +776,11 @@ class Pipeline:
             yield heapq.heappop(pending)[1]
 
     def _track_loop(self, st: _Stream) -> None:
-        timers = self.timers
         for item in self._in_order(st):
-            if item.failed or item.raw is None:
+            if item.predicted:
+                self._track_predicted(st, item)
+                continue
+            if item.failed or item.raw is None or item.meta is None:
                 st.failed += 1
                 continue
             detector = item.detector or self.detector
@@ -590,6 +789,8 @@ class Pipeline:
                 detections = detector.postprocess(item.raw, item.meta)
                 t1 = time.perf_counter()
                 tracked = st.tracker.update(detections, item.frame)
+                if self._intervals:
+                    self._mark(st, item.frame, tracked, predicted=False)
                 for enrich in st.enrichers:
                     tracked = enrich(item.frame, tracked)
                 t2 = time.perf_counter()
@@ -607,14 +808,146 @@ class Pipeline:
             timings["track"] = (t2 - t1) * 1e3
             timings["end_to_end"] = (t2 - item.frame.arrival_s) * 1e3
             for stage in STAGES:
-                timers.add_ms(stage, timings[stage])
-            st.processed += 1
-            st.last_result_s = t2
-            result = FrameResult(item.frame, tracked, detector.class_names, timings)
-            for sink in self._sinks:
-                sink.submit(result, self._abort)
-            if self._results is not None:
-                self._results.put(result, self._abort)
+                self.timers.add_ms(stage, timings[stage])
+            st.detector_frames += 1
+            self._deliver(st, FrameResult(item.frame, tracked, detector.class_names, timings), t2)
+
+    def _track_predicted(self, st: _Stream, item: _Pending) -> None:
+        """A frame the detector skipped: the tracker's motion model alone."""
+        try:
+            t0 = time.perf_counter()
+            tracker = st.tracker
+            assert isinstance(tracker, PredictingTracker)  # checked when built
+            tracked = tracker.predict(item.frame)
+            self._mark(st, item.frame, tracked, predicted=True)
+            for enrich in st.enrichers:
+                tracked = enrich(item.frame, tracked)
+            t1 = time.perf_counter()
+        except Exception as exc:
+            st.failed += 1
+            log.error(
+                "prediction failed on %s frame %d: %s", st.source.source_id, item.frame.index, exc
+            )
+            return
+        timings = item.timings_ms
+        timings["predict"] = (t1 - t0) * 1e3
+        timings["end_to_end"] = (t1 - item.frame.arrival_s) * 1e3
+        for stage in ("predict", "end_to_end"):
+            self.timers.add_ms(stage, timings[stage])
+        st.tracker_frames += 1
+        names = self.detector.class_names
+        self._deliver(st, FrameResult(item.frame, tracked, names, timings, predicted=True), t1)
+
+    @staticmethod
+    def _mark(st: _Stream, frame: Frame, tracked: Detections, *, predicted: bool) -> None:
+        """Flag each track as predicted or detected, and show the frame to the monitor."""
+        tracked.data["predicted"] = np.full(len(tracked), predicted)
+        st.monitor.observe(frame.index, tracked, not predicted, frame.width)
+
+    def _deliver(self, st: _Stream, result: FrameResult, done_s: float) -> None:
+        st.processed += 1
+        st.last_result_s = done_s
+        st.latency.add_ms(result.timings_ms["end_to_end"])
+        for sink in self._sinks:
+            sink.submit(result, self._abort)
+        if self._results is not None:
+            self._results.put(result, self._abort)
+
+    # ----------------------------------------------------------------- scheduler
+    def _schedule_loop(self, config: SchedulerConfig) -> None:
+        """Every tick: observe each stream, let the policy set the intervals, count."""
+        policy = IntervalPolicy(config)
+        calm = 0
+        last_s, last_busy_s = time.perf_counter(), 0.0
+        while not self._finished.wait(config.tick_s):
+            now = time.perf_counter()
+            with self._count_lock:
+                busy_s = self._infer_busy_s
+            utilisation = (busy_s - last_busy_s) / ((now - last_s) * self.inference_workers)
+            seen = {
+                st.source.source_id: self._observe(st, config, now - last_s) for st in self._streams
+            }
+            last_s, last_busy_s = now, busy_s
+            decision = policy.decide(seen, calm, min(1.0, utilisation))
+            log.debug(
+                "scheduler tick: load %.2f (%s), detector utilisation %.2f, intervals %s",
+                decision.load,
+                decision.state.value,
+                utilisation,
+                decision.intervals,
+            )
+            calm = decision.calm_ticks
+            with self._count_lock:
+                state = "saturated" if decision.saturated else decision.state.value
+                self._ticks[state] = self._ticks.get(state, 0) + 1
+            by_id = {st.source.source_id: st for st in self._streams}
+            for change in decision.changes:
+                st = by_id[change.stream]
+                st.interval = change.new
+                st.interval_max = max(st.interval_max, change.new)
+                st.interval_changes[change.reason] = st.interval_changes.get(change.reason, 0) + 1
+                log.info(
+                    "stream %s: detection interval %d → %d (%s, load %.2f)",
+                    change.stream,
+                    change.old,
+                    change.new,
+                    change.reason,
+                    decision.load,
+                )
+
+    def _observe(self, st: _Stream, config: SchedulerConfig, tick_s: float) -> StreamObservation:
+        """One stream as the policy sees it now, ``tick_s`` after the last look."""
+        fresh = st.latency.count - st.latency_seen
+        st.latency_seen = st.latency.count
+        frames_in = st.frames_in
+        fps = (frames_in - st.frames_in_seen) / tick_s if tick_s > 0 else float("nan")
+        st.frames_in_seen = frames_in
+        p95 = st.latency.summary(min(fresh, 1024)).p95_ms if fresh else float("nan")
+        oldest = st.queue.peek()
+        age_ms = (time.perf_counter() - oldest.frame.arrival_s) * 1e3 if oldest else 0.0
+        return StreamObservation(
+            interval=st.interval,
+            latency_p95_ms=p95,
+            queue_age_ms=age_ms,
+            motion_rate=st.monitor.motion_rate,
+            entering=st.monitor.entering,
+            priority=config.priorities.get(st.source.source_id, Priority.NORMAL),
+            fps=fps,
+        )
+
+    def scheduler_summary(self) -> dict[str, Any] | None:
+        """What the scheduler did: ticks by load, interval changes by reason, and which
+        streams it degraded (detector share below 1); None without a scheduler."""
+        cfg = self._scheduler
+        if cfg is None:
+            return None
+        changes: dict[str, int] = {}
+        degraded = []
+        for st in self._streams:
+            for reason, n in st.interval_changes.items():
+                changes[reason] = changes.get(reason, 0) + n
+            done = st.detector_frames + st.tracker_frames
+            if st.tracker_frames:
+                degraded.append(
+                    {
+                        "source_id": st.source.source_id,
+                        "detector_share": round(st.detector_frames / done, 4),
+                        "interval_max": st.interval_max,
+                        "interval_now": st.interval,
+                    }
+                )
+        with self._count_lock:
+            ticks = dict(self._ticks)
+        return {
+            "latency_budget_ms": cfg.latency_budget_ms,
+            "max_interval": cfg.max_interval,
+            "model_latency_ms": (
+                round(self._model_latency_ms, 2) if self._model_latency_ms is not None else None
+            ),
+            "ticks": ticks,
+            "interval_changes": changes,
+            "degraded": degraded,
+        }
 
     def _supervise(self) -> None:
         """Shut stages down in data order: readers, inference, tracking, sinks."""
@@ -653,6 +986,11 @@ class Pipeline:
                     reconnects=s.reconnects,
                     fps=st.processed / active if active > 0 else 0.0,
                     error=st.error,
+                    detector_frames=st.detector_frames,
+                    tracker_frames=st.tracker_frames,
+                    interval=st.interval,
+                    interval_max=st.interval_max,
+                    interval_changes=dict(st.interval_changes),
                 )
             )
         return PipelineStats(
@@ -664,8 +1002,22 @@ class Pipeline:
             batches=self._batches,
             finished=self._finished.is_set(),
             detector_swaps=self._swaps,
+            scheduler=self.scheduler_summary(),
         )
 
     def recent_latency_ms(self, stage: str = "end_to_end", last: int = 300) -> LatencySummary:
         """Percentiles over the most recent ``last`` frames (for live progress displays)."""
         return self.timers.recorder(stage).summary(last)
+
+    def queue_depths(self) -> dict[str, dict[str, int]]:
+        """Frames waiting now in each stream's queues: ``{source_id: {"source": n,
+        "post": n}}`` (decoded, before inference; inferred, before tracking). For
+        monitoring: lock-free reads, never blocks the pipeline."""
+        return {
+            st.source.source_id: {"source": len(st.queue), "post": len(st.post)}
+            for st in self._streams
+        }
+
+    def sink_queue_depths(self) -> dict[str, int]:
+        """Results waiting now for each sink, by sink name."""
+        return {sink.name: len(sink.queue) for sink in self._sinks}
