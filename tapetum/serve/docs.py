@@ -67,6 +67,16 @@ def _static_dir() -> Path | None:
     return folder if folder.is_dir() else None
 
 
+#: The one off-site URL in ReDoc's bundle (its footer logo): the page's CSP would block it
+#: and log a violation, so the bundle is served pointing at the local favicon instead.
+_REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+def _offline_redoc_bundle(path: Path) -> bytes:
+    """ReDoc's bundle with its footer logo taken from the docs' own static files."""
+    return path.read_bytes().replace(_REDOC_CDN_LOGO, f"{DOCS_STATIC_PATH}/favicon.png".encode())
+
+
 def _with_nonce(page: HTMLResponse, nonce: str) -> HTMLResponse:
     html = bytes(page.body).decode().replace("<script>", f'<script nonce="{nonce}">')
     return HTMLResponse(
@@ -108,11 +118,19 @@ def install_docs(
         )
         return _with_nonce(page, secrets.token_urlsafe(16))
 
+    redoc_bundle = _offline_redoc_bundle(static / "redoc.standalone.js")
+
     @app.get(DOCS_STATIC_PATH + "/{name}", include_in_schema=False)
     async def docs_static(name: str) -> Response:
         media_type = _STATIC_FILES.get(name)
         if media_type is None:  # a fixed list: no path ever reaches the file system
             raise HTTPException(404, f"no docs file {name!r}")
+        if name == "redoc.standalone.js":
+            return Response(
+                redoc_bundle,
+                media_type=media_type,
+                headers={"Cache-Control": "public, max-age=86400"},
+            )
         return FileResponse(
             static / name,
             media_type=media_type,
