@@ -21,6 +21,11 @@ from rich.markup import escape
 
 from tapetum.cli.eval import eval_app
 from tapetum.cli.export import export_command
+from tapetum.cli.interval import (
+    check_interval_options,
+    parse_interval_options,
+    print_interval_summary,
+)
 from tapetum.cli.keys import keys_app
 from tapetum.cli.models import models_app
 from tapetum.cli.optimize import optimize_command
@@ -167,6 +172,28 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         str | None,
         typer.Option(help="block | drop_oldest | drop_newest (default: by source kind)."),
     ] = None,
+    detect_every: Annotated[
+        str,
+        typer.Option(
+            help="Run the detector on every K-th frame of each stream and let the tracker "
+            "predict the frames between (marked predicted in the JSONL); 'auto': a scheduler "
+            "sets K per stream to keep --latency-budget-ms."
+        ),
+    ] = "1",
+    latency_budget_ms: Annotated[
+        float,
+        typer.Option(help="With --detect-every auto: end-to-end latency to stay under (ms)."),
+    ] = 100.0,
+    max_interval: Annotated[
+        int, typer.Option(help="With --detect-every auto: the largest K it may choose.")
+    ] = 4,
+    priority: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="With --detect-every auto: STREAM=low|normal|high, repeated; low-priority "
+            "streams give up detector frames first, high-priority ones last."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     registry: Annotated[
         str | None,
@@ -217,6 +244,10 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
         drop_policy=drop_policy,
+        detect_every=detect_every,
+        latency_budget_ms=latency_budget_ms,
+        max_interval=max_interval,
+        priorities=tuple(priority or ()),
     )
     extras: dict[str, Callable[[], dict[str, int]]] = {}
     try:
@@ -282,6 +313,10 @@ class RunOptions:
     provider: str | None = None
     classify: str | None = None
     forecaster: Path | None = None
+    detect_every: str = "1"
+    latency_budget_ms: float = 100.0
+    max_interval: int = 4
+    priorities: tuple[str, ...] = ()
 
 
 def _resolve_model(model: str, registry: str | None) -> tuple[Path, ResolvedModel | None]:
@@ -401,6 +436,9 @@ def _build(
     if embedder is not None and tracker_reid is None and not opts.topology:
         raise ConfigError("--reid is used by --tracker botsort or by --topology")
     make_tracker(opts.tracker, 30.0, tracker_reid)  # a bad name fails before anything opens
+    every, scheduler = parse_interval_options(
+        opts.detect_every, opts.latency_budget_ms, opts.max_interval, opts.priorities
+    )
     policy = DropPolicy.parse(opts.drop_policy) if opts.drop_policy else None
     opened: list[Source] = []
     seen: dict[str, int] = {}
@@ -412,6 +450,8 @@ def _build(
             src = open_source(uri, realtime=opts.realtime, source_id=f"{src.source_id}-{n}")
         opened.append(src)
     detector = _make_detector(opts, opts.model)
+    if scheduler is not None:
+        check_interval_options(scheduler, [s.source_id for s in opened], detector)
     out_dir = opts.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     sinks: list[Sink] = [JsonlSink(out_dir / "tracks.jsonl")]
     if opts.video:
@@ -467,6 +507,8 @@ def _build(
             max_batch=opts.max_batch,
             max_wait_ms=opts.max_wait_ms,
             drop_policy=policy,
+            detect_every=every,
+            scheduler=scheduler,
         ),
     )
     return pipe, out_dir
@@ -642,6 +684,7 @@ def _print_summary(stats: PipelineStats, out_dir: Path) -> None:
     out = Console()
     out.print(table)
     out.print(lat)
+    print_interval_summary(stats, out)
     out.print(
         f"{stats.frames_processed} frames in {stats.elapsed_s:.1f} s ({stats.fps:.1f} FPS); "
         f"outputs in {out_dir}"

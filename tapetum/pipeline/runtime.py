@@ -16,6 +16,12 @@ The detector can be replaced while running (:meth:`Pipeline.swap_detector`, e.g.
 registry alias moves): each frame remembers the detector that preprocessed it and is
 inferred and decoded by that one, so a swap loses no frame and trackers keep their ids.
 
+Two hooks (:mod:`tapetum.pipeline.hooks`, used by A/B experiments): a ``router`` picks
+each frame's detector as it is read (a canary share of streams or frames goes to another
+model, on the same per-frame machinery as a swap), and ``taps`` see every batch with its
+model inputs just before inference (a shadow model reuses the letterboxed tensors in its
+own thread).
+
 Detection intervals (``PipelineConfig.detect_every`` or ``scheduler``): a stream with
 interval k sends every k-th frame to the detector; its reader passes the others on
 without letterboxing them, and they reach the stream's tracker, in frame order, as soon
@@ -48,6 +54,7 @@ from tapetum.core.result import FrameResult
 from tapetum.detect.base import StagedDetector
 from tapetum.detect.letterbox import LetterboxMeta
 from tapetum.errors import ConfigError, QueueClosed, TapetumError
+from tapetum.pipeline.hooks import BatchTap, DetectorRouter, TappedFrame
 from tapetum.pipeline.queues import BoundedQueue, DropPolicy
 from tapetum.pipeline.scheduler import (
     IntervalPolicy,
@@ -157,6 +164,19 @@ def _is_predicted(item: _Pending) -> bool:
 def _is_detector_frame(item: _Pending) -> bool:
     """Frames that take room in a source queue: a predicted frame holds no tensor."""
     return not item.predicted
+
+
+def model_latency_ms(detector: StagedDetector, runs: int = 3) -> float:
+    """A detector's own latency on one frame on this machine: the fastest of ``runs``
+    inferences of a single zero frame, in milliseconds (no schedule can beat it)."""
+    h, w = detector.input_hw
+    frame = np.zeros((1, 3, h, w), np.float32)
+    best = float("inf")
+    for _ in range(max(1, runs)):
+        t0 = time.perf_counter()
+        detector.infer(frame)
+        best = min(best, (time.perf_counter() - t0) * 1e3)
+    return best
 
 
 class Enricher(Protocol):
@@ -342,6 +362,8 @@ class Pipeline:
         sinks: Sequence[Sink] = (),
         config: PipelineConfig | None = None,
         enrichers: Sequence[EnricherFactory] = (),
+        taps: Sequence[BatchTap] = (),
+        router: DetectorRouter | None = None,
     ) -> None:
         if not sources:
             raise ConfigError("a pipeline needs at least one source")
@@ -350,6 +372,8 @@ class Pipeline:
             raise ConfigError(f"source ids must be unique, got {ids}")
         self.config = config or PipelineConfig()
         self.detector = detector
+        self._taps = tuple(taps)
+        self._router = router
         if tracker_factory is None:
             from tapetum.track import make_tracker
 
@@ -444,21 +468,9 @@ class Pipeline:
         self._supervisor.start()
         return self
 
-    def model_latency_ms(self, runs: int = 3) -> float:
-        """The detector's own latency on one frame here: the fastest of ``runs``
-        inferences of a single zero frame, in milliseconds (no schedule beats it)."""
-        h, w = self.detector.input_hw
-        frame = np.zeros((1, 3, h, w), np.float32)
-        best = float("inf")
-        for _ in range(max(1, runs)):
-            t0 = time.perf_counter()
-            self.detector.infer(frame)
-            best = min(best, (time.perf_counter() - t0) * 1e3)
-        return best
-
     def _check_budget(self, budget_ms: float) -> None:
         """Raises ConfigError if the budget is below the model's own latency."""
-        self._model_latency_ms = latency_ms = self.model_latency_ms()
+        self._model_latency_ms = latency_ms = model_latency_ms(self.detector)
         if budget_ms < latency_ms:
             raise ConfigError(
                 f"latency budget {budget_ms:g} ms is below the model's own latency "
@@ -581,6 +593,8 @@ class Pipeline:
                     continue
                 t0 = time.perf_counter()
                 detector = self.detector  # one model per frame, even across a swap
+                if self._router is not None:
+                    detector = self._router(src, frame) or detector
                 try:
                     tensor, meta = detector.preprocess(frame.image)
                 except Exception as exc:  # one bad frame fails, not the whole stream
@@ -736,6 +750,14 @@ class Pipeline:
         for i, (_, item) in enumerate(batch):
             assert item.tensor is not None  # detector frames carry their input
             buf[i] = item.tensor
+        if self._taps:
+            tapped = [
+                TappedFrame(item.frame, item.tensor, item.meta, item.seq)
+                for _, item in batch
+                if item.tensor is not None and item.meta is not None
+            ]
+            for tap in self._taps:
+                tap(tapped, detector)
         t0 = time.perf_counter()
         try:
             raw = detector.infer(buf[:n])
