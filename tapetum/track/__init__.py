@@ -16,6 +16,7 @@ from tapetum.errors import ConfigError
 from tapetum.track.base import PredictingTracker, Tracker
 from tapetum.track.bytetrack import ByteTrackConfig, ByteTracker
 from tapetum.track.ocsort import OCSortConfig, OCSortTracker
+from tapetum.track.relink import RelinkConfig, RelinkingTracker, TrackletRelinker
 
 if TYPE_CHECKING:
     from tapetum.track.reid import ReidEmbedder
@@ -26,7 +27,10 @@ __all__ = [
     "OCSortConfig",
     "OCSortTracker",
     "PredictingTracker",
+    "RelinkConfig",
+    "RelinkingTracker",
     "Tracker",
+    "TrackletRelinker",
     "make_tracker",
 ]
 
