@@ -40,6 +40,9 @@ The tree:
       * ArtifactMissingError
       * ArtifactCorruptError
     - AliasConflictError
+  + MonitorError
+    - DriftProfileError
+    - MetricsServerError
 
 The servers map these to statuses at their edge (``tapetum.serve.rest.errors``, the gRPC
 servicer): an :class:`ApiError` or :class:`ImageError` carries its own, a
@@ -65,13 +68,16 @@ __all__ = [
     "ClassifierError",
     "ConfigError",
     "DatasetError",
+    "DriftProfileError",
     "ImageError",
     "KeyDatabaseNotFoundError",
     "KeyStoreError",
     "LabelMapError",
+    "MetricsServerError",
     "MissingDependencyError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "MonitorError",
     "NotReadyError",
     "QueueClosed",
     "RateLimitStorageError",
@@ -309,3 +315,18 @@ class ArtifactCorruptError(ArtifactError):
 class AliasConflictError(RegistryError):
     """A concurrent promotion or rollback of the same alias won; the alias follows it and
     the losing change is kept in the alias history."""
+
+
+class MonitorError(TapetumError):
+    """Monitoring cannot do what was asked (the subclasses say why)."""
+
+
+class DriftProfileError(MonitorError):
+    """A drift reference profile is missing, unreadable, not a profile, of another version,
+    or has a field that does not validate (the message names the file and the field); or a
+    profile cannot be built (no frames were read)."""
+
+
+class MetricsServerError(MonitorError):
+    """The metrics and dashboard server cannot listen where asked (the port is taken, the
+    address is not this machine's, or a port out of range)."""

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from tapetum.cli.drift import drift_app
 from tapetum.cli.eval import eval_app
 from tapetum.cli.export import export_command
 from tapetum.cli.interval import (
@@ -37,8 +38,11 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from tapetum.detect import OnnxDetector
+    from tapetum.monitor.monitoring import RunMonitoring
     from tapetum.pipeline import EnricherFactory, Pipeline, PipelineStats
     from tapetum.registry import AliasWatcher, ResolvedModel
+    from tapetum.sinks.base import Sink as SinkT
+    from tapetum.sources.base import Source as SourceT
 
 app = typer.Typer(
     name="tapetum",
@@ -48,6 +52,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+app.add_typer(drift_app, name="drift")
 app.add_typer(eval_app, name="eval")
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
@@ -211,6 +216,26 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
             "checks at once). 0: keep the version resolved at start."
         ),
     ] = 10.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus /metrics and the live /dashboard on this port (0: any "
+            "free port) while running."
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address of the metrics server (loopback by default).")
+    ] = "127.0.0.1",
+    drift_ref: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Watch drift against a reference profile (tapetum drift profile): PATH for "
+            "every stream, or SOURCE_ID=PATH, repeated. Scores go to /metrics and the log."
+        ),
+    ] = None,
+    drift_events: Annotated[
+        Path | None, typer.Option(help="Append drift events to this JSONL file.")
+    ] = None,
 ) -> None:
     """Detect and track objects in SOURCES; write tracks (JSONL), annotated video and a summary."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -251,7 +276,21 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
     )
     extras: dict[str, Callable[[], dict[str, int]]] = {}
     try:
-        pipeline, out_dir = _build(options, extras)
+        monitoring = _monitoring(
+            model_path=model_path,
+            resolved=resolved,
+            port=metrics_port,
+            host=metrics_host,
+            drift_refs=drift_ref,
+            drift_events=drift_events,
+        )
+        pipeline, out_dir = _build(
+            options, extras, monitoring.sinks if monitoring is not None else None
+        )
+        if monitoring is not None:
+            url = monitoring.start(pipeline)
+            if url is not None:
+                console.print(f"metrics: {url}/metrics  dashboard: {url}/dashboard", markup=False)
     except TapetumError as exc:
         raise _fail(str(exc)) from None
     watcher = None
@@ -262,6 +301,8 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
     finally:
         if watcher is not None:
             watcher.stop()
+        if monitoring is not None:
+            monitoring.stop()
     summary = stats.as_dict()
     if resolved is not None:
         summary["model"] = _model_summary(model, resolved, watcher)
@@ -317,6 +358,35 @@ class RunOptions:
     latency_budget_ms: float = 100.0
     max_interval: int = 4
     priorities: tuple[str, ...] = ()
+
+
+def _monitoring(
+    *,
+    model_path: Path,
+    resolved: ResolvedModel | None,
+    port: int | None,
+    host: str,
+    drift_refs: list[str] | None,
+    drift_events: Path | None,
+) -> RunMonitoring | None:
+    """Metrics and drift for ``run`` (None when neither is asked for)."""
+    if port is None and not drift_refs:
+        if drift_events is not None:
+            raise ConfigError("--drift-events needs --drift-ref")
+        return None
+    from tapetum.monitor.monitoring import RunMonitoring, file_model_info, parse_drift_refs
+
+    if resolved is not None:
+        info = {"model": resolved.name, "version": str(resolved.version)}
+    else:
+        info = file_model_info(model_path) if model_path.is_file() else {"model": model_path.stem}
+    return RunMonitoring(
+        port=port,
+        host=host,
+        drift=parse_drift_refs(drift_refs) if drift_refs else None,
+        drift_events=drift_events,
+        model_info=info,
+    )
 
 
 def _resolve_model(model: str, registry: str | None) -> tuple[Path, ResolvedModel | None]:
@@ -413,11 +483,14 @@ def _make_detector(opts: RunOptions, path: Path) -> OnnxDetector:
 
 
 def _build(
-    opts: RunOptions, extras: dict[str, Callable[[], dict[str, int]]] | None = None
+    opts: RunOptions,
+    extras: dict[str, Callable[[], dict[str, int]]] | None = None,
+    extra_sinks: Callable[[list[SourceT]], list[SinkT]] | None = None,
 ) -> tuple[Pipeline, Path]:
     """Open sources, model, tracker factory and sinks; every user error is a TapetumError.
 
-    ``extras`` receives readers of stage counters for the summary (``classification``)."""
+    ``extras`` receives readers of stage counters for the summary (``classification``);
+    ``extra_sinks`` builds more sinks from the opened sources (monitoring)."""
     from tapetum._optional import import_optional
     from tapetum.pipeline import DropPolicy, Enricher, Pipeline, PipelineConfig
     from tapetum.sinks import AnnotatedVideoSink, JsonlSink, Sink
@@ -464,6 +537,8 @@ def _build(
             )
             for s in opened
         ]
+    if extra_sinks is not None:
+        sinks += extra_sinks(opened)
 
     enrichers: list[EnricherFactory] = []
     if opts.forecaster and not opts.forecast:
