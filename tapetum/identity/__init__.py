@@ -1,9 +1,11 @@
 """Multi-camera identity: global ids for people across cameras' local tracks.
 
-A :class:`CameraTopology` says which cameras connect and how long a walk between them
-takes; an :class:`EmbeddingGallery` holds each local track's appearance (hnswlib HNSW
-index, needs the ``identity`` extra); :class:`IdentityService` links local tracks into
-global identities and answers where a person was seen.
+A :class:`CameraTopology` says which cameras connect, how long a walk between them takes,
+which views overlap, and per camera an optional ground-plane homography and static mask;
+an :class:`EmbeddingGallery` holds each local track's appearance (hnswlib HNSW index,
+needs the ``identity`` extra); :class:`IdentityService` re-links each camera's dropped
+tracks, matches simultaneous sightings on overlapping cameras by position, links local
+tracks into global identities by appearance, and answers where a person was seen.
 
 Example::
 
@@ -17,7 +19,9 @@ Example::
 
 from __future__ import annotations
 
+from tapetum.identity.appearance import AppearanceConfig
 from tapetum.identity.gallery import EmbeddingGallery, GalleryConfig, QueryResult, TrackKey
+from tapetum.identity.overlap import OverlapConfig
 from tapetum.identity.service import (
     NO_GLOBAL_ID,
     IdentityConfig,
@@ -27,6 +31,7 @@ from tapetum.identity.service import (
 )
 from tapetum.identity.topology import (
     CameraLink,
+    CameraSpec,
     CameraTopology,
     TransitWindow,
     load_topology,
@@ -35,13 +40,16 @@ from tapetum.identity.topology import (
 
 __all__ = [
     "NO_GLOBAL_ID",
+    "AppearanceConfig",
     "CameraLink",
+    "CameraSpec",
     "CameraTopology",
     "EmbeddingGallery",
     "GalleryConfig",
     "IdentityConfig",
     "IdentityEvent",
     "IdentityService",
+    "OverlapConfig",
     "QueryResult",
     "Sighting",
     "TrackKey",

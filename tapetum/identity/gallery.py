@@ -1,7 +1,8 @@
 """Embedding gallery: one appearance vector per local track, searchable by cosine similarity.
 
-Each entry is a local track ``(camera_id, local_track_id)`` with an exponential moving
-average (EMA) of its L2-normalised embeddings, a short-memory EMA of the same (what the
+Each entry is a local track ``(camera_id, local_track_id)`` with the mean of its
+L2-normalised embeddings (a running mean of the first ``1 / (1 - momentum)``, then an
+exponential moving average, EMA), a short-memory EMA of the same (what the
 track looks like *now*, for drift checks) and its first/last seen timestamps.
 
 Storage is split in two on purpose:
@@ -51,7 +52,9 @@ class GalleryConfig:
     Attributes:
         dim: embedding length D.
         momentum: EMA weight of the old vector per update (``ema = m·ema + (1-m)·new``);
-            0.9 as in DeepSORT/BoT-SORT feature smoothing.
+            0.9 as in DeepSORT/BoT-SORT feature smoothing. The first updates are a plain
+            running mean (weight ``1 - 1/(u+1)`` after ``u`` updates) until it reaches
+            ``momentum``.
         recent_momentum: the short-memory EMA used for drift (split) checks.
         initial_capacity: rows preallocated; doubled when full.
         hnsw_m, hnsw_ef_construction, hnsw_ef: HNSW graph degree and search breadth.
@@ -240,9 +243,12 @@ class EmbeddingGallery:
         upd = rows[valid]
         if not upd.size:
             return
-        first = self.updates[upd] == 0
-        m = np.where(first, 0.0, self.config.momentum).astype(np.float32)[:, None]
-        mr = np.where(first, 0.0, self.config.recent_momentum).astype(np.float32)[:, None]
+        # A running mean of the first crops, then the moving average: weight 1 - 1/(u+1)
+        # on the old vector after u updates, capped by the momentum. An average of the
+        # track's crops from the start, rather than one dominated by its first crop.
+        mean_weight = 1.0 - 1.0 / (self.updates[upd] + 1.0)
+        m = np.minimum(mean_weight, self.config.momentum).astype(np.float32)[:, None]
+        mr = np.minimum(mean_weight, self.config.recent_momentum).astype(np.float32)[:, None]
         new = unit[valid]
         self.vectors[upd] = _unit(m * self.vectors[upd] + (1.0 - m) * new)
         self.recent[upd] = _unit(mr * self.recent[upd] + (1.0 - mr) * new)

@@ -1,8 +1,20 @@
 """Multi-camera identity: one global id per person across every camera's local tracks.
 
 Each camera runs its own tracker; its ``tracker_id`` is a *local* track id. The service
-links local tracks into global identities by appearance (ReID embeddings) under the
-camera topology's transit-time windows:
+links local tracks into global identities in stages:
+
+* **crops** — only crops fit for appearance (not occluded, not cut by the frame border,
+  not under the camera's static mask, not too small; :mod:`tapetum.track.crops`) feed a
+  track's appearance, a running mean of its embeddings (then a slow moving average);
+* **re-link** — within each camera, a new track that continues one the tracker dropped
+  (near where it was heading, soon after, alike) joins its identity
+  (:mod:`tapetum.track.relink`);
+* **overlapping views** — on cameras linked with ``overlap``, people seen on both at the
+  same moment are matched one-to-one by position (the topology's ground-plane
+  homographies, or a mapping learned online from co-occurrence) and appearance; a pair
+  matched at enough moments unites its identities (:mod:`tapetum.identity.overlap`);
+
+and, by appearance (ReID embeddings) under the camera topology's transit-time windows:
 
 * **birth match** — a new local track's first embedding is matched against the gallery of
   tracks it could be (topology-feasible, cosine similarity ≥ ``match_threshold``), one-to-
@@ -19,6 +31,10 @@ camera topology's transit-time windows:
 Per frame the work is array work: a searchsorted lookup of local ids, one vectorised
 gallery update, one batched gallery query and one assignment for the frame's new tracks.
 
+Memory is bounded: a track's appearance is dropped once no link can reach it any more,
+and the track itself (its history for :meth:`IdentityService.where_seen`) once it has
+been gone ``history_s``; the re-linker and the overlap matcher keep only recent tracks.
+
 Example:
     >>> import numpy as np
     >>> from tapetum.core.detections import Detections
@@ -30,7 +46,7 @@ Example:
     >>> person = np.array([[1.0, 0.0, 0.0, 0.0]], np.float32)
     >>> def seen(track_id):
     ...     return Detections(
-    ...         np.zeros((1, 4)), np.ones(1), np.zeros(1), np.array([track_id]), person
+    ...         np.array([[0, 0, 40, 100]]), np.ones(1), np.zeros(1), np.array([track_id]), person
     ...     )
     >>> svc.observe("a", 0.0, seen(7)).tolist(), svc.observe("b", 3.0, seen(2)).tolist()
     ([1], [1])
@@ -40,21 +56,39 @@ Example:
 
 from __future__ import annotations
 
+import math
 import threading
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
-from tapetum._types import BoolArray, Float32Array, IntArray
+from tapetum._types import BoolArray, Float32Array, Float64Array, IntArray
 from tapetum.core.detections import Detections
 from tapetum.errors import ConfigError
 from tapetum.identity.gallery import EmbeddingGallery, GalleryConfig, TrackKey, normalize_rows
+from tapetum.identity.overlap import (
+    GroundPlaneGeometry,
+    Moment,
+    OverlapConfig,
+    OverlapPair,
+    PairGeometry,
+)
 from tapetum.identity.topology import CameraTopology
 from tapetum.track.assignment import linear_assignment
+from tapetum.track.crops import CropFilter, usable_crops
+from tapetum.track.relink import RelinkConfig, TrackletRelinker
 
 #: Global id of a detection that has no local track (``tracker_id == NO_TRACK``).
 NO_GLOBAL_ID = -1
+
+#: An identity whose tracks all started within this many seconds is young: it may still
+#: be re-matched to an older identity by appearance.
+_YOUNG_IDENTITY_S = 3.0
+#: After a split or a move, a track's identity is left alone by position evidence for this
+#: many seconds (two people crossing at a border make the evidence flicker).
+_SETTLE_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +110,13 @@ class IdentityConfig:
         rematch_every: a young track is re-matched (for merges) every this many updates...
         rematch_until: ...until it has had this many.
         gallery: storage and index settings (``gallery.dim`` is the embedding length).
+        crops: which crops feed a track's appearance.
+        relink: re-linking of each camera's dropped tracks; None turns it off.
+        overlap: matching of simultaneous sightings on cameras linked with ``overlap``;
+            None leaves such links to the appearance matches above.
+        history_s: a track gone this long is forgotten (``where_seen`` answers within
+            this horizon; bounded memory on a stream that never ends).
+        max_events: merges and splits kept for :attr:`IdentityService.events`.
     """
 
     match_threshold: float = 0.8
@@ -86,6 +127,11 @@ class IdentityConfig:
     rematch_every: int = 5
     rematch_until: int = 30
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
+    crops: CropFilter = field(default_factory=CropFilter)
+    relink: RelinkConfig | None = field(default_factory=RelinkConfig)
+    overlap: OverlapConfig | None = field(default_factory=OverlapConfig)
+    history_s: float = 3600.0
+    max_events: int = 10_000
 
     def __post_init__(self) -> None:
         for name in ("match_threshold", "split_threshold"):
@@ -93,9 +139,11 @@ class IdentityConfig:
                 raise ConfigError(f"{name} must be in [-1, 1], got {getattr(self, name)}")
         if self.merge_threshold is not None and not -1.0 <= self.merge_threshold <= 1.0:
             raise ConfigError(f"merge_threshold must be in [-1, 1], got {self.merge_threshold}")
-        for name in ("split_patience", "top_k", "rematch_every"):
+        for name in ("split_patience", "top_k", "rematch_every", "max_events"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.history_s) and self.history_s > 0):
+            raise ConfigError(f"history_s must be > 0, got {self.history_s}")
 
     @property
     def effective_merge_threshold(self) -> float:
@@ -123,7 +171,9 @@ class IdentityEvent:
     """A change to identities after their birth.
 
     ``merge``: ``absorbed_id`` became an alias of ``global_id`` (the older id).
-    ``split``: ``track`` left ``absorbed_id`` for the new ``global_id``.
+    ``split``: ``track`` left ``absorbed_id`` for ``global_id``: a new id (its appearance
+    drifted away), or the identity it was matched to by position on an overlapping
+    camera.
     """
 
     kind: Literal["merge", "split"]
@@ -134,36 +184,82 @@ class IdentityEvent:
 
 
 class _TrackTable:
-    """Every local track ever seen, as parallel arrays indexed by a serial number (kept
-    after the gallery forgets a track's appearance, so history stays queryable)."""
+    """Local tracks as parallel arrays indexed by a serial number. A forgotten track's
+    slot is reused (``alive`` False until then), so the table stays as large as the
+    tracks of the last ``history_s``, not of the stream's whole life."""
+
+    _COLUMNS: ClassVar[dict[str, tuple[tuple[int, ...], type, float]]] = {
+        "alive": ((), np.bool_, 0),
+        "camera": ((), np.int64, 0),
+        "local": ((), np.int64, 0),
+        "chain": ((), np.int64, -1),
+        "first_s": ((), np.float64, 0),
+        "born_s": ((), np.float64, 0),
+        "last_s": ((), np.float64, 0),
+        "moved_s": ((), np.float64, -np.inf),
+        "gid": ((), np.int64, NO_GLOBAL_ID),
+        "row": ((), np.int64, -1),
+        "drift": ((), np.int64, 0),
+        "joined": ((), np.bool_, 0),
+        "foot": ((2,), np.float64, 0),
+        "velocity": ((2,), np.float64, 0),
+        "height": ((), np.float64, 0),
+    }
 
     def __init__(self, capacity: int = 256) -> None:
-        self.size = 0
-        self.camera = np.zeros(capacity, np.int64)
-        self.local = np.zeros(capacity, np.int64)
-        self.first_s = np.zeros(capacity)
-        self.last_s = np.zeros(capacity)
-        self.gid = np.full(capacity, NO_GLOBAL_ID, np.int64)
-        self.row = np.full(capacity, -1, np.int64)
-        self.drift = np.zeros(capacity, np.int64)
-        self.joined = np.zeros(capacity, np.bool_)
+        self.size = 0  # slots ever used: serials are < size
+        for name, (shape, dtype, fill) in self._COLUMNS.items():
+            setattr(self, name, np.full((capacity, *shape), fill, dtype))
+        self._free: list[int] = []
+        # typed views of the columns (set by setattr above)
+        self.alive: BoolArray
+        self.camera: IntArray
+        self.local: IntArray
+        self.chain: IntArray
+        self.first_s: Float64Array
+        self.born_s: Float64Array  # the local track's first sighting (a cut keeps it)
+        self.last_s: Float64Array
+        self.moved_s: Float64Array  # when a split or move last changed its identity
+        self.gid: IntArray
+        self.row: IntArray
+        self.drift: IntArray
+        self.joined: BoolArray
+        self.foot: Float64Array
+        self.velocity: Float64Array
+        self.height: Float64Array
+
+    @property
+    def live(self) -> IntArray:
+        """(L,) serials of the tracks kept."""
+        return np.flatnonzero(self.alive[: self.size]).astype(np.int64)
 
     def append(self, camera: int, local: IntArray, t: float) -> IntArray:
         n = local.shape[0]
-        if self.size + n > self.camera.shape[0]:
-            cap = max(2 * self.camera.shape[0], self.size + n)
-            for name in ("camera", "local", "first_s", "last_s", "gid", "row", "drift", "joined"):
+        reuse = [self._free.pop() for _ in range(min(n, len(self._free)))]
+        fresh = n - len(reuse)
+        if self.size + fresh > self.camera.shape[0]:
+            cap = max(2 * self.camera.shape[0], self.size + fresh)
+            for name, (shape, dtype, fill) in self._COLUMNS.items():
                 old = getattr(self, name)
-                new = np.full(cap, NO_GLOBAL_ID if name in ("gid", "row") else 0, old.dtype)
+                new = np.full((cap, *shape), fill, dtype)
                 new[: self.size] = old[: self.size]
                 setattr(self, name, new)
-        serials = np.arange(self.size, self.size + n, dtype=np.int64)
+        serials = np.array(reuse + list(range(self.size, self.size + fresh)), np.int64)
+        self.size += fresh
+        for name, (_, _, fill) in self._COLUMNS.items():
+            getattr(self, name)[serials] = fill
+        self.alive[serials] = True
         self.camera[serials] = camera
         self.local[serials] = local
         self.first_s[serials] = t
+        self.born_s[serials] = t
         self.last_s[serials] = t
-        self.size += n
         return serials
+
+    def release(self, serials: IntArray) -> None:
+        self.alive[serials] = False
+        self.gid[serials] = NO_GLOBAL_ID
+        self._free.extend(serials.tolist())
 
 
 class IdentityService:
@@ -174,7 +270,8 @@ class IdentityService:
     public method holds the service's lock. No state is shared between instances.
 
     Args:
-        topology: cameras, links and transit windows.
+        topology: cameras, links, transit windows, and per camera an optional
+            ground-plane homography and static mask.
         config: thresholds; default :class:`IdentityConfig`.
         embedding_dim: shorthand for ``config.gallery.dim``.
     """
@@ -198,36 +295,67 @@ class IdentityService:
         self._row_serial = np.full(self.gallery.vectors.shape[0], -1, np.int64)
         self._alias: dict[int, int] = {}
         self._next_gid = 1
-        self._events: list[IdentityEvent] = []
+        self._events: deque[IdentityEvent] = deque(maxlen=cfg.max_events)
         self._latest_s = -np.inf
         self._lock = threading.RLock()
+        self._relinkers = [
+            TrackletRelinker(cfg.relink) if cfg.relink is not None else None for _ in range(n_cams)
+        ]
+        # Per camera: re-linked chain id -> serial of the chain's latest track.
+        self._chain_serial: list[dict[int, int]] = [{} for _ in range(n_cams)]
+        self._pairs: list[OverlapPair] = []
+        if cfg.overlap is not None:
+            for a, b in topology.overlapping_pairs():
+                self._pairs.append(OverlapPair(a, b, cfg.overlap, self._given_geometry(a, b)))
+        self._overlap_cams = np.zeros((n_cams, n_cams), np.bool_)
+        for pair in self._pairs:
+            self._overlap_cams[pair.a, pair.b] = self._overlap_cams[pair.b, pair.a] = True
+
+    def _given_geometry(self, a: int, b: int) -> PairGeometry | None:
+        ha = self.topology.specs[a].homography
+        hb = self.topology.specs[b].homography
+        if ha is None or hb is None:
+            return None
+        return GroundPlaneGeometry(ha, hb, float(self.topology.max_distance[a, b]))
 
     # --- the per-frame entry point ---------------------------------------------------------
 
-    def observe(self, camera_id: str, timestamp_s: float, detections: Detections) -> IntArray:
+    def observe(
+        self,
+        camera_id: str,
+        timestamp_s: float,
+        detections: Detections,
+        frame_hw: tuple[int, int] | None = None,
+    ) -> IntArray:
         """Take one camera frame's tracked detections and return their global ids.
 
         Args:
             camera_id: a camera of the topology.
             timestamp_s: frame time in seconds, on a clock shared by all cameras.
             detections: the camera tracker's output with ``embeddings`` (N, D) set; a row
-                whose embedding is zero or non-finite updates only the track's times.
+                whose embedding is zero or non-finite updates only the track's times and
+                place.
+            frame_hw: the frame's height and width in pixels: crops cut by its border or
+                under the camera's mask are then not used for appearance.
 
         Returns:
             (N,) int64 global ids; ``NO_GLOBAL_ID`` where ``tracker_id`` is ``NO_TRACK``.
 
         Raises:
-            ConfigError: unknown camera.
+            ConfigError: unknown camera, or the camera's mask lies outside this frame.
             ValueError: no embeddings, or a local track id twice in one frame.
         """
         with self._lock:
-            return self._observe(camera_id, float(timestamp_s), detections)
+            return self._observe(camera_id, float(timestamp_s), detections, frame_hw)
 
-    def _observe(self, camera_id: str, t: float, detections: Detections) -> IntArray:
+    def _observe(
+        self, camera_id: str, t: float, detections: Detections, frame_hw: tuple[int, int] | None
+    ) -> IntArray:
         cam = self.topology.camera_index(camera_id)
         n = len(detections)
         out = np.full(n, NO_GLOBAL_ID, np.int64)
         if n == 0:
+            self._observe_overlap(cam, t, np.empty(0, np.int64))
             return out
         if detections.embeddings is None:
             raise ValueError(
@@ -238,11 +366,21 @@ class IdentityService:
         local = detections.tracker_id[tracked]
         if np.unique(local).shape[0] != local.shape[0]:
             raise ValueError(f"a local track id appears twice in one frame of {camera_id!r}")
+        xyxy = detections.xyxy[tracked].astype(np.float64)
         emb, valid = normalize_rows(detections.embeddings[tracked])
+        usable = valid & usable_crops(
+            xyxy,
+            frame_hw,
+            self.config.crops,
+            self.topology.specs[cam].mask,
+            others=detections.xyxy,
+        )
+        emb[~usable] = 0.0
         self._latest_s = max(self._latest_s, t)
         tt = self._tracks
 
         serials, is_new = self._lookup_or_add(cam, local, t)
+        self._place(serials, xyxy, t)
         tt.last_s[serials] = np.maximum(tt.last_s[serials], t)
         rows = tt.row[serials]
         missing = rows < 0  # new, or forgotten by the gallery after a long absence
@@ -253,25 +391,28 @@ class IdentityService:
             rows[missing] = new_rows
             tt.row[serials[missing]] = new_rows
             self._row_serial[new_rows] = serials[missing]
+
+        chained = self._relink(cam, t, serials, is_new, xyxy=xyxy, emb=emb, usable=usable)
         self.gallery.update(rows, emb, t)
 
         # Birth: new tracks with an appearance are matched; the rest get fresh ids now and
         # may merge once their first embedding arrives (see _rematch).
-        born = is_new & valid
+        born = is_new & usable & ~chained
         self._birth_match(cam, t, serials[born], emb[born])
         unmatched_new = serials[is_new & (tt.gid[serials] == NO_GLOBAL_ID)]
         tt.gid[unmatched_new] = self._mint(unmatched_new.shape[0])
 
         updates = self.gallery.updates[rows]
         young = (
-            valid
+            usable
             & ~is_new
             & (updates <= self.config.rematch_until)
             & ((updates == 1) | (updates % self.config.rematch_every == 0))
         )
         for s in serials[young].tolist():
             self._rematch(int(s), t)
-        self._check_drift(serials[valid & ~is_new], t)
+        self._observe_overlap(cam, t, serials)
+        self._check_drift(serials[usable & ~is_new], t)
         self._resolve_duplicates(serials, t)
         self._prune()
         out[tracked] = tt.gid[serials]
@@ -295,6 +436,20 @@ class IdentityService:
             order = np.argsort(all_ids, kind="stable")
             self._local_ids[cam], self._local_serials[cam] = all_ids[order], all_ser[order]
         return serials, is_new
+
+    def _place(self, serials: IntArray, xyxy: Float64Array, t: float) -> None:
+        """Foot point (bottom centre), height and foot velocity of each track."""
+        tt = self._tracks
+        foot = np.stack([(xyxy[:, 0] + xyxy[:, 2]) * 0.5, xyxy[:, 3]], axis=1)
+        dt = t - tt.last_s[serials]
+        step = (dt > 0) & (dt <= 0.5) & (tt.height[serials] > 0)
+        inst = (foot - tt.foot[serials]) / np.maximum(dt, 1e-6)[:, None]
+        # A short average: the matcher only asks "is this person walking?"
+        tt.velocity[serials] = np.where(
+            step[:, None], 0.7 * tt.velocity[serials] + 0.3 * inst, tt.velocity[serials]
+        )
+        tt.foot[serials] = foot
+        tt.height[serials] = np.maximum(xyxy[:, 3] - xyxy[:, 1], 1.0)
 
     def _grow_row_map(self) -> None:
         cap = self.gallery.vectors.shape[0]
@@ -321,8 +476,191 @@ class IdentityService:
         another track of that camera (one-to-one per camera)."""
         tt = self._tracks
         n = tt.size
-        busy = (tt.camera[:n] == cam) & (tt.last_s[:n] >= t) & (tt.gid[:n] != NO_GLOBAL_ID)
+        busy = (
+            tt.alive[:n]
+            & (tt.camera[:n] == cam)
+            & (tt.last_s[:n] >= t)
+            & (tt.gid[:n] != NO_GLOBAL_ID)
+        )
         return np.unique(tt.gid[:n][busy])
+
+    def _still_on_overlapping(self, cam: int, t: float) -> BoolArray:
+        """(R,) gallery rows of tracks on a camera overlapping ``cam`` seen within the
+        last half second: those are matched by position, not by appearance alone."""
+        g = self.gallery
+        if not self._pairs:
+            return np.zeros(g.camera.shape[0], np.bool_)
+        overlapping = self._overlap_cams[cam][np.maximum(g.camera, 0)] & (g.camera >= 0)
+        recent: BoolArray = overlapping & (np.nan_to_num(g.last_s, nan=-np.inf) >= t - 0.5)
+        return recent
+
+    # --- re-link -----------------------------------------------------------------------------
+
+    def _relink(
+        self,
+        cam: int,
+        t: float,
+        serials: IntArray,
+        is_new: BoolArray,
+        *,
+        xyxy: Float64Array,
+        emb: Float32Array,
+        usable: BoolArray,
+    ) -> BoolArray:
+        """Run the camera's re-linker; a track that continues a chain joins the chain's
+        identity. Returns (N,) True where a new track did so at birth."""
+        relinker = self._relinkers[cam]
+        chained = np.zeros(serials.shape[0], np.bool_)
+        if relinker is None:
+            return chained
+        tt, chains = self._tracks, self._chain_serial[cam]
+        chain = relinker.update(t, tt.local[serials], xyxy, emb, usable)
+        changed = np.flatnonzero(chain != tt.chain[serials])
+        for i in changed.tolist():
+            s, c = int(serials[i]), int(chain[i])
+            prev = chains.get(c)
+            tt.chain[s] = c
+            chains[c] = s
+            if prev is None or prev == s or not tt.alive[prev]:
+                continue
+            prev_gid = int(tt.gid[prev])
+            if is_new[i]:
+                # Born as the continuation of a dropped track: its identity, and its
+                # appearance so far as a start.
+                tt.gid[s] = prev_gid
+                tt.joined[s] = True
+                chained[i] = True
+                self._inherit_appearance(prev, s)
+            elif tt.gid[s] != prev_gid and self._can_unite(prev_gid, int(tt.gid[s])):
+                self._merge(prev_gid, int(tt.gid[s]), t)
+        return chained
+
+    def _inherit_appearance(self, source: int, target: int) -> None:
+        g, tt = self.gallery, self._tracks
+        src, dst = int(tt.row[source]), int(tt.row[target])
+        if src < 0 or dst < 0 or g.updates[src] == 0:
+            return
+        g.vectors[dst] = g.vectors[src]
+        g.recent[dst] = g.recent[src]
+        g.updates[dst] = g.updates[src]
+
+    # --- overlapping views -------------------------------------------------------------------
+
+    def _observe_overlap(self, cam: int, t: float, serials: IntArray) -> None:
+        """Match this frame's people with the overlapping cameras' (by position and
+        appearance, one-to-one) and act on the pairs:
+
+        * a track born moments ago, still alone in its identity, takes its partner's
+          identity at once (its own fresh id is then never shown);
+        * other pairs unite their identities after ``min_votes`` matched moments, when
+          each is the other's best partner;
+        * a pair matched twice that often whose identities cannot unite (each holds a
+          track the other's camera saw at the same time: a tracker switched people, or
+          an earlier link was wrong) moves one of the two tracks into the other's
+          identity, where it fits; if neither fits, the older track is cut: its past
+          stays with its identity and it goes on, from now, as a new segment in its
+          partner's (a tracker that kept one id while a second person took the first
+          one's place, typically a box stuck at the frame border).
+
+        ``serials`` is updated in place where a track was cut.
+        """
+        if not self._pairs:
+            return
+        tt = self._tracks
+        moment = Moment(t, serials, tt.foot[serials], tt.height[serials], tt.velocity[serials])
+        cfg = self.config.overlap
+        assert cfg is not None
+        for pair in self._pairs:
+            if cam not in (pair.a, pair.b):
+                continue
+            for sa, sb, votes in pair.observe(cam, moment, self._similarity):
+                if not (tt.alive[sa] and tt.alive[sb]):
+                    continue
+                ga, gb = int(tt.gid[sa]), int(tt.gid[sb])
+                if ga == gb or NO_GLOBAL_ID in (ga, gb):
+                    continue
+                fresh = [s for s in (sa, sb) if self._fresh(s, t)]
+                if fresh and self._can_unite(ga, gb):
+                    self._merge(ga, gb, t)
+                elif votes < cfg.min_votes or not pair.best_partner(sa, sb):
+                    continue
+                elif max(tt.moved_s[sa], tt.moved_s[sb]) > t - _SETTLE_S:
+                    continue  # just split or moved: let it settle rather than flip back
+                elif self._can_unite(ga, gb):
+                    self._merge(ga, gb, t)
+                elif votes >= 2 * cfg.min_votes:
+                    younger, older = (sa, sb) if tt.first_s[sa] >= tt.first_s[sb] else (sb, sa)
+                    for mover, host in ((younger, older), (older, younger)):
+                        if self._can_join(mover, int(tt.gid[host])):
+                            self._move_track(mover, int(tt.gid[host]), t)
+                            break
+                    else:
+                        segment = self._cut(older, t)
+                        serials[serials == older] = segment
+                        pair.rename(older, segment)
+                        if self._can_join(segment, int(tt.gid[younger])):
+                            self._move_track(segment, int(tt.gid[younger]), t)
+
+    def _fresh(self, serial: int, t: float) -> bool:
+        """A local track first seen within the last half second (not a segment cut from
+        an older one), still alone in its identity."""
+        tt = self._tracks
+        return bool(t - tt.born_s[serial] <= 0.5) and self._members(int(tt.gid[serial])).size == 1
+
+    def _can_join(self, serial: int, gid: int) -> bool:
+        """True when ``gid`` has no track on ``serial``'s camera at overlapping times."""
+        tt = self._tracks
+        m = self._members(gid)
+        m = m[(m != serial) & (tt.camera[m] == tt.camera[serial])]
+        overlap = (tt.first_s[m] <= tt.last_s[serial]) & (tt.first_s[serial] <= tt.last_s[m])
+        return not bool(np.any(overlap))
+
+    def _cut(self, serial: int, t: float) -> int:
+        """End a track's current segment just before ``t``; its local id goes on as a new
+        segment (a new serial, same identity until moved) from ``t``. The old segment's
+        appearance, a mix of two people, is dropped."""
+        tt, g = self._tracks, self.gallery
+        cam, local = int(tt.camera[serial]), int(tt.local[serial])
+        segment = int(self._tracks.append(cam, np.array([local]), t)[0])
+        for name in ("gid", "chain", "foot", "velocity", "height", "born_s"):
+            getattr(tt, name)[segment] = getattr(tt, name)[serial]
+        tt.last_s[serial] = np.nextafter(t, -np.inf)
+        row = int(tt.row[serial])
+        if row >= 0:
+            g.remove([g.key(row)])
+            self._row_serial[row] = -1
+            tt.row[serial] = -1
+        new_row = int(g.add([(self.topology.cameras[cam], local)], cam, t)[0])
+        self._grow_row_map()
+        tt.row[segment] = new_row
+        self._row_serial[new_row] = segment
+        pos = np.flatnonzero(self._local_serials[cam] == serial)
+        self._local_serials[cam][pos] = segment
+        chains = self._chain_serial[cam]
+        for c in [c for c, s in chains.items() if s == serial]:
+            chains[c] = segment
+        return segment
+
+    def _move_track(self, serial: int, gid: int, t: float) -> None:
+        """One track leaves its identity for another (a split followed by a join)."""
+        tt = self._tracks
+        old = int(tt.gid[serial])
+        tt.gid[serial] = gid
+        tt.joined[serial] = True
+        tt.drift[serial] = 0
+        tt.moved_s[serial] = t
+        key = (self.topology.cameras[int(tt.camera[serial])], int(tt.local[serial]))
+        self._events.append(IdentityEvent("split", t, gid, old, key))
+
+    def _similarity(self, serials_a: IntArray, serials_b: IntArray) -> Float64Array:
+        """(Na, Nb) cosine of the tracks' mean embeddings; NaN where one has none."""
+        g, tt = self.gallery, self._tracks
+        ra, rb = tt.row[serials_a], tt.row[serials_b]
+        ka = (ra >= 0) & (g.updates[np.maximum(ra, 0)] > 0)
+        kb = (rb >= 0) & (g.updates[np.maximum(rb, 0)] > 0)
+        sim = g.vectors[np.maximum(ra, 0)].astype(np.float64) @ g.vectors[np.maximum(rb, 0)].T
+        out: Float64Array = np.where(ka[:, None] & kb[None, :], sim, np.nan)
+        return out
 
     # --- birth match -----------------------------------------------------------------------
 
@@ -336,6 +674,7 @@ class IdentityService:
             g.camera, np.full(g.camera.shape, cam), t - np.nan_to_num(g.last_s, nan=-np.inf)
         )
         allowed &= ~np.isin(gids, self._busy_on_camera(cam, t))
+        allowed &= ~self._still_on_overlapping(cam, t)
         if not np.any(allowed):
             return
         res = g.query(emb, self.config.top_k, allowed)
@@ -361,13 +700,16 @@ class IdentityService:
         """Re-match a young track's smoothed embedding; unite identities on a confident hit."""
         tt, g = self._tracks, self.gallery
         own = int(tt.gid[serial])
-        if self._members(own).shape[0] > 1:
-            # Only a track still alone in its identity looks for one: re-matching members of
-            # a confirmed identity would chain look-alikes together.
+        members = self._members(own)
+        if members.shape[0] > 1 and tt.first_s[members].min() < t - _YOUNG_IDENTITY_S:
+            # Only a young identity (a new track, or new tracks just joined across
+            # overlapping views) looks for an older one: re-matching members of an
+            # established identity would chain look-alikes together.
             return
         row = int(tt.row[serial])
         gids = self._row_gids()
         allowed = g.alive & (gids != NO_GLOBAL_ID) & (gids != own)
+        allowed &= ~self._still_on_overlapping(int(tt.camera[serial]), t)
         if not np.any(allowed):
             return
         # Transit from whichever of the two tracks started first to the other one.
@@ -391,7 +733,9 @@ class IdentityService:
 
     def _members(self, gid: int) -> IntArray:
         n = self._tracks.size
-        return np.flatnonzero(self._tracks.gid[:n] == gid).astype(np.int64)
+        return np.flatnonzero(self._tracks.alive[:n] & (self._tracks.gid[:n] == gid)).astype(
+            np.int64
+        )
 
     def _can_unite(self, a: int, b: int) -> bool:
         """True when no camera has a track of ``a`` and one of ``b`` at overlapping times."""
@@ -447,6 +791,7 @@ class IdentityService:
         tt.gid[serial] = new
         tt.joined[serial] = False
         tt.drift[serial] = 0
+        tt.moved_s[serial] = t
         key = (self.topology.cameras[int(tt.camera[serial])], int(tt.local[serial]))
         self._events.append(IdentityEvent("split", t, new, old, key))
 
@@ -463,30 +808,63 @@ class IdentityService:
                 new = int(self._mint(1)[0])
                 tt.gid[s] = new
                 tt.joined[s] = False
+                tt.moved_s[s] = t
                 key = (self.topology.cameras[int(tt.camera[s])], int(tt.local[s]))
                 self._events.append(IdentityEvent("split", t, new, int(gid), key))
 
     def _prune(self) -> None:
-        """Drop appearance of tracks no link can reach any more (history stays)."""
+        """Drop appearance of tracks no link can reach any more, and tracks (with their
+        history) gone longer than ``history_s``."""
         horizon = self.topology.longest_transit_s
-        old = self.gallery.alive & (self.gallery.last_s < self._latest_s - horizon - 1.0)
-        if not np.any(old):
-            return
-        rows = np.flatnonzero(old)
-        serials = self._row_serial[rows]
-        self.gallery.remove([self.gallery.key(int(r)) for r in rows])
-        self._tracks.row[serials] = -1
-        self._row_serial[rows] = -1
+        g = self.gallery
+        old = g.alive & (g.last_s < self._latest_s - horizon - 1.0)
+        if np.any(old):
+            rows = np.flatnonzero(old)
+            serials = self._row_serial[rows]
+            g.remove([g.key(int(r)) for r in rows])
+            self._tracks.row[serials] = -1
+            self._row_serial[rows] = -1
+        tt = self._tracks
+        n = tt.size
+        gone = np.flatnonzero(
+            tt.alive[:n] & (tt.last_s[:n] < self._latest_s - self.config.history_s)
+        )
+        if gone.size:
+            self._forget(gone.astype(np.int64))
+
+    def _forget(self, serials: IntArray) -> None:
+        tt = self._tracks
+        rows = tt.row[serials]
+        rows = rows[rows >= 0]
+        if rows.size:
+            self.gallery.remove([self.gallery.key(int(r)) for r in rows])
+            self._row_serial[rows] = -1
+        for cam in np.unique(tt.camera[serials]).tolist():
+            keep = ~np.isin(self._local_serials[cam], serials)
+            self._local_ids[cam] = self._local_ids[cam][keep]
+            self._local_serials[cam] = self._local_serials[cam][keep]
+            gone = set(serials.tolist())
+            chains = self._chain_serial[cam]
+            for c in [c for c, s in chains.items() if s in gone]:
+                del chains[c]
+        for pair in self._pairs:
+            pair.forget(serials)
+        tt.release(serials)
+        # Aliases of identities with no track left answer nothing any more.
+        live = set(np.unique(tt.gid[tt.live]).tolist())
+        self._alias = {k: v for k, v in self._alias.items() if self._final(v) in live}
+
+    def _final(self, gid: int) -> int:
+        while gid in self._alias:
+            gid = self._alias[gid]
+        return gid
 
     # --- queries ---------------------------------------------------------------------------
 
     def resolve(self, global_id: int) -> int:
         """The surviving id of ``global_id`` (itself unless it was merged away)."""
         with self._lock:
-            gid = int(global_id)
-            while gid in self._alias:
-                gid = self._alias[gid]
-            return gid
+            return self._final(int(global_id))
 
     def global_id_of(self, camera_id: str, local_track_id: int) -> int | None:
         """Current global id of a local track, or None if it was never observed."""
@@ -502,7 +880,9 @@ class IdentityService:
         """Where and when a person was seen, in time order.
 
         Consecutive local tracks on the same camera form one :class:`Sighting`. A merged-
-        away id answers with its survivor's history.
+        away id answers with its survivor's history. Tracks gone longer than
+        ``history_s`` are forgotten: an identity whose tracks are all forgotten answers
+        an empty list.
 
         Raises:
             KeyError: the id was never issued.
@@ -532,13 +912,43 @@ class IdentityService:
 
     @property
     def events(self) -> list[IdentityEvent]:
-        """Merges and splits so far, oldest first (a copy)."""
+        """Merges and splits so far (the last ``max_events``), oldest first (a copy)."""
         with self._lock:
             return list(self._events)
 
     @property
     def num_identities(self) -> int:
-        """Distinct global ids currently on some local track."""
+        """Distinct global ids currently on some local track kept."""
         with self._lock:
-            n = self._tracks.size
-            return int(np.unique(self._tracks.gid[:n]).shape[0]) if n else 0
+            tt = self._tracks
+            return int(np.unique(tt.gid[tt.live]).shape[0])
+
+    @property
+    def tracks_kept(self) -> int:
+        """Local tracks the service holds (bounded by ``history_s``)."""
+        with self._lock:
+            return int(self._tracks.live.shape[0])
+
+    def calibration(self) -> dict[tuple[str, str], dict[str, float | int | bool]]:
+        """Per overlapping camera pair: whether position matching is available (given or
+        learned), moments matched, and the learned mapping's support."""
+        with self._lock:
+            out: dict[tuple[str, str], dict[str, float | int | bool]] = {}
+            for pair in self._pairs:
+                geo = pair.geometry
+                cal = pair.calibrator
+                out[(self.topology.cameras[pair.a], self.topology.cameras[pair.b])] = {
+                    "calibrated": geo is not None,
+                    "learned": cal is not None,
+                    "moments": pair.moments,
+                    "fits_tried": cal.fits_tried if cal is not None else 0,
+                    "fits_accepted": cal.fits_accepted if cal is not None else 0,
+                    "inliers": getattr(geo, "inliers", 0),
+                    "pairs": getattr(geo, "pairs", 0),
+                }
+            return out
+
+    def relinks(self) -> int:
+        """Links made by the cameras' re-linkers so far."""
+        with self._lock:
+            return sum(r.links for r in self._relinkers if r is not None)

@@ -127,10 +127,10 @@ class StaticMask:
             xs = [p[0] for p in points]
             ys = [p[1] for p in points]
             if min(xs) < 0 or min(ys) < 0 or max(xs) > w or max(ys) > h:
-                size = "" if frame_hw is None else f" of the {w}x{h} frame"
+                frame = "the frame" if frame_hw is None else f"the {w}x{h} frame"
                 raise ConfigError(
-                    f"{self._item(i)}: region {[list(p) for p in points]} lies outside the "
-                    f"frame{size} (pixels, origin at the top-left corner)"
+                    f"{self._item(i)}: region {[list(p) for p in points]} lies outside "
+                    f"{frame} (pixels, origin at the top-left corner)"
                 )
 
     def _table(self, frame_hw: tuple[int, int]) -> Float64Array:

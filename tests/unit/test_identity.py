@@ -45,8 +45,11 @@ def sighting(proto: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def frame(track_ids: list[int], embeddings: np.ndarray) -> Detections:
+    """One frame: the i-th track stands at x = 60 i, 40x100 px (apart, so every crop is
+    usable for appearance)."""
     n = len(track_ids)
-    boxes = np.tile(np.array([[0, 0, 10, 20]], np.float32), (n, 1))
+    x = 60.0 * np.arange(n, dtype=np.float32)[:, None]
+    boxes = np.array([[0, 0, 40, 100]], np.float32) + np.hstack([x, 0 * x, x, 0 * x])
     return Detections(boxes, np.ones(n), np.zeros(n), np.array(track_ids), embeddings)
 
 
@@ -179,12 +182,19 @@ def test_gallery_add_update_remove_and_filtered_query(people: np.ndarray) -> Non
     assert res.rows[0, 2] == -1 and res.similarity[0, 2] == -np.inf
     assert g.remove([("a", 3), ("zz", 9)]) == 1
     assert g.key(int(g.query(people[[3]], k=1).rows[0, 0])) != ("a", 3)
-    # EMA: one update moves the vector 10% of the way (momentum 0.9), and the timestamp
+    # A running mean of the first crops: the second one moves the vector half way...
     g.update(rows[[0]], people[[1]], timestamp_s=2.0)
-    expected = unit(0.9 * people[0] + 0.1 * people[1])
+    expected = unit(0.5 * people[0] + 0.5 * people[1])
     np.testing.assert_allclose(g.vectors[rows[0]], expected, atol=1e-5)
+    # ...and once 10 are in, each moves it 10% of the way (the EMA, momentum 0.9)
+    for _ in range(8):
+        g.update(rows[[0]], people[[1]], timestamp_s=2.0)
+    before = g.vectors[rows[0]].copy()
+    g.update(rows[[0]], people[[2]], timestamp_s=2.0)
+    np.testing.assert_allclose(g.vectors[rows[0]], unit(0.9 * before + 0.1 * people[2]), atol=1e-5)
     assert g.last_s[rows[0]] == 2.0 and g.first_s[rows[0]] == 1.0
     # a zero embedding only moves the timestamp
+    expected = g.vectors[rows[0]].copy()
     g.update(rows[[0]], np.zeros((1, DIM)), timestamp_s=3.0)
     np.testing.assert_allclose(g.vectors[rows[0]], expected, atol=1e-5)
     assert g.last_s[rows[0]] == 3.0
