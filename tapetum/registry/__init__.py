@@ -50,6 +50,7 @@ _EXPORTS: dict[str, str] = {
     "local_model_path": "tapetum.registry.resolve",
     "AliasWatcher": "tapetum.registry.watch",
     "ModelSwap": "tapetum.registry.watch",
+    "VersionSource": "tapetum.registry.watch",
     "LineageNode": "tapetum.registry.lineage",
     "build_lineage": "tapetum.registry.lineage",
     "render_tree": "tapetum.registry.lineage",
@@ -74,6 +75,7 @@ __all__ = [
     "ResolvedModel",
     "RunRecord",
     "VersionInfo",
+    "VersionSource",
     "build_lineage",
     "content_digest",
     "describe_model",
@@ -109,7 +111,7 @@ if TYPE_CHECKING:
     from tapetum.registry.settings import model_cache_dir, registry_uri
     from tapetum.registry.store import ModelRegistry, registry_for
     from tapetum.registry.uri import ModelRef, is_model_uri, parse_model_ref, parse_model_uri
-    from tapetum.registry.watch import AliasWatcher, ModelSwap
+    from tapetum.registry.watch import AliasWatcher, ModelSwap, VersionSource
 
 
 def __getattr__(name: str) -> Any:

@@ -118,6 +118,8 @@ def _http_defaults() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # MLflow prints run and experiment links to stdout after each run against a server.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 class ModelRegistry:
@@ -155,8 +157,11 @@ class ModelRegistry:
         if self.kind == "http":
             _http_defaults()
             self._probe_http()
-        client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-        with self._init_lock():
+        with self._init_lock():  # the client creates (and migrates) the store at once
+            client = self._call(
+                "open the registry",
+                lambda: MlflowClient(tracking_uri=self.uri, registry_uri=self.uri),
+            )
             self._call("open the registry", lambda: client.search_experiments(max_results=1))
             self._call("open the registry", lambda: client.search_registered_models(max_results=1))
         return client
@@ -231,7 +236,7 @@ class ModelRegistry:
             raise RegistryUnavailableError(f"{what}: {self.shown_uri}: {exc}") from None
         except Exception as exc:  # SQLAlchemy, requests: the store is not usable
             name = type(exc).__module__.split(".")[0]
-            if name in ("sqlalchemy", "requests", "urllib3", "psycopg2", "pymysql"):
+            if name in ("sqlalchemy", "requests", "urllib3", "psycopg", "psycopg2", "pymysql"):
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else name
                 raise RegistryUnavailableError(f"{what}: {self.shown_uri}: {first}") from None
             raise

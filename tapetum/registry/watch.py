@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tapetum.errors import ConfigError, TapetumError
 from tapetum.registry.cache import ArtifactCache
@@ -39,11 +39,23 @@ from tapetum.registry.settings import model_cache_dir
 from tapetum.registry.uri import ModelRef, parse_model_ref
 
 if TYPE_CHECKING:
-    from tapetum.registry.store import ModelRegistry
+    from tapetum.registry.records import VersionInfo
 
-__all__ = ["AliasWatcher", "ModelSwap"]
+__all__ = ["AliasWatcher", "ModelSwap", "VersionSource"]
 
 log = logging.getLogger(__name__)
+
+
+class VersionSource(Protocol):
+    """What the watcher needs of a registry (:class:`~tapetum.registry.ModelRegistry` is
+    one): the version a reference names now, and that version's hash-checked file."""
+
+    @property
+    def shown_uri(self) -> str: ...
+
+    def get_version(self, ref: ModelRef) -> VersionInfo: ...
+
+    def fetch(self, info: VersionInfo, cache: ArtifactCache) -> Path: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +104,8 @@ class AliasWatcher:
         on_change: called in the watcher's thread with the new, hash-checked file; it
             swaps the model in. Exceptions keep the current model (logged).
         poll_s: seconds between checks (> 0).
-        registry: a store URI or an open :class:`ModelRegistry` (default: the configured
-            one).
+        registry: a store URI or an open :class:`ModelRegistry` (or any
+            :class:`VersionSource`; default: the configured store).
         cache_dir: the local model cache.
         current: the version in use now (so the first poll does not swap it again).
     """
@@ -104,7 +116,7 @@ class AliasWatcher:
         on_change: Callable[[ResolvedModel], None],
         *,
         poll_s: float = 30.0,
-        registry: str | ModelRegistry | None = None,
+        registry: str | VersionSource | None = None,
         cache_dir: str | Path | None = None,
         current: ResolvedModel | None = None,
     ) -> None:
@@ -116,7 +128,7 @@ class AliasWatcher:
         self.on_change = on_change
         self.poll_s = float(poll_s)
         self._registry_arg = registry
-        self._registry: ModelRegistry | None = None
+        self._registry: VersionSource | None = None
         self._cache = ArtifactCache(model_cache_dir(cache_dir))
         self._current = current
         self._failed: set[tuple[int, str]] = set()
@@ -184,12 +196,12 @@ class AliasWatcher:
             self.check_now(manual=manual)
 
     # ------------------------------------------------------------------ checking
-    def _reg(self) -> ModelRegistry:
-        from tapetum.registry.store import ModelRegistry, registry_for
+    def _reg(self) -> VersionSource:
+        from tapetum.registry.store import registry_for
 
         if self._registry is None:
             arg = self._registry_arg
-            self._registry = arg if isinstance(arg, ModelRegistry) else registry_for(arg)
+            self._registry = registry_for(arg) if arg is None or isinstance(arg, str) else arg
         return self._registry
 
     def check_now(self, *, manual: bool = True) -> ResolvedModel | None:
