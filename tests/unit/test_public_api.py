@@ -68,7 +68,6 @@ PUBLIC_API: dict[str, list[str]] = {
         "ClassifierService",
         "ClassifierSpec",
         "ClassifyConfig",
-        "ClassifyStage",
         "ClassifyStats",
         "CropBatch",
         "CropClassifier",
