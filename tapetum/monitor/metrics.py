@@ -24,6 +24,7 @@ failed,corrupt}_total``, ``..._reconnects_total``
 ``tapetum_stream_live``, ``tapetum_stream_state``   1 for a live source; state one-hot
                                                     (``running``, ``finished``, ``failed``)
 ``tapetum_stream_last_frame_age_seconds``           since the stream's last result
+``tapetum_stream_target_fps``                       the source's nominal frame rate
 ``tapetum_queue_depth{source,queue}``               frames waiting (``source``, ``post``)
 ``tapetum_sink_queue_depth``, ``..._dropped_total``  per sink
 ``tapetum_stage_latency_seconds{source,stage}``     histogram; buckets every 10 ms up to
@@ -374,14 +375,20 @@ def _stream_families(streams: list[tuple[str, _StreamMetrics]]) -> Iterator[Any]
         "Seconds since the stream's last result reached the monitor.",
         labels=["source"],
     )
+    target = GaugeMetricFamily(
+        "tapetum_stream_target_fps",
+        "The stream's nominal frame rate (what a camera sends; 25 where unknown).",
+        labels=["source"],
+    )
     now = time.time()
     for sid, st in streams:
+        target.add_metric([sid], st.fps)
         active.add_metric([sid], st.ledger.active)
         births.add_metric([sid], st.births)
         rebirths.add_metric([sid], st.rebirths)
         if st.last_result_wall is not None:
             age.add_metric([sid], now - st.last_result_wall)
-    yield from (active, births, rebirths, age)
+    yield from (active, births, rebirths, age, target)
 
 
 class CollectorGroup:
