@@ -21,6 +21,7 @@ from rich.markup import escape
 
 from tapetum.cli.drift import drift_app
 from tapetum.cli.eval import eval_app
+from tapetum.cli.eval_identity import identity_command
 from tapetum.cli.export import export_command
 from tapetum.cli.interval import (
     check_interval_options,
@@ -54,6 +55,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 app.add_typer(drift_app, name="drift")
 app.add_typer(eval_app, name="eval")
+eval_app.command("identity")(identity_command)
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
@@ -112,7 +114,16 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         Path | None,
         typer.Option(
             help="Camera topology (YAML/JSON; source ids are camera ids): global ids across "
-            "cameras, written as global_id per track. Needs --reid."
+            "cameras, written as global_id per track (and identities.json). Needs --reid."
+        ),
+    ] = None,
+    relink: Annotated[
+        bool | None,
+        typer.Option(
+            "--relink/--no-relink",
+            help="Re-link a camera's dropped tracks to the new tracks that continue them "
+            "(default: on with --topology, as a stage of the identity service; off "
+            "otherwise, where --relink re-links the tracker's own ids).",
         ),
     ] = None,
     imgsz: Annotated[
@@ -255,6 +266,7 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         tracker=tracker,
         reid=reid,
         topology=topology,
+        relink=relink,
         imgsz=imgsz,
         arch=arch,
         realtime=realtime,
@@ -358,6 +370,7 @@ class RunOptions:
     latency_budget_ms: float = 100.0
     max_interval: int = 4
     priorities: tuple[str, ...] = ()
+    relink: bool | None = None
 
 
 def _monitoring(
@@ -498,11 +511,14 @@ def _build(
     from tapetum.track import Tracker, make_tracker
     from tapetum.track.forecast import DETECTOR_CV_CONFIG, ForecastEnricher
     from tapetum.track.forecast_model import StreamForecasters
-    from tapetum.track.reid import ReidEmbedder
+    from tapetum.track.reid import CrossStreamEmbedder, Embedder, ReidEmbedder
 
     if opts.topology and not opts.reid:
         raise ConfigError("--topology needs --reid: global identities match appearance")
-    embedder = ReidEmbedder(opts.reid, threads=1) if opts.reid else None
+    embedder: Embedder | None = ReidEmbedder(opts.reid, threads=1) if opts.reid else None
+    if isinstance(embedder, ReidEmbedder) and len(opts.sources) > 1:
+        # one model call for the crops of every stream's frame at the same moment
+        embedder = CrossStreamEmbedder(embedder, streams=len(opts.sources))
     # BoT-SORT is the tracker that uses appearance; with another tracker the embedder only
     # serves the identity service.
     tracker_reid = embedder if opts.tracker.strip().lower() == "botsort" else None
@@ -554,23 +570,48 @@ def _build(
 
         enrichers.append(forecaster_for)
     if opts.topology and embedder is not None:
-        from tapetum.identity import IdentityService, load_topology
-        from tapetum.identity.enricher import IdentityEnricher
+        from tapetum.identity import (
+            AppearanceConfig,
+            IdentityConfig,
+            IdentityService,
+            load_topology,
+        )
+        from tapetum.identity.enricher import IdentityEnricher, IdentitySummarySink
 
         import_optional("hnswlib", "identity", "--topology")  # fail now, not mid-stream
 
-        service = IdentityService(load_topology(opts.topology))
+        topology = load_topology(opts.topology)
+        unknown = sorted({s.source_id for s in opened} - set(topology.cameras))
+        if unknown:
+            raise ConfigError(
+                f"{opts.topology}: sources {unknown} are not cameras of the topology "
+                f"(cameras: {list(topology.cameras)}; a source's id is its file stem)"
+            )
+        appearance = AppearanceConfig()
+        identity_config = (
+            IdentityConfig() if opts.relink is not False else IdentityConfig(relink=None)
+        )
+        service = IdentityService(
+            topology, identity_config, embedding_dim=appearance.dim(embedder.embedding_dim)
+        )
         reid_model = embedder
+        sinks.append(IdentitySummarySink(service, out_dir / "identities.json"))
 
         def identity_for(src: Source) -> Enricher:
-            return IdentityEnricher(service, src.source_id, reid_model)
+            return IdentityEnricher(service, src.source_id, reid_model, appearance)
 
         enrichers.append(identity_for)
     if opts.classify:
         enrichers.append(_classify_stage(opts, detector.class_names, len(opened), extras))
 
     def tracker_for(src: Source) -> Tracker:
-        return make_tracker(opts.tracker, frame_rate=src.fps or 30.0, reid=tracker_reid)
+        fps = src.fps or 30.0
+        tracker = make_tracker(opts.tracker, frame_rate=fps, reid=tracker_reid)
+        if opts.relink and not opts.topology:  # with --topology the service re-links
+            from tapetum.track.relink import RelinkingTracker
+
+            return RelinkingTracker(tracker, frame_rate=fps)
+        return tracker
 
     pipe = Pipeline(
         opened,

@@ -49,7 +49,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -62,13 +62,16 @@ __all__ = [
     "EMBED_EVERY",
     "FRAMES",
     "VIEWS",
+    "CameraRecording",
     "LinkScores",
     "TrackKey",
     "TwoCameraRecording",
     "default_two_camera_topology",
     "link_scores",
+    "record_cameras",
     "record_two_camera_crops",
     "replay",
+    "replay_cameras",
 ]
 
 FRAMES: Final = 200
@@ -285,3 +288,205 @@ def link_scores(recording: TwoCameraRecording, service: IdentityService) -> Link
         false_links=fp,
         missed_links=fn,
     )
+
+
+# --- real multi-camera footage: record once, replay through any identity settings ---------
+
+
+@dataclass
+class CameraRecording:
+    """Several cameras' tracked people over a clip, with everything the identity service
+    needs (no ground truth).
+
+    Attributes:
+        frame_hw: per camera, frame height and width.
+        frames: per camera, per frame: ``(timestamp_s, tracked)`` where ``tracked`` holds
+            the tracker's boxes and ids and, as ``embeddings``, the ReID embedding of each
+            usable crop (zero rows elsewhere); the colour signatures are in
+            ``data["colour"]``.
+    """
+
+    frame_hw: dict[str, tuple[int, int]] = field(default_factory=dict)
+    frames: dict[str, list[tuple[float, Detections]]] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the recording as one ``.npz``."""
+        arrays: dict[str, np.ndarray] = {}
+        for cam, frames in self.frames.items():
+            dets = [d for _, d in frames]
+            arrays[f"{cam}/t"] = np.array([t for t, _ in frames], np.float64)
+            arrays[f"{cam}/counts"] = np.array([len(d) for d in dets], np.int64)
+            arrays[f"{cam}/hw"] = np.array(self.frame_hw[cam], np.int64)
+            for name in ("xyxy", "confidence", "tracker_id"):
+                empty = getattr(Detections.empty(), name)
+                arrays[f"{cam}/{name}"] = np.concatenate([empty] + [getattr(d, name) for d in dets])
+            dims = [d.embeddings.shape[1] for _, d in frames if d.embeddings is not None]
+            dim = dims[0] if dims else 0
+            arrays[f"{cam}/embeddings"] = np.concatenate(
+                [np.zeros((0, dim))]
+                + [
+                    d.embeddings if d.embeddings is not None else np.zeros((len(d), dim))
+                    for _, d in frames
+                ]
+            ).astype(np.float16)
+            colours = [d.data["colour"] for _, d in frames if "colour" in d.data]
+            cdim = colours[0].shape[1] if colours else 0
+            arrays[f"{cam}/colour"] = np.concatenate(
+                [np.zeros((0, cdim))]
+                + [d.data.get("colour", np.zeros((len(d), cdim))) for _, d in frames]
+            ).astype(np.float16)
+        np.savez_compressed(Path(path), **arrays)  # type: ignore[arg-type]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CameraRecording:
+        """Read a recording written by :meth:`save`."""
+        data = np.load(Path(path))
+        rec = cls()
+        cams = sorted({k.split("/")[0] for k in data.files})
+        for cam in cams:
+            counts = data[f"{cam}/counts"]
+            offsets = np.concatenate([[0], np.cumsum(counts)])
+            emb = data[f"{cam}/embeddings"].astype(np.float32)
+            colour = data[f"{cam}/colour"].astype(np.float32)
+            rec.frame_hw[cam] = cast("tuple[int, int]", tuple(int(v) for v in data[f"{cam}/hw"]))
+            frames = []
+            for i, t in enumerate(data[f"{cam}/t"].tolist()):
+                a, b = int(offsets[i]), int(offsets[i + 1])
+                d = Detections(
+                    data[f"{cam}/xyxy"][a:b],
+                    data[f"{cam}/confidence"][a:b],
+                    np.zeros(b - a, np.int64),
+                    data[f"{cam}/tracker_id"][a:b],
+                    emb[a:b] if b > a else None,
+                    {"colour": colour[a:b]} if colour.shape[0] else {},
+                )
+                frames.append((float(t), d))
+            rec.frames[cam] = frames
+        return rec
+
+
+def record_cameras(
+    videos: list[str | os.PathLike[str]],
+    detector_model_path: str | os.PathLike[str],
+    reid_model_path: str | os.PathLike[str],
+    *,
+    frames: int | None = None,
+    masks: Mapping[str, Any] | None = None,
+    threads: int = 1,
+) -> CameraRecording:
+    """Detect (YOLOX, persons, confidence ≥ 0.1), track (BoT-SORT with ReID, as
+    ``tapetum run --tracker botsort --reid``) and describe every camera's people.
+
+    Args:
+        videos: one video per camera; the camera id is the file stem (as in ``tapetum
+            run``).
+        detector_model_path: YOLOX ONNX model.
+        reid_model_path: OSNet ONNX ReID model.
+        frames: frames per camera from the start (None: all).
+        masks: per camera id, its :class:`~tapetum.track.crops.StaticMask`: crops under it
+            get no appearance.
+        threads: intra-op threads of the detector and the ReID model.
+    """
+    from tapetum.detect import DetectorConfig, RuntimeOptions, load_detector
+    from tapetum.identity.appearance import colour_signatures
+    from tapetum.sources import VideoSource
+    from tapetum.track.botsort import BoTSortConfig, BoTSortTracker
+    from tapetum.track.crops import usable_crops
+    from tapetum.track.reid import ReidEmbedder
+
+    detector = load_detector(
+        Path(detector_model_path),
+        None,
+        DetectorConfig(conf_threshold=0.1, nms_iou=0.45, class_ids=frozenset({0})),
+        RuntimeOptions(intra_op_threads=threads, workers=1),
+    )
+    embedder = ReidEmbedder(Path(reid_model_path), threads=threads)
+    rec = CameraRecording()
+    for video in videos:
+        source = VideoSource(video)
+        cam = source.source_id
+        tracker = BoTSortTracker(
+            BoTSortConfig(frame_rate=source.fps or 25.0, with_reid=True), embedder
+        )
+        mask = (masks or {}).get(cam)
+        out: list[tuple[float, Detections]] = []
+        for frame in source.frames(threading.Event()):
+            if frames is not None and frame.index >= frames:
+                break
+            tracked = tracker.update(detector([frame.image])[0], frame)
+            hw = (int(frame.image.shape[0]), int(frame.image.shape[1]))
+            rec.frame_hw[cam] = hw
+            ok = usable_crops(tracked.xyxy, hw, None, mask)
+            if tracked.embeddings is not None:
+                tracked.embeddings[~ok] = 0.0
+            colour = np.zeros((len(tracked), 256), np.float32)
+            if np.any(ok):
+                colour[ok] = colour_signatures(frame.image, tracked.xyxy[ok])
+            tracked.data = {"colour": colour}
+            out.append((frame.timestamp_s, tracked))
+        rec.frames[cam] = out
+    return rec
+
+
+def replay_cameras(
+    recording: CameraRecording,
+    topology: CameraTopology,
+    config: IdentityConfig | None = None,
+    appearance: Any = None,
+) -> tuple[IdentityService, list[dict[str, Any]], np.ndarray]:
+    """Feed a recording to a new identity service, frames interleaved across cameras in
+    time order (as the pipeline's streams arrive).
+
+    Args:
+        recording: from :func:`record_cameras`.
+        topology: cameras (ids are the recording's), links and masks.
+        config: identity settings (default ``IdentityConfig()``).
+        appearance: an :class:`~tapetum.identity.AppearanceConfig` (default: the
+            service's default, ReID joined with colour).
+
+    Returns:
+        The service after the last frame, the JSONL-like records (``source_id``,
+        ``timestamp_s``, ``tracks`` with ``track_id``, ``global_id``, ``xyxy``) with the
+        ids as they were given out frame by frame, and (F,) the milliseconds each
+        :meth:`~IdentityService.observe` call took.
+    """
+    import time
+
+    from tapetum.identity import AppearanceConfig
+    from tapetum.identity.appearance import join_appearance
+
+    look = appearance if appearance is not None else AppearanceConfig()
+    first = next(
+        d for frames in recording.frames.values() for _, d in frames if d.embeddings is not None
+    )
+    assert first.embeddings is not None
+    service = IdentityService(
+        topology, config, embedding_dim=look.dim(int(first.embeddings.shape[1]))
+    )
+    order = sorted(
+        (t, k, cam, i)
+        for k, (cam, frames) in enumerate(recording.frames.items())
+        for i, (t, _) in enumerate(frames)
+    )
+    records: list[dict[str, Any]] = []
+    costs = np.empty(len(order))
+    for n, (t, _, cam, i) in enumerate(order):
+        d = recording.frames[cam][i][1]
+        emb = None
+        if len(d) and d.embeddings is not None:
+            emb = join_appearance(d.embeddings, d.data.get("colour"), look)
+        seen = Detections(d.xyxy, d.confidence, d.class_id, d.tracker_id, emb)
+        start = time.perf_counter()
+        gids = service.observe(cam, t, seen, recording.frame_hw[cam])
+        costs[n] = (time.perf_counter() - start) * 1e3
+        records.append(
+            {
+                "source_id": cam,
+                "timestamp_s": t,
+                "tracks": [
+                    {"track_id": int(a), "global_id": int(b), "xyxy": x.tolist()}
+                    for a, b, x in zip(d.tracker_id, gids, d.xyxy, strict=True)
+                ],
+            }
+        )
+    return service, records, costs

@@ -19,7 +19,7 @@ from tapetum.track.ocsort import OCSortConfig, OCSortTracker
 from tapetum.track.relink import RelinkConfig, RelinkingTracker, TrackletRelinker
 
 if TYPE_CHECKING:
-    from tapetum.track.reid import ReidEmbedder
+    from tapetum.track.reid import Embedder
 
 __all__ = [
     "ByteTrackConfig",
@@ -43,7 +43,7 @@ def _ocsort(frame_rate: float) -> Tracker:
     return OCSortTracker(OCSortConfig(frame_rate=frame_rate))
 
 
-def _botsort(frame_rate: float, reid: ReidEmbedder | None = None) -> Tracker:
+def _botsort(frame_rate: float, reid: Embedder | None = None) -> Tracker:
     from tapetum.track.botsort import BoTSortConfig, BoTSortTracker  # OpenCV: load on use
 
     return BoTSortTracker(BoTSortConfig(frame_rate=frame_rate, with_reid=reid is not None), reid)
@@ -56,7 +56,7 @@ _FACTORIES: dict[str, Callable[[float], Tracker]] = {
 }
 
 
-def make_tracker(name: str, frame_rate: float, reid: ReidEmbedder | None = None) -> Tracker:
+def make_tracker(name: str, frame_rate: float, reid: Embedder | None = None) -> Tracker:
     """Build a tracker by name with its default parameters.
 
     Args:

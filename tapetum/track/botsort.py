@@ -37,7 +37,7 @@ from tapetum.track.assignment import fuse_score
 from tapetum.track.cmc import CMC_METHODS, CameraMotionEstimator, make_cmc
 from tapetum.track.coast import coast_byte_core
 from tapetum.track.kalman_xywh import KalmanFilterXYWH
-from tapetum.track.reid import ReidEmbedder
+from tapetum.track.reid import Embedder
 
 if TYPE_CHECKING:
     from tapetum.track.kernels.byte_step import ByteCore
@@ -217,7 +217,7 @@ class BoTSortTracker:
     """
 
     def __init__(
-        self, config: BoTSortConfig | None = None, embedder: ReidEmbedder | None = None
+        self, config: BoTSortConfig | None = None, embedder: Embedder | None = None
     ) -> None:
         self.config = config if config is not None else BoTSortConfig()
         if embedder is not None and not self.config.with_reid:
