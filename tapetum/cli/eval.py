@@ -6,6 +6,7 @@ inside the commands so that ``tapetum --help`` stays fast.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -16,10 +17,15 @@ import typer
 from tapetum.errors import ConfigError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from tapetum.detect.detector import DetectorConfig
     from tapetum.eval import TrackerRun, TrackingReport, TrackingScores
     from tapetum.eval.datasets import DetectionDataset
     from tapetum.eval.detect import BatchDetector, DetectionReport
+    from tapetum.eval.forecast import ForecasterFactory, ForecastEvalConfig
+    from tapetum.eval.mot import MotSequence
+    from tapetum.track.forecast_model import ForecastCounts
 
 eval_app = typer.Typer(
     name="eval",
@@ -348,3 +354,190 @@ def _percent(value: float) -> str:
 
 def _number(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+@eval_app.command("forecast")
+def forecast(  # noqa: PLR0917 - typer maps parameters to options
+    data: Annotated[
+        list[Path],
+        typer.Option(
+            "--data",
+            help="MOTChallenge split or sequence folders with gt/gt.txt to score (repeat).",
+        ),
+    ],
+    loso: Annotated[
+        bool,
+        typer.Option(
+            "--loso",
+            help="Also score a learned forecaster leave-one-sequence-out: one model per "
+            "sequence, trained on all the others (cached in --cache).",
+        ),
+    ] = False,
+    forecaster: Annotated[
+        Path | None,
+        typer.Option(help="Also score this forecaster file (tapetum train forecast)."),
+    ] = None,
+    train_only: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--train-only", help="With --loso: sequences that train every fold, never scored."
+        ),
+    ] = None,
+    cache: Annotated[Path, typer.Option(help="With --loso: folder of the fold models.")] = Path(
+        "tmp/cache/forecast"
+    ),
+    epochs: Annotated[int, typer.Option(help="With --loso: training epochs per fold.")] = 20,
+    horizons: Annotated[str, typer.Option(help="Horizons scored, seconds, e.g. 1,2.")] = "1,2",
+    min_history: Annotated[
+        float, typer.Option(help="Score a track once it has been observed this long, s.")
+    ] = 0.5,
+    miss_threshold: Annotated[
+        float, typer.Option(help="A final error above this many box heights is a miss.")
+    ] = 0.5,
+    track_stride: Annotated[
+        int, typer.Option(help="Score every N-th ground-truth track (1: all).")
+    ] = 1,
+    noise: Annotated[
+        float, typer.Option(help="Observation noise added to the centres, box heights.")
+    ] = 0.0,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the report as JSON here.")
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Draw a few forecasts with their ellipses over a frame of the first "
+            "sequence that has img1 frames, to this PNG."
+        ),
+    ] = None,
+) -> None:
+    """Score trajectory forecasters (ADE/FDE, miss rate, ellipse coverage, NLL) on DATA."""
+    from rich.console import Console
+
+    from tapetum.eval.forecast import ForecastEvalConfig, default_forecasters, evaluate_forecasts
+    from tapetum.eval.mot import find_sequences, load_sequence
+    from tapetum.track.forecast_model import ForecastCounts
+
+    config = ForecastEvalConfig(
+        horizons_s=_parse_seconds(horizons),
+        min_history_s=min_history,
+        track_stride=track_stride,
+        observation_noise_std_per_height=noise,
+        miss_threshold_norm=miss_threshold,
+    )
+    sequences = [load_sequence(p) for folder in data for p in find_sequences(folder)]
+    extra = [load_sequence(p) for folder in train_only or () for p in find_sequences(folder)]
+    if train_only and not loso:
+        raise ConfigError("--train-only only applies to --loso")
+    err = Console(stderr=True)
+    factories = default_forecasters()
+    counts: dict[str, dict[str, ForecastCounts]] = {}
+    result: dict[str, Any] = {"data": [str(d) for d in data], "config": dataclasses.asdict(config)}
+    if forecaster is not None:
+        factories["file"], counts["file"] = _file_forecaster(forecaster, sequences, config, err)
+        result["forecaster"] = str(forecaster)
+    report = evaluate_forecasts(sequences, factories, config)
+    folds: dict[str, Path] = {}
+    if loso:
+        from tapetum.learn.forecast import ForecastTrainConfig, evaluate_held_out
+
+        held = evaluate_held_out(
+            sequences,
+            cache,
+            train_config=ForecastTrainConfig(epochs=epochs),
+            eval_config=config,
+            train_only=extra,
+            baselines={},
+            log=lambda line: err.print(line, highlight=False),
+        )
+        report = dataclasses.replace(report, scores=report.scores + held.report.scores)
+        folds, counts["learned"] = held.folds, held.counts
+        result["folds"] = {name: str(path) for name, path in folds.items()}
+    Console().print(report.format_table(), highlight=False, soft_wrap=True)
+    for name, per_seq in counts.items():
+        total = ForecastCounts()
+        for c in per_seq.values():
+            total.add(c)
+        Console().print(
+            f"{name}: {total.model} forecasts by the model, {total.fallback_short_history} by "
+            "constant velocity (track observed < the model's min history)",
+            highlight=False,
+        )
+    if json_out is not None:
+        result["scores"] = report.as_dict()
+        result["counts"] = {
+            name: {seq: c.as_dict() for seq, c in per_seq.items()}
+            for name, per_seq in counts.items()
+        }
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+    if plot is not None:
+        _plot_forecasts(sequences, folds, forecaster, config.horizons_s, plot)
+        err.print(f"plot: {plot}", highlight=False)
+
+
+def _parse_seconds(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"horizons are seconds like 1,2; got {text!r}") from None
+    if not values:
+        raise ConfigError(f"horizons are seconds like 1,2; got {text!r}")
+    return values
+
+
+def _file_forecaster(
+    path: Path,
+    sequences: list[MotSequence],
+    config: ForecastEvalConfig,
+    err: Console,
+) -> tuple[ForecasterFactory, dict[str, ForecastCounts]]:
+    """A factory of the file's forecaster (checked against every sequence) and its counts."""
+    from tapetum.track.forecast_model import ForecastCounts, LearnedForecaster, load_forecast_model
+
+    model = load_forecast_model(path)
+    model.spec.check_horizons(config.horizons_s, f"forecaster {path.name}")
+    for seq in sequences:
+        model.spec.check_frame_rate(seq.info.frame_rate_fps, seq.name)
+    seen = set(model.spec.info.get("trained_on", ())) & {s.name for s in sequences}
+    if seen:
+        err.print(
+            f"[yellow]warning:[/] {path.name} was trained on {', '.join(sorted(seen))}: "
+            "its scores there are not held-out (use --loso)",
+            highlight=False,
+        )
+    counts: dict[str, ForecastCounts] = {}
+    total = ForecastCounts()
+    counts["all"] = total
+
+    def make() -> LearnedForecaster:
+        forecaster = LearnedForecaster(model)
+        forecaster.counts = total  # one tally over every sequence
+        return forecaster
+
+    return make, counts
+
+
+def _plot_forecasts(
+    sequences: list[MotSequence],
+    folds: dict[str, Path],
+    forecaster: Path | None,
+    horizons_s: tuple[float, ...],
+    out: Path,
+) -> None:
+    """The forecast picture on the first sequence with frame images."""
+    from tapetum.eval.forecast_plot import frames_with_images, plot_forecasts
+    from tapetum.track.forecast import ConstantVelocityForecaster
+    from tapetum.track.forecast_model import LearnedForecaster, load_forecast_model
+
+    drawable = [s for s in sequences if frames_with_images(s)]
+    if not drawable:
+        raise ConfigError("--plot needs a sequence with img1 frames among --data")
+    seq = drawable[0]
+    factories: dict[str, ForecasterFactory] = {"cv": ConstantVelocityForecaster}
+    model_path = folds.get(seq.name) or forecaster
+    if model_path is not None:
+        model = load_forecast_model(model_path)
+        label = "learned (held out)" if seq.name in folds else "learned"
+        factories[label] = lambda: LearnedForecaster(model)
+    plot_forecasts(seq, factories, out, horizons_s=horizons_s)

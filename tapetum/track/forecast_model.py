@@ -96,9 +96,9 @@ class ForecastModelSpec:
             horizon a file can serve is ``K·dt_s``.
         min_history_s: a track observed for less than this (latest minus first observation)
             is forecast by the constant-velocity fallback.
-        min_frame_rate_fps: the lowest frame rate of the training tracks; a source with
-            sparser observations is refused (its resampled history would look like nothing
-            the model saw).
+        min_frame_rate_fps: the lowest frame rate of the training tracks, capped at the grid
+            rate ``1 / dt_s``; a source with sparser observations is refused (its resampled
+            history would look like nothing the model saw).
         covariance_scale: (K,) standard-deviation multiplier per horizon step fitted on
             validation tracks (1.0: uncalibrated).
         context: the model also reads the neighbour context (:func:`neighbour_context`), a
