@@ -11,6 +11,7 @@ The tree:
   + ConfigError (also a ValueError)
     - RateLimitStorageError
     - LabelMapError
+    - ExperimentSpecError
   + MissingDependencyError
   + ModelLoadError
     - ClassifierError
@@ -40,6 +41,7 @@ The tree:
       * ArtifactMissingError
       * ArtifactCorruptError
     - AliasConflictError
+  + ExperimentError
   + MonitorError
     - DriftProfileError
     - MetricsServerError
@@ -69,6 +71,8 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "DriftProfileError",
+    "ExperimentError",
+    "ExperimentSpecError",
     "ImageError",
     "KeyDatabaseNotFoundError",
     "KeyStoreError",
@@ -119,6 +123,12 @@ class LabelMapError(ConfigError):
     """A label map (YAML/JSON grouping a classifier's classes into the user's labels) is
     malformed or names classes the classifier does not have (the message lists them, with
     the closest names it does have)."""
+
+
+class ExperimentSpecError(ConfigError):
+    """An A/B experiment file is refused before any frame is read: it does not validate
+    (the message names the file and the field), names a model that does not exist, gives
+    canary shares that overlap, or has a variant whose classes differ from the control's."""
 
 
 class MissingDependencyError(TapetumError):
@@ -315,6 +325,12 @@ class ArtifactCorruptError(ArtifactError):
 class AliasConflictError(RegistryError):
     """A concurrent promotion or rollback of the same alias won; the alias follows it and
     the losing change is kept in the alias history."""
+
+
+class ExperimentError(TapetumError):
+    """An A/B experiment's results cannot be read or acted on: a run folder without
+    experiment data or with data of another format version, or a decision that cannot be
+    applied through the registry (a variant that is a file, not a registered version)."""
 
 
 class MonitorError(TapetumError):
