@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from tapetum.cli.ab import ExperimentPlan, ab_app, plain_model
 from tapetum.cli.drift import drift_app
 from tapetum.cli.eval import eval_app
 from tapetum.cli.eval_identity import identity_command
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from tapetum.detect import OnnxDetector
+    from tapetum.experiments import LiveExperiment
     from tapetum.monitor.monitoring import RunMonitoring
     from tapetum.pipeline import EnricherFactory, Pipeline, PipelineStats
     from tapetum.registry import AliasWatcher, ResolvedModel
@@ -54,6 +56,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 app.add_typer(drift_app, name="drift")
+app.add_typer(ab_app, name="ab")
 app.add_typer(eval_app, name="eval")
 eval_app.command("identity")(identity_command)
 app.add_typer(keys_app, name="keys")
@@ -81,14 +84,15 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         list[str], typer.Argument(help="Video files, stream URLs or image folders.")
     ],
     model: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--model",
             "-m",
             help="ONNX detector (YOLOX, YOLOv5, Ultralytics YOLOv5u/v8/11, RT-DETR, "
-            "EfficientDet), or a registered one: models:/NAME/VERSION or models:/NAME@ALIAS.",
+            "EfficientDet), or a registered one: models:/NAME/VERSION or models:/NAME@ALIAS. "
+            "Not with --experiment, whose file names the models.",
         ),
-    ],
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output folder (default runs/<time>).")
     ] = None,
@@ -227,6 +231,22 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
             "checks at once). 0: keep the version resolved at start."
         ),
     ] = 10.0,
+    experiment: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run an A/B experiment (YAML/JSON: control and variants, shadow or canary, "
+            "guardrails, decision rules; see tapetum ab): every arm is recorded under "
+            "OUT/experiment, and the report and decisions are written at the end."
+        ),
+    ] = None,
+    act: Annotated[
+        bool,
+        typer.Option(
+            "--act",
+            help="With --experiment: apply the decisions through the registry (promote or "
+            "roll back the alias; the evidence is recorded on each variant's version).",
+        ),
+    ] = False,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -252,8 +272,22 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if model_poll < 0:
         raise _fail(f"--model-poll must be ≥ 0 seconds, got {model_poll}")
+    plan: ExperimentPlan | None = None
     try:
-        model_path, resolved = _resolve_model(model, registry)
+        if experiment is None:
+            model_path, resolved = _resolve_model(plain_model(model, act), registry)
+        else:
+            plan = ExperimentPlan.prepare(
+                experiment,
+                model,
+                act=act,
+                registry=registry,
+                threads=threads,
+                workers=workers,
+                provider=provider,
+            )
+            model_path, resolved = plan.control_path, None
+            out = out or Path("runs") / time.strftime("ab-%Y%m%d-%H%M%S")
     except TapetumError as exc:
         raise _fail(str(exc)) from None
     options = RunOptions(
@@ -296,9 +330,15 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
             drift_refs=drift_ref,
             drift_events=drift_events,
         )
+        live_exp = plan.live(out, live=_is_live(options)) if plan is not None and out else None
         pipeline, out_dir = _build(
-            options, extras, monitoring.sinks if monitoring is not None else None
+            options,
+            extras,
+            monitoring.sinks if monitoring is not None else None,
+            experiment=live_exp,
         )
+        if live_exp is not None:
+            live_exp.start(pipeline)
         if monitoring is not None:
             url = monitoring.start(pipeline)
             if url is not None:
@@ -317,8 +357,13 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
             monitoring.stop()
     summary = stats.as_dict()
     if resolved is not None:
-        summary["model"] = _model_summary(model, resolved, watcher)
+        summary["model"] = _model_summary(model or str(model_path), resolved, watcher)
     summary.update({name: read() for name, read in extras.items()})
+    if plan is not None and live_exp is not None:
+        try:
+            summary["experiment"] = plan.finish(live_exp, stats, out_dir, quiet=quiet)
+        except TapetumError as exc:
+            raise _fail(str(exc)) from None
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(stats, out_dir)
     if "classification" in summary:
@@ -499,11 +544,14 @@ def _build(
     opts: RunOptions,
     extras: dict[str, Callable[[], dict[str, int]]] | None = None,
     extra_sinks: Callable[[list[SourceT]], list[SinkT]] | None = None,
+    *,
+    experiment: LiveExperiment | None = None,
 ) -> tuple[Pipeline, Path]:
     """Open sources, model, tracker factory and sinks; every user error is a TapetumError.
 
     ``extras`` receives readers of stage counters for the summary (``classification``);
-    ``extra_sinks`` builds more sinks from the opened sources (monitoring)."""
+    ``extra_sinks`` builds more sinks from the opened sources (monitoring); an
+    ``experiment`` brings the detector, trackers, a recorder sink and its hooks."""
     from tapetum._optional import import_optional
     from tapetum.pipeline import DropPolicy, Enricher, Pipeline, PipelineConfig
     from tapetum.sinks import AnnotatedVideoSink, JsonlSink, Sink
@@ -538,7 +586,7 @@ def _build(
         if n:  # two sources with one name (a.mp4 in two folders): number the later ones
             src = open_source(uri, realtime=opts.realtime, source_id=f"{src.source_id}-{n}")
         opened.append(src)
-    detector = _make_detector(opts, opts.model)
+    detector = experiment.detector if experiment is not None else _make_detector(opts, opts.model)
     if scheduler is not None:
         check_interval_options(scheduler, [s.source_id for s in opened], detector)
     out_dir = opts.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
@@ -555,6 +603,8 @@ def _build(
         ]
     if extra_sinks is not None:
         sinks += extra_sinks(opened)
+    if experiment is not None:
+        sinks.append(experiment.sink)
 
     enrichers: list[EnricherFactory] = []
     if opts.forecaster and not opts.forecast:
@@ -616,9 +666,11 @@ def _build(
     pipe = Pipeline(
         opened,
         detector,
-        tracker_factory=tracker_for,
+        tracker_factory=experiment.tracker_factory if experiment is not None else tracker_for,
         sinks=sinks,
         enrichers=enrichers,
+        taps=experiment.taps if experiment is not None else (),
+        router=experiment.router if experiment is not None else None,
         config=PipelineConfig(
             max_batch=opts.max_batch,
             max_wait_ms=opts.max_wait_ms,

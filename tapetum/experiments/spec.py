@@ -203,7 +203,8 @@ class DecisionRule:
     relative: bool = False
 
     def describe(self) -> str:
-        unit = "%" if self.relative else f" {METRICS[self.metric].unit}"
+        unit = METRICS[self.metric].unit
+        unit = "%" if self.relative else (f" {unit}" if unit in ("ms", "fps") else "")
         size = 100 * self.min_effect if self.relative else self.min_effect
         verb = "improves by ≥" if self.require is Requirement.BETTER else "loses at most"
         return f"{self.metric} {verb} {size:g}{unit}"
