@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ __all__ = [
     "ClassificationObserver",
     "ClassifierService",
     "ClassifyConfig",
+    "ClassifyStage",
     "ClassifyStats",
     "CropClassifier",
     "parse_classify_option",
@@ -340,3 +342,97 @@ def config_from_options(options: dict[str, str], class_names: tuple[str, ...]) -
         grow=number("grow", float, 1.5),
         min_box_px=number("min_box", float, 16.0),
     )
+
+
+@dataclass(slots=True)
+class _SessionLabels:
+    """A session's enricher and how many frames it has been given (its frame index)."""
+
+    enricher: ClassificationEnricher
+    frames: int = 0
+
+
+class ClassifyStage:
+    """The stage as a ``--classify`` option describes it: one shared
+    :class:`ClassifierService` and a :class:`ClassificationEnricher` per stream or
+    per tracking session of a server.
+
+    Args:
+        service: the shared classifier.
+        options: the option's ``key=value`` pairs (``classes`` resolved per detector).
+
+    Example:
+        >>> stage = ClassifyStage.from_option("cls.onnx:classes=car,bus:every=5")  # doctest: +SKIP
+        >>> enricher = stage.enricher(detector.class_names)                       # doctest: +SKIP
+    """
+
+    def __init__(self, service: ClassifierService, options: dict[str, str]) -> None:
+        self.service = service
+        self.options = dict(options)
+        self._configs: dict[tuple[str, ...], ClassifyConfig] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_option(
+        cls, text: str, runtime: Any = None, *, max_wait_ms: float = 2.0
+    ) -> ClassifyStage:
+        """Load the classifier and label map of ``MODEL[:key=value]...`` now, so a bad
+        file, map or number fails at start-up (``classes`` needs the detector: checked by
+        :meth:`config`).
+
+        Raises:
+            ConfigError, LabelMapError, ModelLoadError, ClassifierError.
+        """
+        from tapetum.classify.labels import load_label_map
+        from tapetum.classify.runtime import OnnxClassifier
+
+        path, options = parse_classify_option(text)
+        config_from_options({k: v for k, v in options.items() if k != "classes"}, ())
+        classifier = OnnxClassifier(path, runtime=runtime)
+        label_map = (
+            load_label_map(options["labels"], classifier.class_names)
+            if "labels" in options
+            else None
+        )
+        return cls(ClassifierService(classifier, label_map, max_wait_ms=max_wait_ms), options)
+
+    def config(self, detector_classes: tuple[str, ...]) -> ClassifyConfig:
+        """The stage's config for a detector with these class names (cached).
+
+        Raises:
+            ConfigError: ``classes`` names a class the detector does not have.
+        """
+        with self._lock:
+            config = self._configs.get(detector_classes)
+            if config is None:
+                config = config_from_options(self.options, detector_classes)
+                self._configs[detector_classes] = config
+            return config
+
+    def enricher(self, detector_classes: tuple[str, ...]) -> ClassificationEnricher:
+        """A new per-stream (per-session) enricher."""
+        return ClassificationEnricher(self.service, self.config(detector_classes))
+
+    def label_session(
+        self,
+        session: Any,
+        image: UInt8Array,
+        detections: Detections,
+        detector_classes: tuple[str, ...],
+        name: str = "session",
+    ) -> Detections:
+        """Label one request's tracked ``detections`` of a server session.
+
+        ``session.labels`` holds the session's state (created on first use), so it lives
+        and is evicted with the session; the caller holds the session's lock. The session's
+        requests are its frames: ``every`` counts them.
+        """
+        state: _SessionLabels | None = session.labels
+        if state is None:
+            state = session.labels = _SessionLabels(self.enricher(detector_classes))
+        frame = Frame(name, state.frames, image, time.time(), time.perf_counter())
+        state.frames += 1
+        return state.enricher(frame, detections)
+
+    def close(self) -> None:
+        self.service.close()

@@ -167,6 +167,15 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
             help="Longest a live result feed lasts, seconds; then the client subscribes again.",
         ),
     ] = 3600.0,
+    classify: Annotated[
+        str | None,
+        typer.Option(
+            help="Label the tracks of session_id requests with a classifier: "
+            "MODEL[:classes=car,truck,bus][:every=N][:min_box=PX][:grow=X][:labels=MAP] "
+            "(as tapetum run --classify; every N requests of a session). Responses carry "
+            "label, label_confidence, label_votes."
+        ),
+    ] = None,
     model_root: Annotated[
         list[Path] | None,
         typer.Option(
@@ -236,6 +245,7 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         allowed_sources=tuple(allow_source or ()),
         max_subscription_s=max_subscription_s,
         model_roots=tuple(model_root or ()),
+        classify=classify,
     )
     remote = (
         _remote_detector(

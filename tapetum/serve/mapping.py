@@ -95,6 +95,12 @@ def detection_to_proto(det: DetectionOut) -> pb.Detection:
     )
     if det.track_id is not None:
         msg.track_id = det.track_id
+    if det.label is not None:
+        msg.label = det.label
+    if det.label_confidence is not None:
+        msg.label_confidence = det.label_confidence
+    if det.label_votes is not None:
+        msg.label_votes = det.label_votes
     return msg
 
 
@@ -105,6 +111,9 @@ def detection_from_proto(msg: pb.Detection) -> DetectionOut:
         class_id=msg.class_id,
         class_name=msg.class_name,
         track_id=msg.track_id if msg.HasField("track_id") else None,
+        label=msg.label if msg.HasField("label") else None,
+        label_confidence=msg.label_confidence if msg.HasField("label_confidence") else None,
+        label_votes=msg.label_votes if msg.HasField("label_votes") else None,
     )
 
 

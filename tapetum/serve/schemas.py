@@ -78,6 +78,18 @@ class DetectionOut(BaseModel):
         description="Track identity within the request's session_id; null without a "
         "session or while the object's track is not confirmed.",
     )
+    label: str | None = Field(
+        default=None,
+        description="The track's label from the server's classifier (tapetum serve "
+        "--classify): the running mean of its classifications over the session; null "
+        "without a session or classifier, or before the track is first classified.",
+    )
+    label_confidence: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Mean probability of the label."
+    )
+    label_votes: int | None = Field(
+        default=None, ge=1, description="Classifications the label rests on."
+    )
 
 
 _DETECTIONS_ADAPTER: TypeAdapter[list[DetectionOut]] = TypeAdapter(list[DetectionOut])
@@ -230,7 +242,7 @@ def _detection_dicts(detections: Detections, class_names: Sequence[str]) -> list
     cls = detections.class_id.tolist()
     tid = detections.tracker_id.tolist() if len(detections.tracker_id) else [NO_TRACK] * len(cls)
     n_names = len(class_names)
-    return [
+    out = [
         {
             "box": {"x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3]},
             "confidence": min(max(c, 0.0), 1.0),
@@ -240,6 +252,14 @@ def _detection_dicts(detections: Detections, class_names: Sequence[str]) -> list
         }
         for b, c, k, t in zip(xyxy, conf, cls, tid, strict=True)
     ]
+    labels = detections.data.get("label")
+    if labels is not None:  # the classification stage's columns (tapetum.classify)
+        confidence = detections.data["label_confidence"].astype(float).tolist()
+        votes = detections.data["label_votes"].tolist()
+        for item, label, p, v in zip(out, labels.tolist(), confidence, votes, strict=True):
+            if label is not None:
+                item.update(label=label, label_confidence=min(max(p, 0.0), 1.0), label_votes=v)
+    return out
 
 
 def detections_to_out(detections: Detections, class_names: Sequence[str]) -> list[DetectionOut]:

@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -76,6 +76,9 @@ from tapetum.serve.settings import (
     default_detector_factory,
 )
 from tapetum.track.base import Tracker
+
+if TYPE_CHECKING:
+    from tapetum.classify import ClassifyStage
 
 __all__ = ["DetectionService", "EncodedImage", "NotReadyError"]
 
@@ -172,6 +175,15 @@ class DetectionService:
         self.settings = settings
         self._factory = detector_factory
         self.new_tracker()  # a bad tracker name fails now, not on the first request
+        self.classify: ClassifyStage | None = None
+        if settings.classify:  # a bad classifier or label map fails now too
+            from tapetum.classify import ClassifyStage
+            from tapetum.detect.runtime import RuntimeOptions
+
+            self.classify = ClassifyStage.from_option(
+                settings.classify,
+                RuntimeOptions(intra_op_threads=1, workers=1, providers=settings.providers),
+            )
         self.sessions = SessionTrackers(
             self.new_tracker,
             settings.max_sessions,
@@ -290,6 +302,8 @@ class DetectionService:
             self._runners.clear()
         for runner in runners:
             runner.close()
+        if self.classify is not None:
+            self.classify.close()
 
     def _infer(self, images: Sequence[Image], detector: DetectorLike) -> list[Detections]:
         self.detector()
@@ -481,7 +495,17 @@ class DetectionService:
             found.data["row"] = np.arange(len(found))
             with session.lock:
                 tracked = session.tracker.update(found)
+                if self.classify is not None:  # labels of the session's tracks
+                    tracked = self.classify.label_session(
+                        session,
+                        decoded,
+                        tracked,
+                        tuple(loaded.detector.class_names),
+                        session_id or "session",
+                    )
             found.tracker_id[tracked.data["row"]] = tracked.tracker_id
+            if self.classify is not None:
+                _copy_labels(tracked, found)
             del found.data["row"]
             found = found[(found.confidence >= threshold) | found.is_tracked]
         t2 = time.perf_counter()
@@ -675,3 +699,17 @@ class DetectionService:
             raise ApiError(404, "unknown_model", f"no model named {name!r}")
         self._drop_runner(model.detector)
         log.info("model %s unloaded", name)
+
+
+def _copy_labels(tracked: Detections, found: Detections) -> None:
+    """Put the label columns of ``tracked`` (rows ``tracked.data["row"]`` of ``found``)
+    into ``found``; rows without a track get none."""
+    from tapetum.classify import LABEL_COLUMNS
+
+    rows = tracked.data["row"]
+    n = len(found)
+    found.data["label"] = np.full(n, None, dtype=object)
+    found.data["label_confidence"] = np.full(n, np.nan, np.float32)
+    found.data["label_votes"] = np.zeros(n, np.int64)
+    for column in LABEL_COLUMNS:
+        found.data[column][rows] = tracked.data[column]

@@ -23,6 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tapetum.track.base import Tracker
 
@@ -40,6 +41,8 @@ class SessionTracker:
     tracker: Tracker
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_used_s: float = 0.0
+    #: the session's classification state (the service's, with ``--classify``; under ``lock``)
+    labels: Any = None
 
 
 class SessionTrackers:

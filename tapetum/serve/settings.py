@@ -149,6 +149,10 @@ class ServeSettings:
             (``redis://host:6379/0``) shared by several replicas.
         route_rates: route path → (per_second, burst) overrides.
         tracker: tracker of ``session_id`` requests.
+        classify: label session tracks with a classifier,
+            ``MODEL[:classes=...][:every=N][:min_box=PX][:grow=X][:labels=MAP]`` as
+            ``tapetum run --classify`` takes it (``every`` counts the session's requests);
+            None: no labels.
         session_frame_rate: frame rate assumed for sessions (scales lost-track lifetime).
         max_sessions / session_idle_s: tracking-session LRU size and idle expiry.
         warmup: run one inference before ``/readyz`` turns 200.
@@ -213,6 +217,7 @@ class ServeSettings:
     rate_storage: str = "memory://"
     route_rates: Mapping[str, tuple[float, int]] = field(default_factory=dict)
     tracker: str = "bytetrack"
+    classify: str | None = None
     session_frame_rate: float = 30.0
     max_sessions: int = 256
     session_idle_s: float = 300.0

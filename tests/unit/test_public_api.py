@@ -68,6 +68,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "ClassifierService",
         "ClassifierSpec",
         "ClassifyConfig",
+        "ClassifyStage",
         "ClassifyStats",
         "CropBatch",
         "CropClassifier",

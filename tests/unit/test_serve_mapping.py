@@ -39,6 +39,9 @@ detections = st.builds(
     class_id=_INT32,
     class_name=_TEXT,
     track_id=st.none() | st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    label=st.none() | _TEXT,
+    label_confidence=st.none() | st.floats(0.0, 1.0),
+    label_votes=st.none() | st.integers(min_value=1, max_value=2**63 - 1),
 )
 sizes = st.builds(ImageSize, width=_POS_INT32, height=_POS_INT32)
 timings = st.dictionaries(_TEXT, _FLOAT, max_size=4)

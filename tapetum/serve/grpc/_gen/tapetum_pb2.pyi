@@ -20,18 +20,24 @@ class Box(_message.Message):
     def __init__(self, x1: _Optional[float] = ..., y1: _Optional[float] = ..., x2: _Optional[float] = ..., y2: _Optional[float] = ...) -> None: ...
 
 class Detection(_message.Message):
-    __slots__ = ("box", "confidence", "class_id", "class_name", "track_id")
+    __slots__ = ("box", "confidence", "class_id", "class_name", "track_id", "label", "label_confidence", "label_votes")
     BOX_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     CLASS_ID_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
     TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    LABEL_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_VOTES_FIELD_NUMBER: _ClassVar[int]
     box: Box
     confidence: float
     class_id: int
     class_name: str
     track_id: int
-    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., confidence: _Optional[float] = ..., class_id: _Optional[int] = ..., class_name: _Optional[str] = ..., track_id: _Optional[int] = ...) -> None: ...
+    label: str
+    label_confidence: float
+    label_votes: int
+    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., confidence: _Optional[float] = ..., class_id: _Optional[int] = ..., class_name: _Optional[str] = ..., track_id: _Optional[int] = ..., label: _Optional[str] = ..., label_confidence: _Optional[float] = ..., label_votes: _Optional[int] = ...) -> None: ...
 
 class ImageSize(_message.Message):
     __slots__ = ("width", "height")
