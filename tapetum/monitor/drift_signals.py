@@ -116,7 +116,7 @@ SIGNALS: tuple[SignalSpec, ...] = (
     SignalSpec("detections", "model", SignalKind.PSI_BINNED, _IMG_WINDOW_S, 0.25, 20),
     SignalSpec("confidence", "model", SignalKind.KS, _IMG_WINDOW_S, 0.15, 50),
     SignalSpec("box_size", "model", SignalKind.KS, _IMG_WINDOW_S, 0.15, 50),
-    SignalSpec("class_mix", "model", SignalKind.PSI, _IMG_WINDOW_S, 0.25, 50),
+    SignalSpec("class_mix", "model", SignalKind.PSI, _TRACK_WINDOW_S, 0.25, 200),
     SignalSpec("appearance", "appearance", SignalKind.MMD, _IMG_WINDOW_S, 0.05, 30),
     SignalSpec("births", "tracking", SignalKind.RATE, _TRACK_WINDOW_S, 4.0, 1),
     SignalSpec("deaths", "tracking", SignalKind.RATE, _TRACK_WINDOW_S, 4.0, 1),
@@ -124,7 +124,7 @@ SIGNALS: tuple[SignalSpec, ...] = (
     SignalSpec("short_tracks", "tracking", SignalKind.SHARE, _TRACK_WINDOW_S, 4.0, 20),
     SignalSpec("rebirths", "tracking", SignalKind.SHARE, _TRACK_WINDOW_S, 4.0, 20),
     SignalSpec(
-        "tracks_per_detection", "tracking", SignalKind.SHIFT, _TRACK_WINDOW_S, 4.0, 20, 0.05
+        "tracks_per_detection", "tracking", SignalKind.SHIFT, _TRACK_WINDOW_S, 4.0, 20, 0.15
     ),
 )
 

@@ -43,8 +43,10 @@ __all__ = [
     "quantile_edges",
 ]
 
-#: Floor of a bin's share in PSI: an empty bin on one side must not make the index infinite.
-PSI_EPS = 1e-4
+#: Count added to every bin before PSI compares shares (additive smoothing): an empty bin
+#: on one side must not make the index infinite, nor one stray value in a bin the
+#: reference never filled make it huge.
+PSI_SMOOTHING = 0.5
 
 
 def ks_statistic(reference_sorted: npt.ArrayLike, current: npt.ArrayLike) -> float:
@@ -84,15 +86,21 @@ def bin_counts(values: npt.ArrayLike, edges: Float64Array) -> Float64Array:
     return counts
 
 
-def psi(reference_counts: npt.ArrayLike, current_counts: npt.ArrayLike) -> float:
-    """Population Stability Index of two histograms over the same bins (counts or shares);
-    0.0 when either side is empty. Shares are floored at :data:`PSI_EPS`."""
+def psi(
+    reference_counts: npt.ArrayLike,
+    current_counts: npt.ArrayLike,
+    smoothing: float = PSI_SMOOTHING,
+) -> float:
+    """Population Stability Index of two histograms of counts over the same bins; 0.0 when
+    either side is empty. ``smoothing`` is added to every bin's count first."""
     p = np.asarray(reference_counts, np.float64)
     q = np.asarray(current_counts, np.float64)
     if p.sum() <= 0 or q.sum() <= 0:
         return 0.0
-    p = np.maximum(p / p.sum(), PSI_EPS)
-    q = np.maximum(q / q.sum(), PSI_EPS)
+    p = p + smoothing
+    q = q + smoothing
+    p = np.maximum(p / p.sum(), 1e-12)
+    q = np.maximum(q / q.sum(), 1e-12)
     return float(np.sum((q - p) * np.log(q / p)))
 
 

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -402,7 +402,9 @@ class CollectorGroup:
         collectors: the members now, or a callable returning them at each scrape.
     """
 
-    def __init__(self, collectors: Callable[[], list[Any]] | list[Any] | None = None) -> None:
+    def __init__(
+        self, collectors: Callable[[], Sequence[Any]] | Sequence[Any] | None = None
+    ) -> None:
         self._source = collectors if callable(collectors) else None
         self._members: list[Any] = [] if callable(collectors) else list(collectors or [])
         self._lock = threading.Lock()

@@ -39,10 +39,10 @@ from tapetum.serve.docs import install_docs
 from tapetum.serve.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from tapetum.serve.rest.errors import install_error_handlers
 from tapetum.serve.rest.guards import make_guards
-from tapetum.serve.rest.metrics import Metrics, MetricsMiddleware
+from tapetum.serve.rest.metrics import Metrics, MetricsMiddleware, register_monitoring
 from tapetum.serve.rest.state import AppState
 from tapetum.serve.rest.uploads import upload_body_limits
-from tapetum.serve.routes import detect, health, models, streams
+from tapetum.serve.routes import dashboard, detect, health, models, streams
 from tapetum.serve.schemas import ErrorResponse
 from tapetum.serve.service import DetectionService
 from tapetum.serve.settings import (
@@ -113,6 +113,7 @@ def create_app(
     )
     metrics = Metrics(breakers)
     stream_manager = StreamManager.from_settings(settings, service.staged_detector, breakers)
+    register_monitoring(metrics, service, stream_manager)
     state = AppState(settings, metrics, service, breakers, stream_manager)
     lifespan = _lifespan(state, owns_service=owns_service)
 
@@ -137,7 +138,7 @@ def create_app(
     install_error_handlers(app)
     install_docs(app)
     guards = make_guards(settings, key_store, rate_limiter, metrics, auth_failures)
-    for routes in (health, models, detect, streams):
+    for routes in (health, models, detect, streams, dashboard):
         app.include_router(routes.build_router(state, guards))
     return app
 

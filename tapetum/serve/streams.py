@@ -69,6 +69,7 @@ from tapetum.errors import (
     SubscriptionLimitError,
     UnknownStreamError,
 )
+from tapetum.monitor.metrics import PipelineMonitor
 from tapetum.pipeline import Enricher, Pipeline, PipelineConfig
 from tapetum.serve.ownership import ANONYMOUS, Caller
 from tapetum.serve.source_policy import SourcePolicy
@@ -345,6 +346,8 @@ class _Managed:
     dropped_by_gone: int = field(default=0)  # results dropped by subscribers now gone
     owner: str = ANONYMOUS
     full_uri: str = ""
+    #: the stream's Prometheus metrics (a sink of its pipeline; see :meth:`monitors`).
+    monitor: PipelineMonitor | None = None
 
 
 class StreamManager:
@@ -543,6 +546,7 @@ class StreamManager:
             stream_id = uuid.uuid4().hex[:12]
             source = self._open(uri, target, stream_id, options.realtime, owner)
             fanout = _FanOut()
+            monitor = PipelineMonitor(fps={stream_id: float(source.fps or 25.0)})
             tracker_name = options.tracker
 
             def tracker_factory(src: Source) -> Any:
@@ -553,7 +557,9 @@ class StreamManager:
                     [source],
                     detector,
                     tracker_factory,
-                    sinks=[fanout],
+                    # the monitor first: sinks close in order, and the subscribers'
+                    # feeds must end only once the stream is as good as finished
+                    sinks=[monitor, fanout],
                     config=PipelineConfig(warmup=False, inference_workers=1),
                     enrichers=[_conf_filter(options.conf)] if options.conf is not None else [],
                 )
@@ -573,6 +579,7 @@ class StreamManager:
                 time.time(),
                 owner=owner,
                 full_uri=uri,
+                monitor=monitor.attach(pipeline),
             )
             with self._lock:
                 self._streams[stream_id] = managed
@@ -708,6 +715,12 @@ class StreamManager:
         if managed is not None:
             managed.fanout.remove(sub)
             managed.dropped_by_gone += sub.dropped
+
+    def monitors(self) -> tuple[PipelineMonitor, ...]:
+        """The metrics of every stream the manager keeps (running, and finished ones kept
+        for inspection), labelled by stream id; a forgotten stream's series go with it."""
+        with self._lock:
+            return tuple(m.monitor for m in self._streams.values() if m.monitor is not None)
 
     def __len__(self) -> int:
         """Streams running (opened, not finished)."""

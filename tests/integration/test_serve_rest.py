@@ -35,7 +35,16 @@ pytestmark = pytest.mark.integration
 MAX_UPLOAD_BYTES = 1024 * 1024
 MAX_BATCH = 4
 #: Routes anyone may call; every other route must demand a key.
-PUBLIC_ROUTES = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/static/{name}", "/redoc"}
+PUBLIC_ROUTES = {
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    "/docs",
+    "/docs/static/{name}",
+    "/redoc",
+    "/dashboard",  # the live page and its files hold no data; it reads /metrics with a key
+    "/dashboard/static/{name}",
+}
 #: The scope each protected (method, route) needs (a new route must be added here, or the
 #: walk fails).
 ROUTE_SCOPES = {

@@ -37,6 +37,11 @@
         poll();
       }
     });
+    window.addEventListener("hashchange", function () {
+      readKey();
+      document.getElementById("auth").hidden = true;
+      poll();
+    });
     poll();
     window.setInterval(poll, POLL_MS);
   });
@@ -173,6 +178,14 @@
     return tr;
   }
 
+  const CONFIDENCE_BOUNDS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+
+  // An empty histogram still shows its buckets (no detections yet is an answer too).
+  function withBounds(cum, bounds) {
+    if (cum.length) return cum;
+    return bounds.map(function (b) { return [b, 0]; }).concat([[Infinity, 0]]);
+  }
+
   function histogramSvg(cum) {
     const width = 220;
     const height = 90;
@@ -211,7 +224,8 @@
   function detailCard(scrape, source) {
     const card = el("div", { class: "card", "data-source": source });
     card.appendChild(el("h3", {}, source));
-    const conf = buckets(scrape, "tapetum_detection_confidence", { source: source });
+    const conf = withBounds(
+      buckets(scrape, "tapetum_detection_confidence", { source: source }), CONFIDENCE_BOUNDS);
     const total = conf.length ? conf[conf.length - 1][1] : 0;
     card.appendChild(el("div", { class: "dim" }, "confidence of " + total + " detections"));
     card.appendChild(histogramSvg(conf));

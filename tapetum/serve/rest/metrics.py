@@ -3,14 +3,27 @@ as in tests, do not share counters), and the middleware that counts every respon
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tapetum.core.breaker import BreakerRegistry
 
-__all__ = ["BreakerCollector", "Metrics", "MetricsMiddleware"]
+if TYPE_CHECKING:
+    from tapetum.serve.service import DetectionService
+    from tapetum.serve.streams import StreamManager
+
+__all__ = [
+    "BreakerCollector",
+    "Metrics",
+    "MetricsMiddleware",
+    "ModelInfoCollector",
+    "register_monitoring",
+]
 
 
 class BreakerCollector:
@@ -114,3 +127,69 @@ class MetricsMiddleware:
             method = scope.get("method", "")
             self.metrics.requests.labels(template, method, str(status)).inc()
             self.metrics.latency.labels(template, method).observe(time.perf_counter() - start)
+
+
+class ModelInfoCollector:
+    """``tapetum_model_info{model, version}`` = 1 for every loaded model: its name and
+    ``sha256:<first 12 hex>`` of its file (hashed once per file and modification time).
+    Nothing while the default model is loading."""
+
+    def __init__(self, service: DetectionService) -> None:
+        self.service = service
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from tapetum.errors import TapetumError
+
+        family = GaugeMetricFamily(
+            "tapetum_model_info",
+            "Models loaded and serving (value 1).",
+            labels=["model", "version"],
+        )
+        if self.service.ready:
+            try:
+                models = self.service.list_models(full_path=True).models
+            except TapetumError:  # unloaded between the check and the list
+                models = []
+            for info in models:
+                family.add_metric([info.name, _file_version(info.path)], 1.0)
+        yield family
+
+
+def _file_version(path: str) -> str:
+    p = Path(path)
+    try:
+        stat = p.stat()
+    except OSError:
+        return p.name
+    return _sha12(str(p), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha12(path: str, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()[:12]}"
+
+
+def register_monitoring(
+    metrics: Metrics, service: DetectionService, streams: StreamManager
+) -> None:
+    """Add to the app's registry what ``tapetum.monitor`` measures: process CPU and memory,
+    GPUs through NVML (absent without one), the loaded models, and each server stream's
+    pipeline metrics (FPS, frames, queues, latency histograms, confidences, tracks;
+    labelled by stream id, merged into one family each)."""
+    from prometheus_client import ProcessCollector
+
+    from tapetum.monitor import CollectorGroup, GpuCollector
+
+    ProcessCollector(registry=metrics.registry)
+    metrics.registry.register(GpuCollector())
+    metrics.registry.register(ModelInfoCollector(service))
+    metrics.registry.register(CollectorGroup(streams.monitors))
