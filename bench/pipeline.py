@@ -14,11 +14,15 @@ One run measures, on the shared crowd video and YOLOX-nano:
    ``capacity_15fps_scheduler``: the same table with the scheduler off and on side by side
    (``--detect-every auto``: detection intervals under a 100 ms budget), with each
    stream's detector share (``--capacity-only`` runs just this table).
+6. ``classification``: the pipeline with and without the classification stage
+   (EfficientNet-Lite0 on person tracks, first sighting then every 10 frames), runs
+   interleaved, FPS side by side and the cost in % of FPS.
 
 Writes JSON (default ``bench/results/pipeline.json``) and prints the ratios.
 
     python bench/pipeline.py                       # assets from $TAPETUM_ASSETS
     python bench/pipeline.py --quick               # shorter paced runs
+    python bench/pipeline.py --only classification --out bench/results/classify.json
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -268,6 +273,114 @@ def print_capacity(section: dict[str, Any]) -> None:
     print(f"sustained at 15 FPS with p99 < 100 ms: {section['max_streams_sustained']}")
 
 
+def bench_classification(
+    detector: YoloxDetector,
+    video: Path,
+    workers: int,
+    classifier_paths: list[Path],
+    *,
+    every: int,
+    repeats: int,
+) -> dict[str, Any]:
+    """The pipeline on ``video`` without and with classification of person tracks every
+    ``every`` frames, once per classifier (input sizes differ); runs interleaved (off, on
+    with each classifier, off, ...), median FPS of each."""
+    from tapetum.classify import (
+        ClassificationEnricher,
+        ClassifierService,
+        ClassifyConfig,
+        OnnxClassifier,
+    )
+
+    classifiers = {
+        "x".join(map(str, c.input_hw)): c for c in (OnnxClassifier(p) for p in classifier_paths)
+    }
+    config = ClassifyConfig(class_ids=frozenset({0}), every=every)
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], **{k: [] for k in classifiers}}
+    for r in range(repeats):
+        for name, done in runs.items():
+            print(f"[{r + 1}/{repeats}] classification {name}…", flush=True)
+            clf = classifiers.get(name)
+            service = ClassifierService(clf, max_wait_ms=0) if clf is not None else None
+            enrichers = (
+                [lambda src, service=service: ClassificationEnricher(service, config)]
+                if service is not None
+                else []
+            )
+            pipe = Pipeline(
+                [VideoSource(video)],
+                detector,
+                config=PipelineConfig(inference_workers=workers),
+                enrichers=enrichers,
+            )
+            cpu0 = time.process_time()
+            d = pipe.run().as_dict()
+            cpu_s = time.process_time() - cpu0
+            run: dict[str, Any] = {
+                "fps": d["fps"],
+                "frames": d["frames_processed"],
+                # CPU time of the whole process (every thread) per frame: on a machine
+                # shared with other jobs it moves far less than the wall-clock FPS does
+                "cpu_ms_per_frame": round(1e3 * cpu_s / max(1, d["frames_processed"]), 2),
+                "track_stage_ms": {
+                    k: round(v, 2)
+                    for k, v in d["latency_ms"]["track"].items()
+                    if k in ("p50_ms", "p95_ms", "p99_ms")
+                },
+                "end_to_end_p99_ms": round(d["latency_ms"]["end_to_end"]["p99_ms"], 2),
+            }
+            if service is not None:
+                service.close()
+                run["classifier"] = service.stats.as_dict()
+            done.append(run)
+
+    def median(name: str) -> dict[str, Any]:
+        ordered = sorted(runs[name], key=lambda x: x["fps"])
+        chosen = dict(ordered[len(ordered) // 2])
+        chosen["fps_all_runs"] = [x["fps"] for x in runs[name]]
+        cpu = sorted(x["cpu_ms_per_frame"] for x in runs[name])
+        chosen["cpu_ms_per_frame"] = cpu[len(cpu) // 2]
+        chosen["cpu_ms_per_frame_all_runs"] = [x["cpu_ms_per_frame"] for x in runs[name]]
+        return chosen
+
+    off = median("off")
+    on = {name: median(name) for name in classifiers}
+    return {
+        "classifier": {
+            "files": [p.name for p in classifier_paths],
+            "every_frames": every,
+            "tracks": "person",
+        },
+        "off": off,
+        "on": on,
+        "fps_cost_pct": {
+            name: round(100 * (1 - run["fps"] / off["fps"]), 1) if off["fps"] else None
+            for name, run in on.items()
+        },
+        # the FPS a CPU-bound pipeline keeps is cpu_off / cpu_on of its frames' CPU time
+        "cpu_cost_pct": {
+            name: round(100 * (1 - off["cpu_ms_per_frame"] / run["cpu_ms_per_frame"]), 1)
+            for name, run in on.items()
+        },
+        "target": "cost <= 15 % of FPS",
+    }
+
+
+def classifier_files(paths: list[Path] | None, sizes: list[int], scratch: Path) -> list[Path]:
+    """``paths``, or EfficientNet-Lite0 exported at each of ``sizes`` into ``scratch``
+    (needs the export extra)."""
+    if paths:
+        return paths
+    from tapetum.classify.export import export_classifier
+
+    out = []
+    for size in sizes:
+        print(f"exporting efficientnet_lite0 at {size}x{size}…", flush=True)
+        path = scratch / f"effnet_lite0_{size}.onnx"
+        out.append(export_classifier("efficientnet_lite0", path, imgsz=size).path)
+    return out
+
+
 def main() -> int:
     assets = Path(
         os.environ.get("TAPETUM_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets")
@@ -286,6 +399,25 @@ def main() -> int:
     ap.add_argument("--capacity-from", type=int, default=1, help="first level of that table")
     ap.add_argument("--max-streams", type=int, default=12, help="last level of that table")
     ap.add_argument("--repeats", type=int, default=3, help="throughput runs of each kind")
+    ap.add_argument(
+        "--classifier",
+        type=Path,
+        action="append",
+        help="classifier ONNX for the classification runs (repeat; default: "
+        "efficientnet_lite0 exported at each --classify-sizes)",
+    )
+    ap.add_argument(
+        "--classify-sizes",
+        default="224,128",
+        help="input sizes of the exported classifiers, comma-separated",
+    )
+    ap.add_argument("--classify-every", type=int, default=10, help="frames between classifications")
+    ap.add_argument(
+        "--only",
+        choices=("classification",),
+        default=None,
+        help="run only this section",
+    )
     args = ap.parse_args()
     if not args.video.is_file() or not args.model.is_file():
         print(
@@ -294,6 +426,7 @@ def main() -> int:
         )
         return 2
     paced_s = 5.0 if args.quick else 10.0
+    sizes = [int(v) for v in args.classify_sizes.split(",") if v.strip()]
     cores = available_cores()
     config = DetectorConfig(conf_threshold=0.1)  # as `tapetum run`: ByteTrack's low band
     # the pipeline's session as the CLI makes it: `workers` concurrent runs of `threads` each
@@ -325,6 +458,30 @@ def main() -> int:
         return 0
     # one run using every core, ONNX Runtime's defaults (spinning on): the classic "bare"
     whole = YoloxDetector(args.model, config, RuntimeOptions(cores, workers=1, allow_spinning=True))
+    if args.only == "classification":
+        with tempfile.TemporaryDirectory() as scratch:
+            paths = classifier_files(args.classifier, sizes, Path(scratch))
+            section = bench_classification(
+                detector,
+                args.video,
+                workers,
+                paths,
+                every=args.classify_every,
+                repeats=args.repeats,
+            )
+        result = {
+            "machine": machine_info(
+                provider=detector.model.providers[0],
+                pipeline_inference_workers=workers,
+                ort_threads_per_worker=threads,
+            ),
+            "video": {"path": args.video.name},
+            "classification": section,
+        }
+        write_result(result, args.out)
+        print_classification(section)
+        print(f"wrote {args.out}")
+        return 0
     frames = decode_all(args.video)
     tensors = [detector.preprocess(img)[0][None] for img in frames]
     result: dict[str, Any] = {
@@ -399,6 +556,15 @@ def main() -> int:
     }
     bare, pipe, naive = (result[k]["fps"] for k in ("bare_model", "pipeline", "naive_loop"))
     rt = result["realtime_1x30"]["end_to_end"]["p99_ms"]
+    with tempfile.TemporaryDirectory() as scratch:
+        result["classification"] = bench_classification(
+            detector,
+            args.video,
+            workers,
+            classifier_files(args.classifier, sizes, Path(scratch)),
+            every=args.classify_every,
+            repeats=args.repeats,
+        )
     result["ratios"] = {
         "pipeline_vs_best_bare_model": round(pipe / bare, 3),
         "pipeline_vs_naive_loop": round(pipe / naive, 3),
@@ -429,8 +595,23 @@ def main() -> int:
         f"dropped {result['realtime_1x30']['frames_dropped']}"
     )
     print_capacity(side_by_side)
+    print_classification(result["classification"])
     print(f"targets: {result['targets']}\nwrote {args.out}")
     return 0
+
+
+def print_classification(section: dict[str, Any]) -> None:
+    off = section["off"]
+    every = section["classifier"]["every_frames"]
+    print(f"classification off {off['fps']:6.1f} FPS")
+    for name, on in section["on"].items():
+        clf = on.get("classifier", {})
+        print(
+            f"classification on  {on['fps']:6.1f} FPS at {name} (person tracks every {every} "
+            f"frames, {clf.get('crops_classified', 0)} crops in {clf.get('calls', 0)} calls): "
+            f"cost {section['fps_cost_pct'][name]} % of FPS, "
+            f"{section['cpu_cost_pct'][name]} % by CPU time per frame"
+        )
 
 
 if __name__ == "__main__":
