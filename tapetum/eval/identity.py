@@ -1,6 +1,15 @@
-"""Cross-camera identity on real footage: two overlapping crops of the crowd video act as
-two cameras, each with its own tracker and ReID embeddings; ground truth comes from the
-same detector + tracker on the full frames.
+"""Cross-camera identity on real footage, two ways.
+
+**Real cameras, no ground truth** (:func:`record_cameras`, :func:`replay_cameras`): each
+camera's video is detected, tracked (BoT-SORT with ReID, as ``tapetum run``) and its
+usable crops described once; the recording is then replayed through any topology and
+:class:`IdentityConfig`, frames interleaved in time as a pipeline's streams arrive, and
+measured with :mod:`tapetum.eval.identity_measures` (used by ``bench/identity.py`` and the
+campus4 integration test).
+
+**Crops of one video, pseudo ground truth** (the rest of this module): two overlapping
+crops of the crowd video act as two cameras, each with its own tracker and ReID
+embeddings; ground truth comes from the same detector + tracker on the full frames.
 
 Set-up (kept honest, made fast):
 

@@ -48,6 +48,8 @@ from tapetum.identity.topology import apply_homography
 from tapetum.track.assignment import linear_assignment
 
 _GATED = 1e6
+#: Seconds a pair's votes are kept after its last match.
+_VOTE_MEMORY_S = 30.0
 
 #: ``(serials_a, serials_b) -> (Na, Nb)`` cosine similarity of the tracks' mean embeddings,
 #: NaN where a track has no appearance yet (the identity service passes a bound method).
@@ -404,6 +406,8 @@ class OverlapPair:
                         return self._replay(similarity)
         if self.geometry is None:
             return []
+        if self.moments % 256 == 0:
+            self._drop_stale_votes(max(a.timestamp_s, b.timestamp_s))
         dist = self.geometry.distance(a, b)
         sim = similarity(a.serials, b.serials)
         known = np.isfinite(sim)
@@ -450,6 +454,16 @@ class OverlapPair:
             ):
                 return False
         return True
+
+    def _drop_stale_votes(self, now: float) -> None:
+        """Votes of pairs not matched for ``_VOTE_MEMORY_S`` no longer decide anything (a
+        partner counts only while recent, see :meth:`best_partner`): drop them, so the
+        table holds the pairs of the last half minute, not of the stream's life."""
+        horizon = now - _VOTE_MEMORY_S
+        stale = [k for k, t in self._last_vote_s.items() if t < horizon]
+        for k in stale:
+            del self._votes[k]
+            del self._last_vote_s[k]
 
     def rename(self, old: int, new: int) -> None:
         """A track goes on under a new serial (the service cut it): its votes follow."""
