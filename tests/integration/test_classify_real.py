@@ -281,3 +281,27 @@ def test_rest_session_tracks_carry_their_labels(
     assert all(0.5 < b[0]["label_confidence"] <= 1 for b in buses)
     people = [d for run in runs for d in run if d["class_name"] == "person"]
     assert people and all(d["label"] is None and d["label_votes"] is None for d in people)
+
+
+def test_the_example_labels_person_tracks(
+    classifier_onnx: Path, crowd_video: Path, yolox_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    script = REPO_ROOT / "examples" / "classify_tracks" / "classify_tracks.py"
+    args = [str(crowd_video), "--model", str(yolox_path), "--classifier", str(classifier_onnx)]
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--classes", "person", "--frames", "40"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    tracks = [line for line in lines if line.startswith("track")]
+    assert len(tracks) >= 10 and all("votes=" in t for t in tracks)
+    assert lines[-1].startswith(f"{len(tracks)} tracks labelled") and "0 skipped" in lines[-1]
