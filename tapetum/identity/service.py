@@ -20,10 +20,12 @@ and, by appearance (ReID embeddings) under the camera topology's transit-time wi
   tracks it could be (topology-feasible, cosine similarity ≥ ``match_threshold``), one-to-
   one per frame (optimal assignment) and per camera (a global id already on a track that
   is still visible on this camera is not available); no match mints a new global id;
-* **merge** — while a track is young and still alone in its identity (missed at birth,
-  e.g. its first crop was truncated), its smoothed embedding is re-matched every few
-  updates; a confident match to another global id unites the two (the older id survives,
-  the younger becomes its alias, so the history of both stays reachable);
+* **merge** — while a track is young and its identity too (all the identity's tracks
+  started within the last few seconds: missed at birth, e.g. its first crop was
+  truncated, or just joined across overlapping views), its smoothed embedding is
+  re-matched every few updates; a confident match to another global id unites the two
+  (the older id survives, the younger becomes its alias, so the history of both stays
+  reachable);
 * **split** — a track that joined an existing identity but whose recent appearance has
   stayed below ``split_threshold`` against all the identity's other tracks for
   ``split_patience`` updates is moved to a new global id (the first match was wrong).
