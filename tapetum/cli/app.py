@@ -330,6 +330,7 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
             drift_refs=drift_ref,
             drift_events=drift_events,
         )
+        url = monitoring.listen() if monitoring is not None else None  # a taken port fails first
         live_exp = plan.live(out, live=_is_live(options)) if plan is not None and out else None
         pipeline, out_dir = _build(
             options,
@@ -340,9 +341,9 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         if live_exp is not None:
             live_exp.start(pipeline)
         if monitoring is not None:
-            url = monitoring.start(pipeline)
-            if url is not None:
-                console.print(f"metrics: {url}/metrics  dashboard: {url}/dashboard", markup=False)
+            monitoring.attach(pipeline)
+        if url is not None:
+            console.print(f"metrics: {url}/metrics  dashboard: {url}/dashboard", markup=False)
     except TapetumError as exc:
         raise _fail(str(exc)) from None
     watcher = None

@@ -118,25 +118,24 @@ class FeatureExtractor:
     def time_s(self, result: FrameResult) -> float:
         return result.frame.index / self.fps
 
+    def image_due(self, t: float) -> bool:
+        """Whether the frame at ``t`` seconds gets image statistics (and, if so, book it)."""
+        if t < self._next_image_s:
+            return False
+        self._next_image_s = t + self.image_period_s
+        return True
+
     def observe(self, result: FrameResult) -> dict[str, npt.NDArray[Any]]:
         """This frame's observations, by signal name (a signal with nothing to say this
         frame is absent: image statistics between samples, ReID without embeddings)."""
         t = self.time_s(result)
         obs: dict[str, npt.NDArray[Any]] = {}
-        if t >= self._next_image_s:
-            self._next_image_s = t + self.image_period_s
+        if self.image_due(t):
             obs.update(self.observe_image(result.frame.image))
         det = result.detections
-        frame = result.frame
         n = len(det)
-        obs["detections"] = np.array([float(n)])
-        obs["confidence"] = det.confidence.astype(np.float64)
-        wh = np.maximum(det.xyxy[:, 2:] - det.xyxy[:, :2], 0.0).astype(np.float64)
-        diag = float(np.sqrt(max(frame.width * frame.height, 1)))
-        obs["box_size"] = np.sqrt(wh[:, 0] * wh[:, 1]) / diag
-        obs["class_mix"] = det.class_id
-        if det.embeddings is not None and n:
-            obs["appearance"] = det.embeddings[:EMBEDDINGS_PER_FRAME]
+        if not result.predicted:  # the model ran on this frame
+            obs.update(self._model_signals(result))
         events = self.ledger.update(det.tracker_id, det.xyxy, t)
         deaths = events.lifetimes_s
         obs["births"] = np.array([float(events.births)])
@@ -149,6 +148,24 @@ class FeatureExtractor:
             obs["rebirths"] = np.array([float(events.rebirths), float(events.births)])
         if events.active or n:
             obs["tracks_per_detection"] = np.array([events.active / max(n, 1)])
+        return obs
+
+    @staticmethod
+    def _model_signals(result: FrameResult) -> dict[str, npt.NDArray[Any]]:
+        """What the model said about the frame (absent on frames the detector skipped,
+        whose boxes are the tracker's predictions)."""
+        det = result.detections
+        frame = result.frame
+        wh = np.maximum(det.xyxy[:, 2:] - det.xyxy[:, :2], 0.0).astype(np.float64)
+        diag = float(np.sqrt(max(frame.width * frame.height, 1)))
+        obs: dict[str, npt.NDArray[Any]] = {
+            "detections": np.array([float(len(det))]),
+            "confidence": det.confidence.astype(np.float64),
+            "box_size": np.sqrt(wh[:, 0] * wh[:, 1]) / diag,
+            "class_mix": det.class_id,
+        }
+        if det.embeddings is not None and len(det):
+            obs["appearance"] = det.embeddings[:EMBEDDINGS_PER_FRAME]
         return obs
 
     @staticmethod

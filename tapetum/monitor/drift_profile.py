@@ -186,11 +186,7 @@ class ProfileRecorder:
     def write_image(self, index: int, image: npt.NDArray[np.uint8]) -> None:
         """Record the image signals of a frame without a model (image-only profiles)."""
         t = index / self.extractor.fps
-        if t >= self.extractor._next_image_s:
-            self.extractor._next_image_s = t + self.extractor.image_period_s
-            self._add(t, self.extractor.observe_image(image))
-        else:
-            self._add(t, {})
+        self._add(t, self.extractor.observe_image(image) if self.extractor.image_due(t) else {})
 
     def close(self) -> None:
         """Nothing to flush (the sink protocol)."""

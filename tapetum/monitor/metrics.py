@@ -141,9 +141,10 @@ class _StreamMetrics:
             self._stage_rows,
         )
         det = result.detections
-        self.detections.observe((float(len(det)),))
-        if len(det):
-            self.confidence.observe_rows(det.confidence, det.class_id)
+        if not result.predicted:  # the model's own output, not the tracker's predictions
+            self.detections.observe((float(len(det)),))
+            if len(det):
+                self.confidence.observe_rows(det.confidence, det.class_id)
         events = self.ledger.update(det.tracker_id, det.xyxy, result.frame.index / self.fps)
         self.births += events.births
         self.rebirths += events.rebirths

@@ -9,7 +9,7 @@ Example:
     >>> mon = RunMonitoring(port=9400, drift=DriftProfile.load("cam1.json"))  # doctest: +SKIP
     >>> sources = [open_source("rtsp://cam1/stream")]                         # doctest: +SKIP
     >>> pipe = Pipeline(sources, detector, sinks=mon.sinks(sources))          # doctest: +SKIP
-    >>> mon.start(pipe)                                                       # doctest: +SKIP
+    >>> mon.start(pipe)  # or listen() before building, attach(pipe) after  # doctest: +SKIP
     'http://127.0.0.1:9400'
     >>> pipe.run(); mon.stop()                                                # doctest: +SKIP
 """
@@ -123,22 +123,32 @@ class RunMonitoring:
             sinks.append(self.drift)
         return sinks
 
-    def start(self, pipeline: Pipeline) -> str | None:
-        """Attach to ``pipeline``, register the collectors, start the server; its URL.
+    def listen(self) -> str | None:
+        """Start the server (before anything else opens, so a taken port fails first);
+        its URL, or None without a port. Until :meth:`attach`, only the process and GPU
+        metrics are served.
 
         Raises:
             MetricsServerError: the port cannot be bound.
         """
+        if self.port is None:
+            return None
+        self.server = MetricsServer(self.registry, self.host, self.port).start()
+        return self.server.url
+
+    def attach(self, pipeline: Pipeline) -> None:
+        """Read ``pipeline``'s counters and serve the monitoring sinks' metrics."""
         if self.metrics is None:
             raise RuntimeError("call sinks() and build the pipeline with them first")
         members: list[object] = [self.metrics.attach(pipeline)]
         if self.drift is not None:
             members.append(self.drift)
         self.registry.register(CollectorGroup(members))
-        if self.port is None:
-            return None
-        self.server = MetricsServer(self.registry, self.host, self.port).start()
-        return self.server.url
+
+    def start(self, pipeline: Pipeline) -> str | None:
+        """:meth:`attach` then :meth:`listen`; the server's URL."""
+        self.attach(pipeline)
+        return self.listen()
 
     def stop(self) -> None:
         if self.server is not None:

@@ -326,6 +326,18 @@ def test_the_monitor_recovers_when_the_camera_comes_back(profile: DriftProfile) 
     assert not monitor.drifting("cam")
 
 
+def test_frames_the_detector_skipped_feed_no_model_signal() -> None:
+    from tapetum.monitor import FeatureExtractor
+
+    extractor = FeatureExtractor(fps=FPS)
+    detected, predicted = _frames(2, 100.0)
+    predicted = FrameResult(predicted.frame, predicted.detections, ("person",), predicted=True)
+    assert "confidence" in extractor.observe(detected)
+    obs = extractor.observe(predicted)
+    assert not {"detections", "confidence", "box_size", "class_mix"} & set(obs)
+    assert "births" in obs  # tracking health still sees the predicted tracks
+
+
 def test_a_stream_without_a_profile_is_not_monitored(profile: DriftProfile) -> None:
     monitor = DriftMonitor({"other": profile}, fps=FPS)
     for result in _frames(200, 30.0):

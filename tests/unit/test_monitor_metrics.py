@@ -157,11 +157,11 @@ def test_stage_histograms_and_confidence_by_class_are_exported() -> None:
     assert registry.get_sample_value("tapetum_track_births_total", {"source": "cam"}) == 4
 
 
-def test_a_predicted_frame_is_timed_by_its_own_stages() -> None:
+def test_a_predicted_frame_is_timed_by_its_own_stages_and_not_counted_as_detections() -> None:
     monitor = PipelineMonitor()
     result = _result(0, 1)
     timings = {"predict": 0.5, "end_to_end": 3.0}
-    predicted = FrameResult(result.frame, result.detections, CLASSES, timings)
+    predicted = FrameResult(result.frame, result.detections, CLASSES, timings, predicted=True)
     monitor.write(result)
     monitor.write(predicted)
     registry = _monitor_registry(monitor)
@@ -169,6 +169,8 @@ def test_a_predicted_frame_is_timed_by_its_own_stages() -> None:
     assert registry.get_sample_value(count, {"source": "cam", "stage": "predict"}) == 1
     assert registry.get_sample_value(count, {"source": "cam", "stage": "end_to_end"}) == 2
     assert registry.get_sample_value(count, {"source": "cam", "stage": "infer"}) == 1
+    per_frame = "tapetum_detections_per_frame_count"
+    assert registry.get_sample_value(per_frame, {"source": "cam"}) == 1  # the model's frame only
 
 
 def test_counters_come_from_the_pipeline_and_agree_with_its_stats() -> None:
