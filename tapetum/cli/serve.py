@@ -22,8 +22,27 @@ from tapetum.cli.keys import DEFAULT_DB
 from tapetum.errors import ConfigError
 
 if TYPE_CHECKING:
+    from tapetum.experiments.serving import ServerExperiment
     from tapetum.serve.remote import RemoteDetector
     from tapetum.serve.settings import ServeSettings
+
+
+def _server_experiment(
+    path: Path | None, out: Path | None, provider: str | None
+) -> ServerExperiment | None:
+    """The ``--experiment``: read, every arm resolved, loaded and class-checked now."""
+    if path is None:
+        if out is not None:
+            raise ConfigError("--experiment-out needs --experiment")
+        return None
+    import time
+
+    from tapetum.cli.ab import prepare_arms
+    from tapetum.experiments.serving import ServerExperiment
+
+    spec, arms = prepare_arms(path, registry=None, provider=provider)
+    run_dir = out or Path("runs") / time.strftime("ab-serve-%Y%m%d-%H%M%S")
+    return ServerExperiment(spec, arms, run_dir)
 
 
 def serve_command(  # noqa: PLR0917 - typer maps parameters to options
@@ -184,6 +203,18 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
             "the --model file's folder).",
         ),
     ] = None,
+    experiment: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run an A/B experiment over /v1/detect (YAML/JSON; canary split by key or "
+            "header, or shadow): the arm that answered is named in X-Tapetum-Variant and in "
+            "/metrics; the record goes to --experiment-out for tapetum ab report."
+        ),
+    ] = None,
+    experiment_out: Annotated[
+        Path | None,
+        typer.Option(help="Run folder of the experiment's record (default runs/ab-serve-<time>)."),
+    ] = None,
 ) -> None:
     """Serve detection over HTTP (REST, OpenAPI docs at /docs) and gRPC.
 
@@ -273,6 +304,7 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         rate_limiter=rate_limiter,
         service=service,
         auth_failures=auth_failures,
+        experiment=_server_experiment(experiment, experiment_out, provider),
     )
     if remote is not None:  # its breaker state goes to /metrics with the others
         app.state.tapetum.breakers.register(remote.breaker)

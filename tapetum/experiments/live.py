@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from tapetum.detect import OnnxDetector
     from tapetum.pipeline.runtime import Pipeline, PipelineStats
 
-__all__ = ["EXPERIMENT_DIR", "LiveExperiment"]
+__all__ = ["EXPERIMENT_DIR", "LiveExperiment", "save_run"]
 
 #: The experiment's sub-folder of a run folder.
 EXPERIMENT_DIR = "experiment"
@@ -195,25 +195,42 @@ class LiveExperiment:
                     continue  # a failed frame's arm is not known to the pipeline
                 arm = self.split.arm_for(s.source_id)
             self.recorders[arm].add_stream_failures(s.source_id, s.frames_failed)
-        for name, recorder in self.recorders.items():
-            recorder.data().save(self.folder / "arms" / f"{name}.npz")
         for name, counts in shadow_stats.items():
             counts["paired"] = self.book.paired[name]
             counts["unpaired"] = self.book.unpaired[name]
-        info = {
-            "format": DATA_FORMAT,
-            "spec": self.spec.to_dict(),
-            "arms": {name: arm.as_dict() for name, arm in self.arms.items()},
-            "live": self.live,
-            "started": self._started.isoformat(timespec="seconds"),
-            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-            "pipeline": stats.as_dict(),
-            "shadow": shadow_stats,
-            "machine": {"cpu_count": os.cpu_count(), "load_average": _load()},
-            "tapetum": _version(),
-        }
-        (self.folder / "experiment.json").write_text(json.dumps(info, indent=2) + "\n")
+        extra = {"live": self.live, "pipeline": stats.as_dict(), "shadow": shadow_stats}
+        save_run(
+            self.folder, self.spec, self.arms, self.recorders, started=self._started, extra=extra
+        )
         return self.folder
+
+
+def save_run(
+    folder: Path,
+    spec: ExperimentSpec,
+    arms: Mapping[str, LoadedArm],
+    recorders: Mapping[str, ArmRecorder],
+    *,
+    started: datetime,
+    extra: Mapping[str, Any],
+) -> None:
+    """Write a run folder: each arm's columns and ``experiment.json`` (the spec, the arms'
+    models, ``extra``, the machine's load)."""
+    for name, recorder in recorders.items():
+        recorder.data().save(folder / "arms" / f"{name}.npz")
+    info = {
+        "format": DATA_FORMAT,
+        "spec": spec.to_dict(),
+        "arms": {name: arm.as_dict() for name, arm in arms.items()},
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        **extra,
+        "machine": {"cpu_count": os.cpu_count(), "load_average": _load()},
+        "tapetum": _version(),
+    }
+    tmp = folder / "experiment.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    tmp.replace(folder / "experiment.json")  # a reader never sees half a file
 
 
 class _RecorderSink:

@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING
@@ -69,6 +70,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from tapetum.experiments.serving import ServerExperiment
     from tapetum.serve.ratelimit import AuthFailureLimiter
 
 log = logging.getLogger("tapetum.serve")
@@ -82,6 +84,7 @@ def create_app(
     service: DetectionService | None = None,
     *,
     auth_failures: AuthFailureLimiter | None = None,
+    experiment: ServerExperiment | None = None,
 ) -> FastAPI:
     """Build the REST app. The model loads in the lifespan, in a thread.
 
@@ -96,6 +99,8 @@ def create_app(
             new one of ``detector_factory``. The lifespan starts it (idempotent).
         auth_failures: failed authentications per client address (share one with a gRPC
             server); default :func:`~tapetum.serve.settings.default_auth_failure_limiter`.
+        experiment: an A/B experiment over ``/v1/detect`` requests (its arms load once the
+            default model is ready; its record is written at shutdown).
 
     Raises:
         ConfigError: auth is required but neither a key store nor ``keys_db`` is given.
@@ -114,7 +119,9 @@ def create_app(
     metrics = Metrics(breakers)
     stream_manager = StreamManager.from_settings(settings, service.staged_detector, breakers)
     register_monitoring(metrics, service, stream_manager)
-    state = AppState(settings, metrics, service, breakers, stream_manager)
+    state = AppState(settings, metrics, service, breakers, stream_manager, experiment)
+    if experiment is not None:
+        experiment.bind_metrics(metrics.registry)
     lifespan = _lifespan(state, owns_service=owns_service)
 
     app = FastAPI(
@@ -152,7 +159,15 @@ def _lifespan(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.service.start()
+        experiment = state.experiment
+        if experiment is not None:  # its arms load once the default model is ready
+            threading.Thread(
+                target=experiment.attach, args=(state.service,), name="ab-attach", daemon=True
+            ).start()
         yield
+        if experiment is not None:
+            folder = await anyio.to_thread.run_sync(experiment.close)
+            log.info("shutting down: experiment %s recorded in %s", experiment.spec.name, folder)
         log.info("shutting down: %d tracking sessions dropped", len(state.service.sessions))
         stopped = await anyio.to_thread.run_sync(state.streams.stop_all)
         log.info("shutting down: %d streams stopped", stopped)

@@ -655,6 +655,39 @@ class DetectionService:
             with self._models_lock:
                 self._loading.discard(name)
 
+    def add_model(
+        self, name: str, detector: DetectorLike, path: Path, conf: float | None = None
+    ) -> ModelInfo:
+        """Serve a detector the operator loaded at start-up under ``name`` (an A/B
+        experiment's arm): no request chose its file, so no model-root check; ``path`` is
+        what :meth:`model_info` shows admins. Warm it first.
+
+        Raises:
+            NotReadyError: the default model is not ready (503).
+            ApiError: 422 for a bad name, 409 ``model_exists`` for a name in use.
+        """
+        self.detector()
+        if not _MODEL_NAME.match(name):
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"name: must match {MODEL_NAME_PATTERN} (letters, digits, ._-)",
+            )
+        settings = dataclasses.replace(
+            self.settings,
+            model_path=path,
+            model_name=name,
+            model_arch=None,
+            conf_threshold=self.settings.conf_threshold if conf is None else conf,
+        )
+        loaded = _Model(name, detector, settings)
+        with self._models_lock:
+            if name == self.settings.name or name in self._extra or name in self._loading:
+                raise ApiError(409, "model_exists", f"a model named {name!r} is already loaded")
+            self._extra[name] = loaded
+        self._add_runner(detector, name)
+        return self._info(loaded)
+
     def model_roots(self) -> tuple[Path, ...]:
         """The folders runtime models load from: ``settings.model_roots``, or the default
         model's folder when none are configured (real locations)."""

@@ -288,3 +288,31 @@ def test_report_files_hold_every_metric_and_the_plots(tmp_path: Path) -> None:
     assert page.count("<svg") == 3  # confidence, latency CDF, agreement (no offline data)
     assert not re.search(r"(?:src|href)=[\"']?https?:|url\(https?:|@import", page)  # self-contained
     assert 'data-verdict="rollback"' in page
+
+
+# ------------------------------------------------------------------------ the server
+
+
+def test_a_server_splits_by_key_or_header_not_by_stream(tmp_path: Path) -> None:
+    from tapetum.errors import ExperimentSpecError
+    from tapetum.experiments.serving import ServerExperiment
+
+    by_stream = _spec(mode="canary", canary={"by": "stream", "shares": {"v": 0.5}})
+    arms = [_arm(by_stream, "control", ArmDetector()), _arm(by_stream, "v", ArmDetector())]
+    with pytest.raises(ExperimentSpecError, match="a server splits requests by key or header"):
+        ServerExperiment(by_stream, arms, tmp_path)
+    by_header = _spec(
+        mode="canary", canary={"by": "header", "header": "X-Camera", "shares": {"v": 0.5}}
+    )
+    exp = ServerExperiment(by_header, arms, tmp_path)
+    assert exp.assign("key", {"x-camera": "cam-1"}, None) is None  # arms not loaded yet
+    exp.ready.set()
+    cams = [f"cam-{i}" for i in range(40)]
+    got = [exp.assign("key", {"x-camera": c}, None) for c in cams]
+    assert all(a is not None for a in got)
+    assert {a.arm for a in got if a} == {"control", "v"}
+    assert [a.arm for a in got if a] == [exp.split.arm_for(c) for c in cams]
+    assert all(a.unit.startswith("h:") and "cam" not in a.unit for a in got if a)  # no raw value
+    no_header = exp.assign("key", {}, None)
+    assert no_header is not None and no_header.arm == "control"
+    assert exp.assign("key", {"x-camera": "cam-1"}, "yolox_nano") is None  # names a model

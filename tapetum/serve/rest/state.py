@@ -5,6 +5,7 @@ its routers; also ``app.state.tapetum`` (``tapetum serve`` shares ``streams`` an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tapetum.core.breaker import BreakerRegistry
 from tapetum.serve.rest.metrics import Metrics
@@ -12,15 +13,20 @@ from tapetum.serve.service import DetectionService
 from tapetum.serve.settings import ServeSettings
 from tapetum.serve.streams import StreamManager
 
+if TYPE_CHECKING:
+    from tapetum.experiments.serving import ServerExperiment
+
 __all__ = ["AppState"]
 
 
 @dataclass(slots=True)
 class AppState:
-    """One app's settings, metrics, detection service, breakers and streams."""
+    """One app's settings, metrics, detection service, breakers and streams, and the A/B
+    experiment it runs (if any)."""
 
     settings: ServeSettings
     metrics: Metrics
     service: DetectionService
     breakers: BreakerRegistry
     streams: StreamManager
+    experiment: ServerExperiment | None = None

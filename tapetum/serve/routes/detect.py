@@ -69,14 +69,14 @@ def _split_classes(classes: str | None) -> list[str] | None:
     return wanted
 
 
-def _json_response(body: BaseModel) -> Response:
+def _json_response(body: BaseModel, headers: dict[str, str] | None = None) -> Response:
     """Serialise a response model once, in the calling (worker) thread.
 
     The route still declares ``response_model`` for the OpenAPI document; returning a
     ready ``Response`` skips FastAPI's second validation pass over a model that the
     service has just built and validated.
     """
-    return Response(body.model_dump_json(), media_type="application/json")
+    return Response(body.model_dump_json(), media_type="application/json", headers=headers)
 
 
 def _image_body() -> dict[str, Any]:
@@ -149,27 +149,37 @@ def build_router(state: AppState, guards: Guards) -> APIRouter:
     ) -> Response:
         """Detect objects in one image; with ``session_id``, track them across the
         caller's calls of that session. Needs the ``infer`` scope."""
+        # Under an A/B experiment a request that names no model is answered by its arm,
+        # named in the X-Tapetum-Variant header.
+        experiment = state.experiment
+        arm = experiment.assign(_key.key_id, request.headers, model) if experiment else None
+        served = arm.model if arm is not None else model
         service.detector()
-        service.check_conf(conf, model)
+        service.check_conf(conf, served)
         wanted = _split_classes(classes)
-        service.check_request(conf, wanted, session_id, model)  # before reading the body
+        service.check_request(conf, wanted, session_id, served)  # before reading the body
         t0 = time.perf_counter()
         data, ctype = await read_single_upload(request, settings.max_upload_bytes)
         observe = metrics.inference.labels("detect").observe
-        return await anyio.to_thread.run_sync(
-            lambda: _json_response(
-                service.detect(
-                    EncodedImage(data, ctype),
-                    conf,
-                    wanted,
-                    session_id,
-                    started_s=t0,
-                    observe=observe,
-                    model=model,
-                    owner=_key.key_id,
-                )
+
+        def work() -> Response:
+            image = EncodedImage(data, ctype)
+            answer = service.detect(
+                image,
+                conf,
+                wanted,
+                session_id,
+                started_s=t0,
+                observe=observe,
+                model=served,
+                owner=_key.key_id,
             )
-        )
+            headers = None
+            if experiment is not None and arm is not None:
+                headers = experiment.served(arm, answer, image)
+            return _json_response(answer, headers)
+
+        return await anyio.to_thread.run_sync(work)
 
     @router.post(
         "/v1/detect/batch",
