@@ -188,6 +188,7 @@ def git_commit(version: str) -> str | None:
 def command_line(argv: list[str] | None = None) -> str:
     """The command that is running, as a user would type it (``tapetum optimize …``)."""
     args = list(sys.argv if argv is None else argv)
-    if args and Path(args[0]).name in ("tapetum", "__main__.py"):
-        args[0] = "tapetum"
+    entry = Path(args[0]).parts[-2:] if args else ()
+    if entry[-1:] == ("tapetum",) or entry == ("tapetum", "__main__.py"):
+        args[0] = "tapetum"  # the console script, or python -m tapetum
     return _cap(" ".join(shlex.quote(a) for a in args))

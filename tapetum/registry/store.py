@@ -187,7 +187,8 @@ class ModelRegistry:
         if self.kind == "sqlite":
             path = self.uri.split("sqlite:///", 1)[-1]
             if path and path != ":memory:":
-                with _file_lock(Path(path).expanduser().resolve().with_suffix(".lock")):
+                db = Path(path).expanduser().resolve()
+                with _file_lock(db.with_name(f".{db.name}.lock")):
                     yield
                 return
         elif self.uri.startswith(("postgresql", "postgres")):

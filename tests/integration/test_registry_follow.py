@@ -157,3 +157,20 @@ def test_tapetum_run_checks_the_alias_on_sighup_and_records_the_swap(
     assert summary["detector_swaps"] == 1
     assert summary["frames_failed"] == 0
     assert summary["frames_read"] == summary["frames_processed"] + summary["frames_dropped"]
+
+
+def test_the_follow_example_runs_as_its_readme_says(clip: Path, yolox_path: Path) -> None:
+    script = Path(__file__).resolve().parents[2] / "examples" / "registry_follow"
+    proc = subprocess.run(
+        [sys.executable, str(script / "follow_champion.py"), str(clip), "--model",
+         str(yolox_path), "--promote-after", "40"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "swapped to crowd-detector" not in proc.stdout  # its own registry, its own name
+    assert "swapped to people-detector/2 (@champion" in proc.stdout
+    assert ", 0 dropped, 0 failed; detector swaps: 1" in proc.stdout
+    kept, total = (
+        int(n) for n in proc.stdout.split("tracks kept across the swap: ")[1].split(" of ")
+    )
+    assert total >= 5 and kept >= 0.6 * total
