@@ -309,9 +309,13 @@ class _Sums:
 
 
 def _evaluate_sequence(
-    seq: MotSequence, factory: SequenceForecasterFactory, config: ForecastEvalConfig
+    seq: MotSequence,
+    factory: SequenceForecasterFactory,
+    config: ForecastEvalConfig,
+    calibration: list[list[Float64Array]] | None = None,
 ) -> list[_Sums]:
-    """Sums per horizon of one forecaster on one sequence."""
+    """Sums per horizon of one forecaster on one sequence (and, into ``calibration``, per
+    horizon the (M, 2) squared Mahalanobis distance and NLL of every sample)."""
     gt = seq.gt
     if gt is None:
         raise ConfigError(f"sequence {seq.name} has no ground truth (gt/gt.txt)")
@@ -361,7 +365,7 @@ def _evaluate_sequence(
         diff = truth - forecast.mean_px
         err = np.linalg.norm(diff, axis=-1)  # (N, S), NaN where no ground truth
         h_now = height[rows][ready]
-        for acc, k in zip(sums, horizon_steps, strict=True):
+        for i, (acc, k) in enumerate(zip(sums, horizon_steps, strict=True)):
             window = err[:, :k]
             full = ~np.isnan(window).any(axis=1)
             if full.any():
@@ -374,7 +378,59 @@ def _evaluate_sequence(
                         config.miss_threshold_norm,
                     )
                 )
+            if calibration is not None and full.any():
+                d, cov, h = diff[full, k - 1], forecast.cov_px2[full, k - 1], h_now[full]
+                nll = gaussian_nll(d / h[:, None], cov / np.square(h)[:, None, None])
+                calibration[i].append(np.stack((mahalanobis_sq(d, cov), nll), axis=1))
     return sums
+
+
+def calibration_samples(
+    seq: MotSequence, factory: ForecasterFactory, config: ForecastEvalConfig | None = None
+) -> list[Float64Array]:
+    """The calibration evidence of one forecaster on one sequence, to fit or check a
+    covariance scale (see :func:`scaled_calibration`).
+
+    Returns:
+        Per horizon of ``config`` an (M, 2) array over the samples the evaluator scores:
+        squared Mahalanobis distance of the true final position, and its NLL in box heights.
+    """
+    config = config or ForecastEvalConfig()
+    out: list[list[Float64Array]] = [[] for _ in config.horizons_s]
+    _evaluate_sequence(seq, _ignoring_sequence(factory), config, out)
+    return [np.concatenate(parts) if parts else np.empty((0, 2)) for parts in out]
+
+
+def scaled_calibration(samples: Float64Array, scale: float) -> tuple[float, float, float]:
+    """1- and 2-sigma coverage and mean NLL after multiplying every covariance by ``scale²``.
+
+    Args:
+        samples: (M, 2) squared Mahalanobis distances and NLLs (:func:`calibration_samples`).
+        scale: the standard-deviation multiplier.
+
+    Returns:
+        ``(coverage_1sigma, coverage_2sigma, nll)``; NaN for no samples.
+    """
+    if samples.shape[0] == 0:
+        return float("nan"), float("nan"), float("nan")
+    scaled = rescale_evidence(samples, scale)
+    return (
+        ellipse_coverage(scaled[:, 0], 1.0),
+        ellipse_coverage(scaled[:, 0], 2.0),
+        float(np.mean(scaled[:, 1])),
+    )
+
+
+def rescale_evidence(samples: Float64Array, scale: float) -> Float64Array:
+    """(M, 2) squared Mahalanobis distances and NLLs as they would be had every covariance
+    been multiplied by ``scale²``."""
+    d2 = samples[:, 0] / (scale * scale)
+    # NLL of a 2-D Gaussian: ½ d² + log 2π + ½ log det Σ; det(s²Σ) = s⁴ det Σ
+    with np.errstate(invalid="ignore"):
+        nll = samples[:, 1] - 0.5 * samples[:, 0] + 0.5 * d2 + 2.0 * math.log(scale)
+    nll[np.isinf(samples[:, 0])] = np.inf  # a singular covariance stays infinitely unlikely
+    out: Float64Array = np.stack((d2, nll), axis=1)
+    return out
 
 
 def _score(

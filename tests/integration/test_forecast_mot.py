@@ -14,8 +14,10 @@ from tapetum.eval.forecast import (
     COMBINED,
     ForecastEvalConfig,
     ForecastReport,
+    calibration_samples,
     default_forecasters,
     evaluate_forecasts,
+    scaled_calibration,
 )
 from tapetum.track.forecast import Forecast
 
@@ -95,3 +97,20 @@ def test_motion_models_beat_standing_still(report: ForecastReport, name: str) ->
         model, still = report.get(name, SEQUENCE, horizon), report.get("stay", SEQUENCE, horizon)
         assert model.samples == still.samples
         assert model.fde_norm < 0.8 * still.fde_norm, (model, still)
+
+
+def test_calibration_evidence_reproduces_the_reports_coverage_and_nll(
+    report: ForecastReport, assets: Path
+) -> None:
+    seq = load_sequence(assets / "mot" / "MOT17" / "train" / SEQUENCE)
+    evidence = calibration_samples(seq, default_forecasters()["cv"], report.config)
+    for h, samples in zip(report.config.horizons_s, evidence, strict=True):
+        row = report.get("cv", SEQUENCE, h)
+        assert samples.shape == (row.samples, 2)
+        cover_1, cover_2, nll = scaled_calibration(samples, 1.0)
+        assert (cover_1, cover_2) == (row.coverage_1sigma, row.coverage_2sigma)
+        assert nll == pytest.approx(row.nll, rel=1e-9)
+        # CV's ellipses are too wide on this still camera: halving them lowers the NLL and
+        # brings the 2-sigma coverage down towards 86.5 %
+        _, cover_2_fit, nll_fit = scaled_calibration(samples, 0.5)
+        assert cover_2_fit < cover_2 and nll_fit < nll

@@ -15,6 +15,7 @@ from tapetum.eval.forecast import (
     fit_covariance_scale,
     gaussian_nll,
     mahalanobis_sq,
+    scaled_calibration,
 )
 
 N = 200_000
@@ -78,3 +79,17 @@ def test_a_singular_covariance_covers_nothing_and_costs_infinite_nll() -> None:
 
 def test_fit_of_nothing_is_no_change() -> None:
     assert fit_covariance_scale(np.array([])) == 1.0
+
+
+def test_rescaling_recorded_evidence_equals_scoring_the_scaled_covariance() -> None:
+    cov = correlated_cov()
+    errors = samples(3.0**2 * cov, 20_000)
+    covs = np.broadcast_to(cov, (20_000, 2, 2))
+    evidence = np.stack((mahalanobis_sq(errors, covs), gaussian_nll(errors, covs)), axis=1)
+    scale = fit_covariance_scale(evidence[:, 0])
+    cover_1, cover_2, nll = scaled_calibration(evidence, scale)
+    direct = gaussian_nll(errors, scale**2 * covs).mean()
+    assert nll == pytest.approx(direct, rel=1e-9)
+    assert cover_1 == pytest.approx(EXPECTED_COVERAGE_1SIGMA, abs=0.01)
+    assert cover_2 == pytest.approx(EXPECTED_COVERAGE_2SIGMA, abs=0.01)
+    assert nll < evidence[:, 1].mean()  # the overconfident forecast was less likely
