@@ -19,11 +19,15 @@ to every covariance; it is stored in the file with the rest of the contract
 (:class:`ForecastModelSpec`) under the ``tapetum`` metadata key.
 
 :class:`LearnedForecaster` follows the :class:`~tapetum.track.forecast.Forecaster` protocol:
-it keeps the last observations of every track in a structure of arrays (``(C, L)`` times,
-``(C, L, 2)`` centres, ``(C, L)`` heights, right-aligned, ``-inf`` times on the left where a
-track has fewer than ``L`` observations), builds every track's features in one batched
-interpolation and makes one model call per frame. A track observed for less than
-``min_history_s`` is forecast by a constant-velocity Kalman filter instead, and counted.
+it keeps the last observations of every track in a structure of arrays (``(C, L)`` times and
+``(C, L, 3)`` ``x, y, h``, right-aligned, ``-inf`` times on the left where a track has fewer
+than ``L`` observations), resamples every track's history in one compiled pass
+(:mod:`tapetum.track.kernels.forecast`) and makes one model call per frame for all of them.
+A track observed for less than ``min_history_s`` (one observation included) is forecast by
+the constant-velocity Kalman filter run over its buffered observations instead, and
+counted (:class:`ForecastCounts`). A model may also read a summary of the frame's other
+tracks (:func:`neighbour_context`); the default recipe does not (held-out trials showed no
+overall gain).
 
 Only numpy and onnxruntime are needed here; torch is used only to train
 (``tapetum train forecast``).
