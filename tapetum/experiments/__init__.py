@@ -46,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "load_arms": "tapetum.experiments.arms",
     "LiveExperiment": "tapetum.experiments.live",
     "ShadowRunner": "tapetum.experiments.shadow",
+    "ServerExperiment": "tapetum.experiments.serving",
     "ArmData": "tapetum.experiments.record",
     "ArmRecorder": "tapetum.experiments.record",
     "box_agreement": "tapetum.experiments.agreement",
@@ -89,6 +90,7 @@ __all__ = [
     "OfflineSpec",
     "Requirement",
     "Scope",
+    "ServerExperiment",
     "ShadowRunner",
     "SplitBy",
     "TrafficSplit",
@@ -115,6 +117,7 @@ if TYPE_CHECKING:
     from tapetum.experiments.offline import OfflineResult, evaluate_offline
     from tapetum.experiments.record import ArmData, ArmRecorder
     from tapetum.experiments.report import ExperimentReport, build_report, write_report
+    from tapetum.experiments.serving import ServerExperiment
     from tapetum.experiments.shadow import ShadowRunner
     from tapetum.experiments.spec import (
         CONTROL,

@@ -434,3 +434,33 @@ def test_bad_experiments_are_refused_before_any_frame_is_read(  # noqa: PLR0917 
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert re.search(message, lines[0]), lines[0]
     assert not run.exists()  # nothing was opened or written
+
+
+# ----------------------------------------------------------------------- the example
+
+
+def test_the_shadow_example_runs_as_its_readme_says(
+    clip: Path, yolox_path: Path, tmp_path: Path
+) -> None:
+    script = Path(__file__).parents[2] / "examples" / "ab_shadow" / "ab_shadow.py"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(clip),
+            "--model",
+            str(yolox_path),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^frames: 50 \(both arms\), report: .*ab_report.html$", proc.stdout, re.M)
+    recall = re.search(r"agreement_recall: control 1.000, variant (0\.\d+)", proc.stdout)
+    assert recall is not None and float(recall.group(1)) < 0.9, proc.stdout
+    assert re.search(r"^decision: (promote|hold|rollback) \(", proc.stdout, re.M)
+    assert (tmp_path / "ab_report.html").is_file() and (tmp_path / "tracks.jsonl").is_file()

@@ -144,6 +144,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "OfflineSpec",
         "Requirement",
         "Scope",
+        "ServerExperiment",
         "ShadowRunner",
         "SplitBy",
         "TrafficSplit",
