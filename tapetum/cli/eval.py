@@ -406,8 +406,8 @@ def forecast(  # noqa: PLR0917 - typer maps parameters to options
     plot: Annotated[
         Path | None,
         typer.Option(
-            help="Draw a few forecasts with their ellipses over a frame of the first "
-            "sequence that has img1 frames, to this PNG."
+            help="Draw a few forecasts with their ellipses over the last img1 frame of the "
+            "sequence with the longest run of them, to this PNG."
         ),
     ] = None,
 ) -> None:
@@ -533,7 +533,8 @@ def _plot_forecasts(
     drawable = [s for s in sequences if frames_with_images(s)]
     if not drawable:
         raise ConfigError("--plot needs a sequence with img1 frames among --data")
-    seq = drawable[0]
+    # the most frames: the forecasts drawn start from the longest history
+    seq = max(drawable, key=lambda s: max(frames_with_images(s)) / s.info.frame_rate_fps)
     factories: dict[str, ForecasterFactory] = {"cv": ConstantVelocityForecaster}
     model_path = folds.get(seq.name) or forecaster
     if model_path is not None:

@@ -51,7 +51,7 @@ import numpy as np
 
 from tapetum._optional import import_optional
 from tapetum._types import BoolArray, Float32Array, Float64Array, IntArray
-from tapetum.errors import ConfigError, DatasetError
+from tapetum.errors import ConfigError, DatasetError, ModelLoadError
 from tapetum.eval.forecast import (
     ForecasterFactory,
     ForecastEvalConfig,
@@ -443,6 +443,7 @@ class TrainResult:
         validation_nll: mean NLL per (sample, step) of the kept epoch, box heights (the
             constant log 2π dropped), before calibration.
         seconds: wall time of data building, training, calibration and export.
+        history: the validation NLL after each epoch.
     """
 
     path: Path
@@ -679,7 +680,10 @@ def _export(
         and np.allclose(got_cov, want_cov, atol=1e-5, rtol=1e-3)
     ):
         tmp.unlink(missing_ok=True)
-        raise RuntimeError("exported forecaster disagrees with the trained network")
+        raise ModelLoadError(
+            f"the exported forecaster disagrees with the trained network (ONNX export of "
+            f"{out.name}); nothing was written"
+        )
     tmp.replace(out)
     return out
 
