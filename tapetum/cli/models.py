@@ -135,7 +135,7 @@ def register_file(
     data = f"; {len(datasets)} dataset(s) recorded" if datasets else ""
     _out(
         f"registered {info.short}: {info.family} {info.precision} {info.input_size}, "
-        f"{len(info.class_names)} classes, sha256 {info.sha256[:16]}{made_from}{data} "
+        f"{info.num_classes} classes, sha256 {info.sha256[:16]}{made_from}{data} "
         f"({registry.shown_uri})"
     )
     return info
@@ -244,7 +244,7 @@ def _version_dict(reg: ModelRegistry, info: VersionInfo) -> dict[str, Any]:
         "family": info.family,
         "precision": info.precision,
         "input": info.input_size,
-        "classes": len(info.class_names),
+        "classes": info.num_classes,
         "parent": info.parent.short if info.parent else None,
         "command": info.command,
         "code_version": info.code_version,
@@ -367,7 +367,7 @@ def _show_version(reg: ModelRegistry, info: VersionInfo, json_out: bool) -> None
         f"  aliases      {' '.join('@' + a for a in info.aliases) or '-'}",
         f"  file         {info.file_name}, sha256 {info.sha256}",
         f"  model        {info.family} {info.precision}, input {info.input_size}, "
-        f"{len(info.class_names)} classes",
+        f"{info.num_classes} classes",
         f"  parent       {data['parent'] or '-'}",
         f"  registered   {data['created']} UTC; code {info.code_version or '-'}",
     ]

@@ -274,6 +274,6 @@ def _limitations(inputs: CardInputs) -> str:
             "resizing are often missed (see AP small)."
         )
     if v.class_names:
-        count = len(v.class_names)
+        count = v.num_classes
         notes.append(f"Detects only the {count} classes listed; anything else is background.")
     return "## Limitations\n\n" + "\n".join(f"- {n}" for n in notes)

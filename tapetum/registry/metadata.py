@@ -13,6 +13,7 @@ import json
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,9 +115,11 @@ def describe_model(path: str | Path, arch: str | None = None) -> ModelDescriptio
     file = Path(path)
     if not file.is_file():
         raise ModelLoadError(f"model file not found: {file}")
+    props = read_onnx_metadata(file)
+    if _declares_classifier(props):
+        return _describe_classifier(file, props)
     detector = load_detector(file, arch, runtime=RuntimeOptions(intra_op_threads=1, workers=1))
     meta = detector.meta
-    props = read_onnx_metadata(file)
     return ModelDescription(
         sha256=sha256_file(file),
         size_bytes=file.stat().st_size,
@@ -128,6 +131,52 @@ def describe_model(path: str | Path, arch: str | None = None) -> ModelDescriptio
         precision=props.get(PRECISION_KEY) or graph_precision(file),
         preprocess=meta.preprocess.to_dict(),
         exported_from=meta.source if meta.source != str(file) else "",
+    )
+
+
+def _declares_classifier(props: Mapping[str, str]) -> bool:
+    """Whether the file's metadata says it is an image classifier (Tapetum's block with
+    ``family="classifier"`` or an Ultralytics ``task: classify`` export)."""
+    from tapetum.classify.spec import CLASSIFIER_FAMILY
+    from tapetum.detect.spec import METADATA_KEY
+
+    if METADATA_KEY in props:
+        return bool(_metadata_block(props).get("family") == CLASSIFIER_FAMILY)
+    return props.get("task") == "classify"
+
+
+def _metadata_block(props: Mapping[str, str]) -> dict[str, Any]:
+    """Tapetum's metadata block as a dict ({} when absent or not a JSON object)."""
+    from tapetum.detect.spec import METADATA_KEY
+
+    try:
+        block = json.loads(props.get(METADATA_KEY, "{}"))
+    except json.JSONDecodeError:
+        return {}
+    return block if isinstance(block, dict) else {}
+
+
+def _describe_classifier(file: Path, props: Mapping[str, str]) -> ModelDescription:
+    """A classifier's description, read by loading it as ``tapetum run --classify`` would."""
+    from tapetum.classify import OnnxClassifier
+    from tapetum.classify.spec import CLASSIFIER_FAMILY
+    from tapetum.detect import RuntimeOptions
+    from tapetum.detect.quantize import PRECISION_KEY
+    from tapetum.registry.cache import sha256_file
+
+    classifier = OnnxClassifier(file, runtime=RuntimeOptions(intra_op_threads=1, workers=1))
+    block = _metadata_block(props)
+    return ModelDescription(
+        sha256=sha256_file(file),
+        size_bytes=file.stat().st_size,
+        file_name=file.name,
+        family=CLASSIFIER_FAMILY,
+        arch=str(block.get("arch", "")),
+        input_hw=classifier.input_hw,
+        class_names=classifier.class_names,
+        precision=props.get(PRECISION_KEY) or graph_precision(file),
+        preprocess=classifier.spec.preprocess.to_dict(),
+        exported_from=str(block.get("source", "")),
     )
 
 

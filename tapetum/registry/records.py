@@ -18,6 +18,7 @@ from tapetum.registry.metadata import (
     TAG_COMMAND,
     TAG_FAMILY,
     TAG_INPUT,
+    TAG_NUM_CLASSES,
     TAG_PARENT,
     TAG_PRECISION,
     TAG_READY,
@@ -113,8 +114,16 @@ class VersionInfo:
 
     @property
     def class_names(self) -> tuple[str, ...]:
+        """The class names as registered; a long list (ImageNet's 1000) is cut to MLflow's
+        tag size, so count with :attr:`num_classes`."""
         text = self.tags.get(TAG_CLASSES, "")
         return tuple(text.split(",")) if text else ()
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the model has (the registered count, not the cut list's)."""
+        count = self.tags.get(TAG_NUM_CLASSES, "")
+        return int(count) if count.isdigit() else len(self.class_names)
 
     @property
     def parent(self) -> ModelRef | None:

@@ -305,3 +305,19 @@ def test_the_example_labels_person_tracks(
     tracks = [line for line in lines if line.startswith("track")]
     assert len(tracks) >= 10 and all("votes=" in t for t in tracks)
     assert lines[-1].startswith(f"{len(tracks)} tracks labelled") and "0 skipped" in lines[-1]
+
+
+def test_an_exported_classifier_registers_as_a_classifier(
+    classifier_onnx: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("mlflow")
+    registry = f"sqlite:///{tmp_path / 'registry.db'}"
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["models", "register", str(classifier_onnx), "--name", "lite0", "--registry", registry]
+    )
+    assert result.exit_code == 0, result.output
+    assert "classifier fp32 224x224, 1000 classes" in result.output
+    shown = runner.invoke(app, ["models", "show", "lite0/1", "--registry", registry])
+    assert shown.exit_code == 0, shown.output
+    assert "classifier fp32, input 224x224, 1000 classes" in shown.output
