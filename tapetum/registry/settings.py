@@ -4,13 +4,13 @@ Each comes from an explicit argument, else an environment variable, else the emb
 default (a SQLite file and an artifact folder in the working directory, created on first
 use; a cache under the user's cache folder).
 
-=============================  ==========================  ===============================
+=============================  ==========================  ==================================================
 what                           environment variable        default
-=============================  ==========================  ===============================
+=============================  ==========================  ==================================================
 store (``--registry``)         ``TAPETUM_REGISTRY_URI``    ``sqlite:///tapetum-registry.db``
-artifact root (SQL stores)     ``TAPETUM_ARTIFACT_ROOT``   ``./tapetum-artifacts``
+artifact root (SQL stores)     ``TAPETUM_ARTIFACT_ROOT``   beside a SQLite file, else ``./tapetum-artifacts``
 local model cache              ``TAPETUM_MODEL_CACHE``     ``~/.cache/tapetum/models``
-=============================  ==========================  ===============================
+=============================  ==========================  ==================================================
 
 An ``http(s)://`` URI is an MLflow tracking server, which keeps its own artifacts; a
 ``postgresql://`` or ``mysql://`` URI is a SQL store like the SQLite default, with artifacts
@@ -80,13 +80,27 @@ def store_kind(uri: str) -> str:
     )
 
 
-def artifact_root(explicit: str | Path | None = None) -> str:
-    """Artifact root for a SQL store: ``explicit``, ``$TAPETUM_ARTIFACT_ROOT`` or
-    ``./tapetum-artifacts``; a local folder is made absolute (MLflow stores it as given)."""
-    root = str(explicit or os.environ.get(ENV_ARTIFACT_ROOT) or DEFAULT_ARTIFACT_ROOT)
-    if "://" in root:
-        return root
+def artifact_root(explicit: str | Path | None = None, registry: str | None = None) -> str:
+    """Artifact root for a SQL store: ``explicit``, ``$TAPETUM_ARTIFACT_ROOT``, else
+    ``tapetum-artifacts`` beside a SQLite ``registry``'s database file (so a store and its
+    files stay together whatever folder a command runs from), else ``./tapetum-artifacts``.
+    A local folder is made absolute (MLflow stores it as given)."""
+    root = explicit or os.environ.get(ENV_ARTIFACT_ROOT)
+    if root is None:
+        database = sqlite_path(registry) if registry else None
+        root = database.parent / DEFAULT_ARTIFACT_ROOT if database else DEFAULT_ARTIFACT_ROOT
+    if "://" in str(root):
+        return str(root)
     return str(Path(root).expanduser().resolve())
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URI (None for other stores or in-memory)."""
+    parts = urlsplit(uri)
+    if parts.scheme.split("+", 1)[0].lower() != "sqlite" or not parts.path.strip("/"):
+        return None
+    # sqlite:///rel.db → "/rel.db" (relative), sqlite:////abs.db → "//abs.db" (absolute)
+    return Path(parts.path[1:])
 
 
 def model_cache_dir(explicit: str | Path | None = None) -> Path:

@@ -262,7 +262,7 @@ class ModelRegistry:
             "find the experiment", lambda: client.get_experiment_by_name(EXPERIMENT_NAME)
         )
         if found is None:
-            location = None if self.kind == "http" else artifact_root(self._artifacts)
+            location = None if self.kind == "http" else artifact_root(self._artifacts, self.uri)
             try:
                 exp_id = self._call(
                     "create the experiment",
