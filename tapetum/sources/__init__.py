@@ -34,6 +34,7 @@ __all__ = [
     "SourceStats",
     "VideoSource",
     "default_source_id",
+    "display_url",
     "open_source",
     "redact_url",
     "url_scheme",

@@ -290,6 +290,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "SourceStats",
         "VideoSource",
         "default_source_id",
+        "display_url",
         "open_source",
         "redact_url",
         "url_scheme",
