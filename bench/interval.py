@@ -16,7 +16,7 @@ through TrackEval, ``tapetum.eval``):
 Target: the adaptive policy within 1.0 HOTA point of k = 1 on each dataset.
 
     python bench/interval.py                      # assets from $TAPETUM_ASSETS
-    python bench/interval.py --datasets MOT17 --trackers bytetrack,ocsort
+    python bench/interval.py --datasets MOT17 --trackers bytetrack,ocsort   # a subset
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def run_with_interval(
         else:
             tracked = tracker.predict()
             since += 1
-        monitor.observe(index, tracked, detected, width)
+        monitor.observe(index, tracked, detected, width, frame_dets if detected else None)
         if detected:
             interval = schedule(monitor, interval)
         out.append(tracked)
@@ -154,7 +154,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--mot", type=Path, default=assets / "mot")
     ap.add_argument("--datasets", default="MOT15,MOT17")
-    ap.add_argument("--trackers", default="bytetrack")
+    ap.add_argument("--trackers", default="bytetrack,ocsort,botsort")
     ap.add_argument("--max-interval", type=int, default=SchedulerConfig().max_interval)
     ap.add_argument("--motion-error", type=float, default=SchedulerConfig().motion_error)
     ap.add_argument("--out", type=Path, default=Path("bench/results/interval.json"))

@@ -812,7 +812,7 @@ class Pipeline:
                 t1 = time.perf_counter()
                 tracked = st.tracker.update(detections, item.frame)
                 if self._intervals:
-                    self._mark(st, item.frame, tracked, predicted=False)
+                    self._mark(st, item.frame, tracked, detections)
                 for enrich in st.enrichers:
                     tracked = enrich(item.frame, tracked)
                 t2 = time.perf_counter()
@@ -841,7 +841,7 @@ class Pipeline:
             tracker = st.tracker
             assert isinstance(tracker, PredictingTracker)  # checked when built
             tracked = tracker.predict(item.frame)
-            self._mark(st, item.frame, tracked, predicted=True)
+            self._mark(st, item.frame, tracked, None)
             for enrich in st.enrichers:
                 tracked = enrich(item.frame, tracked)
             t1 = time.perf_counter()
@@ -861,10 +861,14 @@ class Pipeline:
         self._deliver(st, FrameResult(item.frame, tracked, names, timings, predicted=True), t1)
 
     @staticmethod
-    def _mark(st: _Stream, frame: Frame, tracked: Detections, *, predicted: bool) -> None:
-        """Flag each track as predicted or detected, and show the frame to the monitor."""
-        tracked.data["predicted"] = np.full(len(tracked), predicted)
-        st.monitor.observe(frame.index, tracked, not predicted, frame.width)
+    def _mark(
+        st: _Stream, frame: Frame, tracked: Detections, detections: Detections | None
+    ) -> None:
+        """Flag each track as predicted (``detections`` None: the detector skipped the
+        frame) or detected, and show the frame to the monitor."""
+        detected = detections is not None
+        tracked.data["predicted"] = np.full(len(tracked), not detected)
+        st.monitor.observe(frame.index, tracked, detected, frame.width, detections)
 
     def _deliver(self, st: _Stream, result: FrameResult, done_s: float) -> None:
         st.processed += 1

@@ -11,8 +11,8 @@ Two parts, kept apart so that the decisions can be tested without threads or clo
 
 - :class:`MotionMonitor` (one per stream, fed by the stream's tracking thread) turns the
   tracker's outputs into what the policy needs to know about the scene: how fast the
-  motion model's predictions go wrong, per frame of interval, and how many tracks are
-  new or at the border of the picture (objects entering).
+  motion model's predictions go wrong, per frame of interval, and how much of what the
+  detector sees the tracker does not carry yet (objects entering, or lost).
 - :class:`IntervalPolicy` is a pure function of those observations and the measured
   latencies → the next interval of every stream, with the reason for each change.
 
@@ -42,9 +42,14 @@ latency alone would lower intervals straight back into the overload they ended.
 The motion cap of a stream is the largest k whose predicted boxes stay within
 ``motion_error`` box heights of where the detector will find them, from the measured
 error per frame of interval (the prediction residual on detector frames, divided by the
-gap); a scene whose share of new or border tracks reaches ``entering_share`` is capped
-at 1. A stream with no tracks yet has no cap below ``max_interval``: the first objects
-to appear are all new, which pins it to 1 until their motion is measured.
+gap); a scene whose *entering* share reaches ``entering_share`` is capped at 1: the share
+of new tracks, tracks at the border and confident detections that no reported track
+claims, among the reported tracks and those detections. The last term is what keeps a
+tracker that loses its objects at a long interval from looking like a calm scene: its
+surviving tracks are the slow ones, and a tracker that reports nothing (OC-SORT confirms
+a track only after several observations in a row) shows no motion at all. A stream
+with nothing to track has no cap below ``max_interval``: the first confident detections
+to appear are all unclaimed, which pins it to 1 until their motion is measured.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tapetum._types import Float32Array, IntArray
+from tapetum.core.boxes import box_iou
 from tapetum.core.detections import Detections
 from tapetum.errors import ConfigError
 
@@ -125,7 +131,8 @@ class SchedulerConfig:
         tick_s: seconds between decisions.
         motion_error: the largest expected error of a predicted box, in box heights,
             that the motion cap allows.
-        entering_share: a share of new or border tracks at which a stream stays at 1.
+        entering_share: an entering share (new or border tracks and unclaimed confident
+            detections, :class:`MotionMonitor`) at which a stream stays at 1.
         max_utilisation: the detector's busy fraction the intervals aim at: an interval
             is lowered only if the predicted utilisation stays at or below it, and while
             behind, intervals are raised until it is predicted to be.
@@ -184,8 +191,9 @@ class StreamObservation:
         queue_age_ms: age of the oldest frame waiting for the detector (0 if none).
         motion_rate: expected error of a predicted box per frame of interval, in box
             heights (None until measured: no tracks yet).
-        entering: share of the stream's tracks that are new or at the picture's border
-            on recent detector frames.
+        entering: share of what the stream's recent detector frames showed that the
+            tracker did not carry yet: new or border tracks, and confident detections no
+            reported track claims (:class:`MotionMonitor`).
         priority: the stream's priority.
         fps: frames the stream delivered per second since the last tick (NaN: unknown).
     """
@@ -436,17 +444,26 @@ class MotionMonitor:
     The median over tracks, divided by the frames since the previous detector frame,
     is the *motion rate*: the expected error of a predicted box per frame of interval
     (kept as an exponential moving average over detector frames). Objects entering are
-    counted on the same frames: tracks with an id above every id seen before, or with a
-    box within ``border`` of the picture's left or right edge.
+    counted on the same frames: tracks with an id above every id seen before, tracks with
+    a box within ``border`` of the picture's left or right edge, and the detections
+    scoring at least ``confidence`` that no reported track claims (IoU at least 0.5):
+    objects the tracker has not confirmed yet, or has lost. The *entering* share is
+    their number over the reported tracks plus those detections.
 
     Args:
         border: margin of the picture's width that counts as its border.
         smoothing: weight of a new detector frame in the moving averages.
+        confidence: the score from which an unclaimed detection counts (0.6: where the
+            default ByteTrack, OC-SORT and BoT-SORT start tracks; lower-scoring ones are
+            often clutter no tracker follows).
     """
 
-    def __init__(self, border: float = 0.02, smoothing: float = 0.3) -> None:
+    def __init__(
+        self, border: float = 0.02, smoothing: float = 0.3, confidence: float = 0.6
+    ) -> None:
         self.border = border
         self.smoothing = smoothing
+        self.confidence = confidence
         self.motion_rate: float | None = None
         self.entering = 0.0
         self._max_id = 0
@@ -454,24 +471,55 @@ class MotionMonitor:
         self._last: tuple[int, IntArray, Float32Array] | None = None
         self._prev: tuple[int, IntArray, Float32Array] | None = None
 
-    def observe(self, frame_index: int, tracked: Detections, detected: bool, width_px: int) -> None:
-        """Record one frame's output (``detected``: the detector ran on it)."""
+    def observe(
+        self,
+        frame_index: int,
+        tracked: Detections,
+        detected: bool,
+        width_px: int,
+        detections: Detections | None = None,
+    ) -> None:
+        """Record one frame's output (``detected``: the detector ran on it).
+
+        Args:
+            frame_index: the frame's index in its stream.
+            tracked: the tracker's output on the frame.
+            detected: the detector ran on the frame.
+            width_px: the picture's width.
+            detections: on a detector frame, what the detector found (the tracker's
+                input); without them only the reported tracks count as entering.
+        """
         if detected:
-            self._measure(frame_index, tracked, width_px)
+            self._measure(frame_index, tracked, width_px, detections)
             self._last_detected = frame_index
         self._prev = self._last
         self._last = (frame_index, tracked.tracker_id.copy(), tracked.xyxy.copy())
 
-    def _measure(self, frame_index: int, tracked: Detections, width_px: int) -> None:
+    def _unclaimed(self, tracked: Detections, detections: Detections | None) -> int:
+        """Confident detections that no reported track claims."""
+        if detections is None or not len(detections):
+            return 0
+        boxes = detections.xyxy[detections.confidence >= self.confidence]
+        if not len(tracked) or not boxes.shape[0]:
+            return int(boxes.shape[0])
+        claimed = box_iou(boxes, tracked.xyxy).max(axis=1) >= 0.5
+        return int(np.count_nonzero(~claimed))
+
+    def _measure(
+        self, frame_index: int, tracked: Detections, width_px: int, detections: Detections | None
+    ) -> None:
         n = len(tracked)
         a = self.smoothing
-        if n:
-            new = int(np.count_nonzero(tracked.tracker_id > self._max_id))
-            self._max_id = max(self._max_id, int(tracked.tracker_id.max()))
-            x1, x2 = tracked.xyxy[:, 0], tracked.xyxy[:, 2]
-            margin = self.border * width_px
-            edge = (x1 <= margin) | (x2 >= width_px - margin)
-            share = (new + int(np.count_nonzero(edge))) / n
+        unclaimed = self._unclaimed(tracked, detections)
+        if n + unclaimed:
+            new = edge = 0
+            if n:
+                new = int(np.count_nonzero(tracked.tracker_id > self._max_id))
+                self._max_id = max(self._max_id, int(tracked.tracker_id.max()))
+                x1, x2 = tracked.xyxy[:, 0], tracked.xyxy[:, 2]
+                margin = self.border * width_px
+                edge = int(np.count_nonzero((x1 <= margin) | (x2 >= width_px - margin)))
+            share = (new + edge + unclaimed) / (n + unclaimed)
             self.entering = (1 - a) * self.entering + a * min(1.0, share)
         if self._last is None or self._prev is None or self._last_detected < 0 or not n:
             return

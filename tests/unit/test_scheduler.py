@@ -241,3 +241,39 @@ def test_monitor_counts_new_and_border_tracks_as_entering() -> None:
     assert monitor.entering < 0.05  # nobody new, nobody at the border
     monitor.observe(10, _boxes([(300, 200), (5, 200)], [1, 2]), True, 640)
     assert monitor.entering > 0.1  # one of two at the left edge
+
+
+def _detections(centres: list[tuple[float, float]], scores: list[float]) -> Detections:
+    found = _boxes(centres, list(range(len(centres))))
+    return Detections(found.xyxy, np.array(scores, np.float32), found.class_id)
+
+
+def test_objects_the_tracker_does_not_report_keep_the_stream_at_one() -> None:
+    # A tracker that loses everything at a long interval (OC-SORT confirms a track only
+    # after several observations in a row) reports nothing while the detector keeps
+    # finding three people: that is not a calm scene.
+    policy = IntervalPolicy(SchedulerConfig(latency_budget_ms=BUDGET))
+    monitor = MotionMonitor()
+    people = _detections([(100, 200), (300, 200), (500, 200)], [0.9, 0.8, 0.7])
+    for t in range(0, 16, 4):
+        monitor.observe(t, Detections.empty(), True, 640, people)
+    assert monitor.motion_rate is None  # no motion measured: the tracker shows nothing
+    stuck = StreamObservation(4, 50.0, 0.0, monitor.motion_rate, monitor.entering)
+    assert policy.motion_cap(stuck) == 1
+    decision = policy.decide({"cam": stuck})
+    assert decision.intervals == {"cam": 3}
+    assert [c.reason for c in decision.changes] == ["lower_over_cap"]
+
+
+def test_claimed_detections_and_clutter_do_not_count_as_entering() -> None:
+    monitor = MotionMonitor()
+    tracks = _boxes([(100, 200), (300, 200)], [1, 2])
+    # both people reported; a low-scoring detection nobody tracks (clutter)
+    seen_now = _detections([(100, 200), (302, 201), (500, 200)], [0.9, 0.9, 0.3])
+    for t in range(12):
+        monitor.observe(t, tracks, True, 640, seen_now)
+    assert monitor.entering < 0.01
+    # a confident person the tracker has not confirmed yet: one of three
+    arriving = _detections([(100, 200), (300, 200), (500, 200)], [0.9, 0.9, 0.9])
+    monitor.observe(12, tracks, True, 640, arriving)
+    assert monitor.entering == pytest.approx(0.3 * (1 / 3), abs=0.01)

@@ -159,3 +159,26 @@ def test_carry_forward_keeps_rows_and_moves_boxes_by_id(
     assert out.tracker_id.tolist() == [i for i in ids.tolist() if i in set(alive.tolist())]
     np.testing.assert_allclose(out.xyxy, out.tracker_id[:, None] * np.array([1, 2, 3, 4]))
     np.testing.assert_array_equal(out.confidence, last.confidence[np.isin(ids, alive)])
+
+
+@pytest.mark.parametrize(("interval", "unreported_updates"), [(1, 3), (2, 2), (4, 1)])
+def test_ocsort_confirms_a_new_object_after_min_hits_frames_of_video(
+    interval: int, unreported_updates: int
+) -> None:
+    # min_hits = 3 frames of video after its birth, however many of them the detector
+    # skipped: at interval 4 the first observation after birth covers them (counted in
+    # detector frames, the walker would stay hidden for 12 frames).
+    tracker = make_tracker("ocsort", 30.0)
+    assert isinstance(tracker, PredictingTracker)
+    still = _one([400, 300, 440, 380])
+    for _ in range(6):  # past the stream's first min_hits frames
+        tracker.update(still)
+    hidden = 0
+    for t in range(40):
+        if t % interval:
+            tracker.predict()
+            continue
+        if len(tracker.update(Detections.merge([_walkers(t)[:1], still]))) == 2:
+            break
+        hidden += 1
+    assert hidden == unreported_updates

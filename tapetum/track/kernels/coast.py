@@ -17,8 +17,9 @@ prediction steps term by term:
 - :func:`coast_ocsort`: OC-SORT (:mod:`tapetum.track.kernels.ocsort_step`): the filter
   of every track, a scale velocity that would make the area non-positive zeroed first.
   OC-SORT's observation bookkeeping (age, frames since the last observation, hit streak)
-  stays in detector frames, so its reporting rule and lost-track lifetime count detector
-  frames.
+  stays in detector frames, so its lost-track lifetime counts detector frames; the tracker
+  scales its reporting rule (``min_hits``) to frames of video
+  (``OCSortTracker.predict``).
 """
 
 from __future__ import annotations
