@@ -34,7 +34,8 @@ class IdentityEnricher:
         >>> service = IdentityService(load_topology("site.yaml"),
         ...     embedding_dim=appearance.dim(embedder.embedding_dim))  # doctest: +SKIP
         >>> pipe = Pipeline(sources, detector, enrichers=[
-        ...     lambda src: IdentityEnricher(service, src.source_id, embedder, appearance)])
+        ...     lambda src: IdentityEnricher(service, src.source_id, embedder, appearance)],
+        ... )  # doctest: +SKIP
     """
 
     def __init__(
