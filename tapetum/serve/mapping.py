@@ -30,7 +30,13 @@ from tapetum.serve.schemas import (
     ModelInfo,
     ModelList,
 )
-from tapetum.serve.streams import StreamInfo, StreamOptions, StreamStateName, StreamStatsOut
+from tapetum.serve.streams import (
+    StreamInfo,
+    StreamOptions,
+    StreamScheduler,
+    StreamStateName,
+    StreamStatsOut,
+)
 
 __all__ = [
     "batch_detect_response_from_proto",
@@ -52,12 +58,15 @@ __all__ = [
     "model_info_to_proto",
     "model_list_from_proto",
     "model_list_to_proto",
+    "start_options_from_proto",
     "stream_info_from_proto",
     "stream_info_to_proto",
     "stream_list_from_proto",
     "stream_list_to_proto",
     "stream_options_from_proto",
     "stream_options_to_proto",
+    "stream_scheduler_from_proto",
+    "stream_scheduler_to_proto",
     "stream_stats_from_proto",
     "stream_stats_to_proto",
 ]
@@ -233,18 +242,54 @@ def health_from_proto(msg: pb.HealthResponse) -> Health:
     )
 
 
+def stream_scheduler_to_proto(scheduler: StreamScheduler) -> pb.StreamScheduler:
+    return pb.StreamScheduler(
+        latency_budget_ms=scheduler.latency_budget_ms, max_interval=scheduler.max_interval
+    )
+
+
+def stream_scheduler_from_proto(msg: pb.StreamScheduler) -> StreamScheduler:
+    """Absent fields take the REST defaults."""
+    fields: dict[str, Any] = {}
+    if msg.HasField("latency_budget_ms"):
+        fields["latency_budget_ms"] = msg.latency_budget_ms
+    if msg.HasField("max_interval"):
+        fields["max_interval"] = msg.max_interval
+    return StreamScheduler(**fields)
+
+
 def stream_options_to_proto(options: StreamOptions) -> pb.StreamOptions:
-    msg = pb.StreamOptions(tracker=options.tracker, realtime=options.realtime)
+    msg = pb.StreamOptions(
+        tracker=options.tracker, realtime=options.realtime, detect_every=options.detect_every
+    )
     if options.conf is not None:
         msg.conf = options.conf
+    if options.scheduler is not None:
+        msg.scheduler.CopyFrom(stream_scheduler_to_proto(options.scheduler))
     return msg
 
 
 def stream_options_from_proto(msg: pb.StreamOptions) -> StreamOptions:
+    """``detect_every`` 0 (unset) is 1. Raises ``pydantic.ValidationError`` as the REST
+    body would (e.g. both a fixed interval and a scheduler)."""
+    return _options(msg, msg.tracker)
+
+
+def start_options_from_proto(request: pb.StartStreamRequest) -> StreamOptions:
+    """The options of a ``StartStreamRequest`` (an empty tracker: ``bytetrack``); raises
+    ``pydantic.ValidationError`` as the REST body would."""
+    return _options(request, request.tracker or "bytetrack")
+
+
+def _options(msg: pb.StreamOptions | pb.StartStreamRequest, tracker: str) -> StreamOptions:
     return StreamOptions(
-        tracker=msg.tracker,
+        tracker=tracker,
         conf=msg.conf if msg.HasField("conf") else None,
         realtime=msg.realtime,
+        detect_every=msg.detect_every or 1,
+        scheduler=(
+            stream_scheduler_from_proto(msg.scheduler) if msg.HasField("scheduler") else None
+        ),
     )
 
 
@@ -259,6 +304,9 @@ def stream_stats_to_proto(stats: StreamStatsOut) -> pb.StreamStats:
         fps=stats.fps,
         subscribers=stats.subscribers,
         results_dropped=stats.results_dropped,
+        detector_frames=stats.detector_frames,
+        tracker_frames=stats.tracker_frames,
+        interval=stats.interval,
     )
     if stats.p50_end_to_end_ms is not None:
         msg.p50_end_to_end_ms = stats.p50_end_to_end_ms
@@ -280,6 +328,9 @@ def stream_stats_from_proto(msg: pb.StreamStats) -> StreamStatsOut:
         p99_end_to_end_ms=(msg.p99_end_to_end_ms if msg.HasField("p99_end_to_end_ms") else None),
         subscribers=msg.subscribers,
         results_dropped=msg.results_dropped,
+        detector_frames=msg.detector_frames,
+        tracker_frames=msg.tracker_frames,
+        interval=msg.interval or 1,
     )
 
 
@@ -331,7 +382,8 @@ def stream_list_from_proto(msg: pb.ListStreamsResponse) -> list[StreamInfo]:
 def frame_record_to_proto(record: Mapping[str, Any], results_dropped: int = 0) -> pb.FrameResult:
     """One JSONL frame record (``FrameResult.to_record()``, as a stream's subscribers get
     it) → a ``FrameResult`` message. Tracks become detections with their ``track_id``
-    (a negative id, an untracked object, is left absent)."""
+    (a negative id, an untracked object, is left absent); ``predicted`` is set on a frame
+    the detector skipped."""
     detections = []
     for track in record["tracks"]:
         x1, y1, x2, y2 = track["xyxy"]
@@ -351,6 +403,7 @@ def frame_record_to_proto(record: Mapping[str, Any], results_dropped: int = 0) -
         timestamp_s=record["timestamp_s"],
         detections=detections,
         results_dropped=results_dropped,
+        predicted=bool(record.get("predicted", False)),
     )
     e2e = record.get("end_to_end_ms")
     if e2e is not None:

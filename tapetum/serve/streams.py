@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from tapetum.core.breaker import BreakerRegistry, CircuitBreaker, CircuitOpenError
 from tapetum.core.detections import Detections
@@ -70,7 +70,7 @@ from tapetum.errors import (
     UnknownStreamError,
 )
 from tapetum.monitor.metrics import PipelineMonitor
-from tapetum.pipeline import Enricher, Pipeline, PipelineConfig
+from tapetum.pipeline import Enricher, Pipeline, PipelineConfig, SchedulerConfig
 from tapetum.serve.ownership import ANONYMOUS, Caller
 from tapetum.serve.source_policy import SourcePolicy
 from tapetum.sources import Source, open_source
@@ -84,6 +84,7 @@ __all__ = [
     "StreamLimitError",
     "StreamManager",
     "StreamOptions",
+    "StreamScheduler",
     "StreamStatsOut",
     "Subscription",
     "SubscriptionLimitError",
@@ -101,6 +102,24 @@ StreamStateName = Literal["running", "finished", "stopped", "failed"]
 # ------------------------------------------------------------------------------ payloads
 
 
+class StreamScheduler(BaseModel):
+    """Adaptive detection intervals of one stream (:mod:`tapetum.pipeline.scheduler`)."""
+
+    latency_budget_ms: float = Field(
+        default=100.0,
+        gt=0.0,
+        le=60_000.0,
+        description="End-to-end latency the scheduler keeps the stream under, ms. A budget "
+        "below the model's own latency on the server is refused (422).",
+    )
+    max_interval: int = Field(
+        default=4,
+        ge=1,
+        le=30,
+        description="The largest interval: a detector frame at least every max_interval frames.",
+    )
+
+
 class StreamOptions(BaseModel):
     """How to run one stream (the body of ``POST /v1/streams`` less the URI)."""
 
@@ -115,6 +134,43 @@ class StreamOptions(BaseModel):
     realtime: bool = Field(
         default=False, description="Pace a file at its native frame rate, as a camera would."
     )
+    detect_every: int = Field(
+        default=1,
+        ge=1,
+        le=30,
+        description="Run the detector on every k-th frame only; the tracker carries the "
+        "tracks through the frames in between, whose results are marked `predicted`.",
+        examples=[3],
+    )
+    scheduler: StreamScheduler | None = Field(
+        default=None,
+        description="Adapt the interval to the server's load instead: raised (up to "
+        "max_interval) where the scene's motion allows while the stream is behind its "
+        "latency budget, lowered again with headroom. detect_every must then be 1.",
+    )
+
+    @model_validator(mode="after")
+    def _one_interval(self) -> StreamOptions:
+        if self.scheduler is not None and self.detect_every != 1:
+            raise ValueError(f"give detect_every ({self.detect_every}) or a scheduler, not both")
+        return self
+
+    def pipeline_config(self) -> PipelineConfig:
+        """The stream's pipeline: one inference worker, no warm-up (the server's detector
+        is warm), and the detection interval asked for."""
+        sched = self.scheduler
+        return PipelineConfig(
+            warmup=False,
+            inference_workers=1,
+            detect_every=self.detect_every,
+            scheduler=(
+                None
+                if sched is None
+                else SchedulerConfig(
+                    latency_budget_ms=sched.latency_budget_ms, max_interval=sched.max_interval
+                )
+            ),
+        )
 
 
 class StreamStatsOut(BaseModel):
@@ -131,6 +187,13 @@ class StreamStatsOut(BaseModel):
     p99_end_to_end_ms: float | None
     subscribers: int
     results_dropped: int = Field(description="Results dropped by slow live subscribers.")
+    detector_frames: int = Field(default=0, description="Frames the detector saw.")
+    tracker_frames: int = Field(
+        default=0,
+        description="Frames the tracker predicted alone (a detection interval); with "
+        "detector_frames, frames_processed.",
+    )
+    interval: int = Field(default=1, description="The detection interval now (1: every frame).")
 
 
 class StreamInfo(BaseModel):
@@ -180,6 +243,9 @@ class StreamInfo(BaseModel):
                         "p99_end_to_end_ms": 88.0,
                         "subscribers": 1,
                         "results_dropped": 0,
+                        "detector_frames": 748,
+                        "tracker_frames": 0,
+                        "interval": 1,
                     },
                 }
             ]
@@ -531,7 +597,8 @@ class StreamManager:
             CircuitOpenError: this URI failed to open repeatedly; retry later.
             SourceError: the source cannot be opened (a generic reason; the server log
                 has the detail); only failures of a probe count towards the breaker.
-            ConfigError: an unknown tracker name.
+            ConfigError: an unknown tracker name, a tracker that cannot predict with a
+                detection interval, or a scheduler's budget below the model's latency.
         """
         from tapetum.track import make_tracker
 
@@ -560,7 +627,7 @@ class StreamManager:
                     # the monitor first: sinks close in order, and the subscribers'
                     # feeds must end only once the stream is as good as finished
                     sinks=[monitor, fanout],
-                    config=PipelineConfig(warmup=False, inference_workers=1),
+                    config=options.pipeline_config(),
                     enrichers=[_conf_filter(options.conf)] if options.conf is not None else [],
                 )
                 pipeline.start()
@@ -770,5 +837,8 @@ class StreamManager:
                 p99_end_to_end_ms=ms(e2e.p99_ms),
                 subscribers=len(subs),
                 results_dropped=m.dropped_by_gone + sum(sub.dropped for sub in subs),
+                detector_frames=s.detector_frames,
+                tracker_frames=s.tracker_frames,
+                interval=s.interval,
             ),
         )

@@ -174,6 +174,21 @@ def test_results_end_when_the_stream_ends(served: Served) -> None:
     assert 0 < len(results) <= info.stats.frames_processed == int(CROWD_FPS)
 
 
+def test_a_detection_interval_marks_predicted_results(served: Served) -> None:
+    info = served.start(served.clip_1s, realtime=True, detect_every=2)
+    assert info.options.detect_every == 2 and not info.options.HasField("scheduler")
+    sid = info.stream_id
+    results = list(served.stub.StreamResults(pb.StreamRef(id=sid), metadata=served.auth("infer")))
+    assert results
+    assert [r.predicted for r in results] == [r.frame_index % 2 == 1 for r in results]
+    assert sum(len(r.detections) for r in results if r.predicted) >= 10, "tracks carried"
+    stats = served.stub.GetStream(pb.StreamRef(id=sid), metadata=served.auth("infer")).stats
+    assert stats.frames_processed == int(CROWD_FPS)
+    assert stats.tracker_frames == stats.frames_processed // 2
+    assert stats.detector_frames + stats.tracker_frames == stats.frames_processed
+    assert stats.interval == 2
+
+
 def test_stop_ends_a_following_results_call(served: Served) -> None:
     sid = served.start(served.clip_3s, realtime=True).stream_id
     call = served.stub.StreamResults(pb.StreamRef(id=sid), metadata=served.auth("infer"))
@@ -193,6 +208,19 @@ def test_bad_requests_are_invalid_argument_with_the_reason(served: Served, tmp_p
         ({"uri": ""}, "invalid_request", "uri"),
         ({"uri": str(served.clip_1s), "conf": 0.01}, "invalid_request", "conf"),
         ({"uri": str(served.clip_1s), "tracker": "nope"}, "invalid_request", "nope"),
+        (
+            {"uri": str(served.clip_1s), "detect_every": 2, "scheduler": pb.StreamScheduler()},
+            "invalid_request",
+            "not both",
+        ),
+        (
+            {
+                "uri": str(served.clip_1s),
+                "scheduler": pb.StreamScheduler(latency_budget_ms=0.01),
+            },
+            "invalid_request",
+            "below the model's own latency",
+        ),
     ]
     for fields, error_code, reason in cases:
         err = _error(

@@ -166,6 +166,48 @@ def test_results_end_when_the_stream_ends(served: Served) -> None:
     assert heartbeats == 0, "no heartbeat while results flow"
 
 
+def test_a_detection_interval_marks_the_frames_the_detector_skipped(served: Served) -> None:
+    resp = served.start(served.clip_1s, realtime=True, detect_every=3)
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["options"]["detect_every"] == 3
+    sid = resp.json()["stream_id"]
+    events, ended, _ = _sse(served, sid, max_events=1000)
+    assert ended and events
+    for event in events:
+        skipped = event["frame_index"] % 3 != 0  # the detector on frames 0, 3, 6, …
+        assert event.get("predicted", False) is skipped, event["frame_index"]
+        assert all(t["predicted"] is skipped for t in event["tracks"])
+    carried = [t for e in events if e.get("predicted") for t in e["tracks"]]
+    assert len(carried) >= 10, "the crowd's tracks are carried through the skipped frames"
+    stats = served.client.get(f"/v1/streams/{sid}", headers=served.auth("infer")).json()["stats"]
+    n = stats["frames_processed"]
+    assert n == int(CROWD_FPS)
+    assert (stats["detector_frames"], stats["tracker_frames"]) == (-(-n // 3), n - -(-n // 3))
+    assert stats["interval"] == 3
+
+
+def test_interval_options_are_checked(served: Served) -> None:
+    both = served.start(served.clip_1s, detect_every=2, scheduler={})
+    assert_error(both, 422, "invalid_request")
+    assert "detect_every (2) or a scheduler, not both" in both.json()["detail"]
+    assert_error(served.start(served.clip_1s, detect_every=0), 422, "invalid_request")
+    assert_error(
+        served.start(served.clip_1s, scheduler={"max_interval": 0}), 422, "invalid_request"
+    )
+    tight = served.start(served.clip_1s, scheduler={"latency_budget_ms": 0.01})
+    assert_error(tight, 422, "invalid_request")
+    assert "latency budget 0.01 ms is below the model's own latency" in tight.json()["detail"]
+    adaptive = served.start(served.clip_1s, scheduler={"latency_budget_ms": 5000})
+    assert adaptive.status_code == 201, adaptive.text
+    assert adaptive.json()["options"]["scheduler"] == {
+        "latency_budget_ms": 5000.0,
+        "max_interval": 4,
+    }
+    served.client.delete(
+        f"/v1/streams/{adaptive.json()['stream_id']}", headers=served.auth("infer")
+    )
+
+
 def test_bad_uris_are_400_with_the_reason(served: Served, tmp_path: Path) -> None:
     missing = served.start(served.clip_1s.parent / "nope.mp4")
     assert_error(missing, 400, "bad_source")

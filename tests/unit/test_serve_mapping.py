@@ -24,7 +24,7 @@ from tapetum.serve.schemas import (
     ModelInfo,
     ModelList,
 )
-from tapetum.serve.streams import StreamInfo, StreamOptions, StreamStatsOut
+from tapetum.serve.streams import StreamInfo, StreamOptions, StreamScheduler, StreamStatsOut
 
 _INT32 = st.integers(min_value=0, max_value=2**31 - 1)
 _POS_INT32 = st.integers(min_value=1, max_value=2**31 - 1)
@@ -80,11 +80,23 @@ healths = st.builds(
 )
 _COUNT = st.integers(min_value=0, max_value=2**63 - 1)
 _OPT_MS = st.none() | st.floats(min_value=0.0, allow_nan=False, allow_infinity=False)
+stream_schedulers = st.builds(
+    StreamScheduler,
+    latency_budget_ms=st.floats(1e-3, 60_000.0),
+    max_interval=st.integers(1, 30),
+)
 stream_options = st.builds(
     StreamOptions,
     tracker=_TEXT,
     conf=st.none() | st.floats(0.0, 1.0),
     realtime=st.booleans(),
+    detect_every=st.integers(1, 30),
+) | st.builds(
+    StreamOptions,
+    tracker=_TEXT,
+    conf=st.none() | st.floats(0.0, 1.0),
+    realtime=st.booleans(),
+    scheduler=stream_schedulers,
 )
 stream_stats = st.builds(
     StreamStatsOut,
@@ -99,6 +111,9 @@ stream_stats = st.builds(
     p99_end_to_end_ms=_OPT_MS,
     subscribers=_COUNT,
     results_dropped=_COUNT,
+    detector_frames=_COUNT,
+    tracker_frames=_COUNT,
+    interval=st.integers(1, 2**31 - 1),
 )
 stream_infos = st.builds(
     StreamInfo,
@@ -243,5 +258,25 @@ def test_frame_record_to_proto() -> None:
     assert person.track_id == 3 and person.box == pb.Box(x1=1.0, y1=2.0, x2=30.5, y2=40.25)
     assert (person.class_name, person.confidence) == ("person", 0.9)
     assert not car.HasField("track_id")
+    assert not msg.predicted  # a detector frame's record has no "predicted" key
     del record["end_to_end_ms"]
     assert not mapping.frame_record_to_proto(record).HasField("end_to_end_ms")
+    record["predicted"] = True  # the detector skipped the frame
+    assert mapping.frame_record_to_proto(record).predicted
+
+
+def test_start_request_options_defaults_and_refusals() -> None:
+    plain = mapping.start_options_from_proto(pb.StartStreamRequest(uri="a.ts"))
+    assert plain == StreamOptions()  # bytetrack, every frame, no scheduler
+    adaptive = mapping.start_options_from_proto(
+        pb.StartStreamRequest(uri="a.ts", scheduler=pb.StreamScheduler(max_interval=3))
+    )
+    assert adaptive.scheduler == StreamScheduler(latency_budget_ms=100.0, max_interval=3)
+    with pytest.raises(ValidationError, match="not both"):
+        mapping.start_options_from_proto(
+            pb.StartStreamRequest(uri="a.ts", detect_every=2, scheduler=pb.StreamScheduler())
+        )
+    with pytest.raises(ValidationError, match="max_interval"):
+        mapping.start_options_from_proto(
+            pb.StartStreamRequest(uri="a.ts", scheduler=pb.StreamScheduler(max_interval=0))
+        )

@@ -77,6 +77,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar
 
 import grpc
+import pydantic
 
 from tapetum.core.breaker import CircuitOpenError
 from tapetum.errors import ConfigError, SourceError, SubscriptionLimitError, TapetumError
@@ -110,7 +111,6 @@ from tapetum.serve.settings import (
 from tapetum.serve.streams import (
     StreamLimitError,
     StreamManager,
-    StreamOptions,
     UnknownStreamError,
 )
 
@@ -179,6 +179,15 @@ def _to_api_error(exc: Exception) -> ApiError:
         return ApiError(503, "service_unavailable", str(exc), {"Retry-After": "1"})
     log.error("unhandled %s", type(exc).__name__, exc_info=exc)
     return ApiError(500, "internal_error", "internal server error; see the server log")
+
+
+def _validation_reason(exc: pydantic.ValidationError) -> str:
+    """``field: message`` of each error, as the REST API words a 422."""
+    parts = [
+        f"{'.'.join(str(p) for p in err['loc']) or 'request'}: {err['msg']}"
+        for err in exc.errors()[:5]
+    ]
+    return "; ".join(parts) or "invalid request"
 
 
 def _expired(max_s: float | None) -> ApiError:
@@ -481,9 +490,10 @@ class _DetectorService(pb_grpc.DetectorServicer):
         conf = request.conf if request.HasField("conf") else None
         if conf is not None:
             self.service.check_conf(conf)
-        options = StreamOptions(
-            tracker=request.tracker or "bytetrack", conf=conf, realtime=request.realtime
-        )
+        try:
+            options = mapping.start_options_from_proto(request)
+        except pydantic.ValidationError as exc:
+            raise ApiError(422, "invalid_request", _validation_reason(exc)) from None
         if not request.uri or len(request.uri) > 4096:
             raise ApiError(422, "invalid_request", "uri: give 1 to 4096 characters")
         return mapping.stream_info_to_proto(self.streams.start(request.uri, options, caller))

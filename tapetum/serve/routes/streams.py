@@ -96,7 +96,13 @@ def build_router(state: AppState, guards: Guards) -> APIRouter:
         caller's. Needs ``infer``."""
         if body.conf is not None:
             check_conf(body.conf)
-        options = StreamOptions(tracker=body.tracker, conf=body.conf, realtime=body.realtime)
+        options = StreamOptions(
+            tracker=body.tracker,
+            conf=body.conf,
+            realtime=body.realtime,
+            detect_every=body.detect_every,
+            scheduler=body.scheduler,
+        )
         caller = caller_of(_key)
         try:
             # Opening probes the source (up to its open timeout): off the event loop.
@@ -158,8 +164,9 @@ def build_router(state: AppState, guards: Guards) -> APIRouter:
             200: {
                 "content": {"text/event-stream": {}},
                 "description": "Server-Sent Events: one `data:` JSON line per frame result "
-                "(the JSONL record), `: heartbeat` comments when idle, and a final "
-                "`event: end` when the stream ends.",
+                '(the JSONL record; `"predicted": true` on a frame the detector skipped, '
+                "whose boxes are the tracker's predictions), `: heartbeat` comments when "
+                "idle, and a final `event: end` when the stream ends.",
             },
             **_RESULTS_RESPONSES,
         },

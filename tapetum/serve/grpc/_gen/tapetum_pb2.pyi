@@ -203,30 +203,46 @@ class HealthResponse(_message.Message):
     detail: str
     def __init__(self, status: _Optional[_Union[HealthResponse.Status, str]] = ..., model_loaded: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
+class StreamScheduler(_message.Message):
+    __slots__ = ("latency_budget_ms", "max_interval")
+    LATENCY_BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    latency_budget_ms: float
+    max_interval: int
+    def __init__(self, latency_budget_ms: _Optional[float] = ..., max_interval: _Optional[int] = ...) -> None: ...
+
 class StreamOptions(_message.Message):
-    __slots__ = ("tracker", "conf", "realtime")
+    __slots__ = ("tracker", "conf", "realtime", "detect_every", "scheduler")
     TRACKER_FIELD_NUMBER: _ClassVar[int]
     CONF_FIELD_NUMBER: _ClassVar[int]
     REALTIME_FIELD_NUMBER: _ClassVar[int]
+    DETECT_EVERY_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     tracker: str
     conf: float
     realtime: bool
-    def __init__(self, tracker: _Optional[str] = ..., conf: _Optional[float] = ..., realtime: _Optional[bool] = ...) -> None: ...
+    detect_every: int
+    scheduler: StreamScheduler
+    def __init__(self, tracker: _Optional[str] = ..., conf: _Optional[float] = ..., realtime: _Optional[bool] = ..., detect_every: _Optional[int] = ..., scheduler: _Optional[_Union[StreamScheduler, _Mapping]] = ...) -> None: ...
 
 class StartStreamRequest(_message.Message):
-    __slots__ = ("uri", "tracker", "conf", "realtime")
+    __slots__ = ("uri", "tracker", "conf", "realtime", "detect_every", "scheduler")
     URI_FIELD_NUMBER: _ClassVar[int]
     TRACKER_FIELD_NUMBER: _ClassVar[int]
     CONF_FIELD_NUMBER: _ClassVar[int]
     REALTIME_FIELD_NUMBER: _ClassVar[int]
+    DETECT_EVERY_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     uri: str
     tracker: str
     conf: float
     realtime: bool
-    def __init__(self, uri: _Optional[str] = ..., tracker: _Optional[str] = ..., conf: _Optional[float] = ..., realtime: _Optional[bool] = ...) -> None: ...
+    detect_every: int
+    scheduler: StreamScheduler
+    def __init__(self, uri: _Optional[str] = ..., tracker: _Optional[str] = ..., conf: _Optional[float] = ..., realtime: _Optional[bool] = ..., detect_every: _Optional[int] = ..., scheduler: _Optional[_Union[StreamScheduler, _Mapping]] = ...) -> None: ...
 
 class StreamStats(_message.Message):
-    __slots__ = ("frames_read", "frames_processed", "frames_dropped", "frames_corrupt", "frames_failed", "reconnects", "fps", "p50_end_to_end_ms", "p99_end_to_end_ms", "subscribers", "results_dropped")
+    __slots__ = ("frames_read", "frames_processed", "frames_dropped", "frames_corrupt", "frames_failed", "reconnects", "fps", "p50_end_to_end_ms", "p99_end_to_end_ms", "subscribers", "results_dropped", "detector_frames", "tracker_frames", "interval")
     FRAMES_READ_FIELD_NUMBER: _ClassVar[int]
     FRAMES_PROCESSED_FIELD_NUMBER: _ClassVar[int]
     FRAMES_DROPPED_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +254,9 @@ class StreamStats(_message.Message):
     P99_END_TO_END_MS_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
     RESULTS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    DETECTOR_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    TRACKER_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
     frames_read: int
     frames_processed: int
     frames_dropped: int
@@ -249,7 +268,10 @@ class StreamStats(_message.Message):
     p99_end_to_end_ms: float
     subscribers: int
     results_dropped: int
-    def __init__(self, frames_read: _Optional[int] = ..., frames_processed: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., frames_corrupt: _Optional[int] = ..., frames_failed: _Optional[int] = ..., reconnects: _Optional[int] = ..., fps: _Optional[float] = ..., p50_end_to_end_ms: _Optional[float] = ..., p99_end_to_end_ms: _Optional[float] = ..., subscribers: _Optional[int] = ..., results_dropped: _Optional[int] = ...) -> None: ...
+    detector_frames: int
+    tracker_frames: int
+    interval: int
+    def __init__(self, frames_read: _Optional[int] = ..., frames_processed: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., frames_corrupt: _Optional[int] = ..., frames_failed: _Optional[int] = ..., reconnects: _Optional[int] = ..., fps: _Optional[float] = ..., p50_end_to_end_ms: _Optional[float] = ..., p99_end_to_end_ms: _Optional[float] = ..., subscribers: _Optional[int] = ..., results_dropped: _Optional[int] = ..., detector_frames: _Optional[int] = ..., tracker_frames: _Optional[int] = ..., interval: _Optional[int] = ...) -> None: ...
 
 class StreamInfo(_message.Message):
     __slots__ = ("stream_id", "uri", "state", "is_live", "created_at", "options", "stats", "error", "owner", "full_uri")
@@ -304,17 +326,19 @@ class StreamRef(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class FrameResult(_message.Message):
-    __slots__ = ("source_id", "frame_index", "timestamp_s", "detections", "end_to_end_ms", "results_dropped")
+    __slots__ = ("source_id", "frame_index", "timestamp_s", "detections", "end_to_end_ms", "results_dropped", "predicted")
     SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
     DETECTIONS_FIELD_NUMBER: _ClassVar[int]
     END_TO_END_MS_FIELD_NUMBER: _ClassVar[int]
     RESULTS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_FIELD_NUMBER: _ClassVar[int]
     source_id: str
     frame_index: int
     timestamp_s: float
     detections: _containers.RepeatedCompositeFieldContainer[Detection]
     end_to_end_ms: float
     results_dropped: int
-    def __init__(self, source_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., end_to_end_ms: _Optional[float] = ..., results_dropped: _Optional[int] = ...) -> None: ...
+    predicted: bool
+    def __init__(self, source_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., timestamp_s: _Optional[float] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., end_to_end_ms: _Optional[float] = ..., results_dropped: _Optional[int] = ..., predicted: _Optional[bool] = ...) -> None: ...
