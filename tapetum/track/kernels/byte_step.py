@@ -1,15 +1,36 @@
 """One compiled frame of ByteTrack and BoT-SORT.
 
-The frame is the one described in :mod:`tapetum.track.bytetrack`: predict confirmed and
-lost tracks, match them to the high-score detections, the leftover tracked ones to the
-low-score detections, the unconfirmed ones to the high-score detections left over;
-correct every match, drop stale tracks, start new ones, drop tracked/lost duplicates.
-BoT-SORT adds its ``x, y, w, h`` filter, the camera warp after prediction and the gated
-appearance cost in the high-score associations.
+The frame is the one described in :mod:`tapetum.track.bytetrack` (steps 1-6 there), and
+:func:`byte_step` reads as it: one call per step, each a compiled function named after
+it, in frame order:
+
+1. ``_split_tracks``: the pool (confirmed and lost tracks) and the unconfirmed ones.
+2. ``_predict``: Kalman prediction of the pool; BoT-SORT's camera warp of every track.
+3. ``_split_detections``: high-score and low-score detections (``_iou_distance`` first
+   gives every track's ``1 - IoU`` with every detection).
+4. ``_associate_high``: the pool against the high-score detections (IoU fused with the
+   score; BoT-SORT: or the gated appearance distance, :func:`_high_cost`).
+5. ``_associate_low``: the pool's unmatched tracked tracks against the low-score
+   detections on IoU; the ones left over become lost.
+6. ``_associate_unconfirmed``: the unconfirmed tracks against the high-score detections
+   left over.
+7. ``_update_matched``: Kalman correction of every match, in association order (BoT-SORT:
+   the high-score matches update the embedding average, ``_update_embedding``).
+8. ``_remove_stale``: unconfirmed tracks left unmatched, tracks lost for too long.
+9. ``_start_new_tracks``: from the confident high-score detections nobody claimed.
+10. ``_remove_duplicates``: of a tracked and a lost track overlapping, the younger one.
+11. ``_compact`` drops the rows steps 8 and 10 removed; ``_report`` gives each
+    detection its track id.
+
+BoT-SORT adds its ``x, y, w, h`` filter, the camera warp and the appearance cost; the rest
+is shared. The steps are inlined into :func:`byte_step` when it compiles
+(:func:`~tapetum.track.kernels.jit.njit_step`): naming them costs about half a
+microsecond per frame.
 
 State lives in a :class:`ByteState` (structure of arrays with spare capacity) owned by
 the tracker; :func:`byte_step` rewrites its first ``n`` rows in place and returns the new
-count. Indices into the params vectors are the ``P_*`` and ``I_*`` constants.
+count; the steps receive its columns as one :data:`Tracks` tuple. Indices into the params
+vectors are the ``P_*`` and ``I_*`` constants.
 """
 
 from __future__ import annotations
@@ -21,7 +42,7 @@ import numpy as np
 
 from tapetum._types import BoolArray, Float32Array, Float64Array, Int8Array, IntArray
 from tapetum.track.kernels import kalman8
-from tapetum.track.kernels.jit import njit
+from tapetum.track.kernels.jit import njit, njit_step
 from tapetum.track.kernels.lsa import thresholded_matching
 
 TRACKED = 1
@@ -48,6 +69,26 @@ I_MAX_FRAMES_LOST = 1
 I_FUSE_SCORE = 2  # 1: high-score cost is 1 - IoU * score
 I_APPEARANCE = 3  # 1: gated appearance cost in the high-score associations
 N_FLAGS = 4
+
+
+#: The :class:`ByteState` columns as the compiled steps pass them (numba has no
+#: dataclasses): mean, cov, track_id, state, activated, class_id, start_frame, last_frame,
+#: det_index, features.
+Tracks = tuple[
+    Float64Array,
+    Float64Array,
+    IntArray,
+    Int8Array,
+    BoolArray,
+    IntArray,
+    IntArray,
+    IntArray,
+    IntArray,
+    Float32Array,
+]
+#: One frame's detections: xyxy (N, 4) float64, score (N,) float32, class (N,) int64,
+#: features (N, D) float32.
+Dets = tuple[Float64Array, Float32Array, IntArray, Float32Array]
 
 
 @dataclass(slots=True)
@@ -231,13 +272,61 @@ def byte_step(  # noqa: PLR0917
     Returns:
         The number of live tracks and the next free id.
     """
-    n_det = det_xyxy.shape[0]
+    tracks = (
+        mean, cov, track_id, state, activated, class_id, start_frame, last_frame, det_index,
+        features,
+    )  # fmt: skip
+    dets = (det_xyxy, det_score, det_class, det_features)
     motion = flags[I_MOTION]
-    pos = params[P_STD_POSITION]
-    vel = params[P_STD_VELOCITY]
-    has_features = features.shape[1] > 0 and det_features.shape[1] > 0
+    with_features = features.shape[1] > 0 and det_features.shape[1] > 0
+    z = np.empty(4)  # measurement scratch, shared by the steps
 
-    # Groups: unconfirmed tracked tracks, and the pool of confirmed + lost ones.
+    pool, unconfirmed, was_lost = _split_tracks(tracks, n)
+    _predict(tracks, n, pool, was_lost, affine, motion, params)
+    dist = _iou_distance(tracks, n, det_xyxy, motion)
+    high, low = _split_detections(det_score, params)
+
+    pool_to, high_to = _associate_high(dist, appearance, det_score, params, flags, pool, high)
+    leftover, left_to = _associate_low(dist, state, pool, pool_to, low, params[P_LOW_MATCH])
+    remaining = _unmatched(high, high_to)
+    unconfirmed_to, remaining_to = _associate_unconfirmed(
+        dist, appearance, det_score, params, flags, unconfirmed, remaining
+    )
+
+    # Every match, in association order; only high-score ones feed the embedding average.
+    _update_matched(tracks, dets, pool, pool_to, high, frame_id, with_features, motion, params, z)
+    _update_matched(tracks, dets, leftover, left_to, low, frame_id, False, motion, params, z)
+    _update_matched(
+        tracks, dets, unconfirmed, unconfirmed_to, remaining, frame_id, with_features, motion,
+        params, z,
+    )  # fmt: skip
+
+    # New tracks go after the old rows; one compaction at the end removes the rows the
+    # stale and duplicate steps unmark in ``keep``.
+    keep = np.ones(n + remaining.shape[0], np.bool_)
+    _remove_stale(
+        keep, tracks, n, was_lost, unconfirmed, unconfirmed_to, frame_id,
+        flags[I_MAX_FRAMES_LOST],
+    )  # fmt: skip
+    n, next_id = _start_new_tracks(
+        tracks, dets, n, next_id, frame_id, remaining, remaining_to, with_features, motion,
+        params, z,
+    )  # fmt: skip
+    _remove_duplicates(tracks, keep[:n], motion, params[P_DUPLICATE_IOU])
+    n = _compact(tracks, keep[:n])
+    _report(tracks, n, out_ids)
+    return n, next_id
+
+
+# --- The steps, in frame order ------------------------------------------------------------
+
+
+@njit_step
+def _split_tracks(tracks: Tracks, n: int) -> tuple[IntArray, IntArray, BoolArray]:
+    """The pool (confirmed and lost tracks) and the unconfirmed tracked ones, as row
+    indices in table order, and which rows were lost before this frame; clears every
+    track's ``det_index``."""
+    _, _, _, state, activated, _, _, _, det_index, _ = tracks
     was_lost = np.zeros(n, np.bool_)
     n_pool = 0
     n_unconfirmed = 0
@@ -261,9 +350,25 @@ def byte_step(  # noqa: PLR0917
         else:
             unconfirmed[n_unconfirmed] = i
             n_unconfirmed += 1
+    return pool, unconfirmed, was_lost
 
-    # Predict the pool (a lost track's size velocities zeroed), then the camera warp.
-    for k in range(n_pool):
+
+@njit_step
+def _predict(  # noqa: PLR0917
+    tracks: Tracks,
+    n: int,
+    pool: IntArray,
+    was_lost: BoolArray,
+    affine: Float64Array,
+    motion: int,
+    params: Float64Array,
+) -> None:
+    """Kalman prediction of the pool, a lost track's size velocities zeroed first (as the
+    reference does); then BoT-SORT's camera warp of every track, unconfirmed included."""
+    mean, cov, _, _, _, _, _, _, _, _ = tracks
+    pos = params[P_STD_POSITION]
+    vel = params[P_STD_VELOCITY]
+    for k in range(pool.shape[0]):
         i = pool[k]
         if was_lost[i]:
             mean[i, 7] = 0.0
@@ -274,7 +379,12 @@ def byte_step(  # noqa: PLR0917
         for i in range(n):
             kalman8.warp(mean[i], cov[i], affine)
 
-    # 1 - IoU of every track with every detection.
+
+@njit_step
+def _iou_distance(tracks: Tracks, n: int, det_xyxy: Float64Array, motion: int) -> Float64Array:
+    """(n, N) ``1 - IoU`` of every predicted track box with every detection."""
+    mean, _, _, _, _, _, _, _, _, _ = tracks
+    n_det = det_xyxy.shape[0]
     boxes = np.empty((n, 4))
     for i in range(n):
         kalman8.to_corners(mean[i], motion, boxes[i])
@@ -282,11 +392,17 @@ def byte_step(  # noqa: PLR0917
     for i in range(n):
         for j in range(n_det):
             dist[i, j] = 1.0 - _iou32(boxes[i], det_xyxy[j])
+    return dist
 
-    # Split detections by score (strict inequalities, as the reference), in float32 like
-    # numpy compares a float32 array with a Python float.
+
+@njit_step
+def _split_detections(det_score: Float32Array, params: Float64Array) -> tuple[IntArray, IntArray]:
+    """High-score (``> track_thresh``) and low-score (``low_thresh < s < track_thresh``)
+    detection rows; strict inequalities as the reference, in float32 as numpy compares a
+    float32 array with a Python float."""
     hi = np.float32(params[P_TRACK_THRESH])
     lo = np.float32(params[P_LOW_THRESH])
+    n_det = det_score.shape[0]
     n_high = 0
     n_low = 0
     for j in range(n_det):
@@ -305,11 +421,38 @@ def byte_step(  # noqa: PLR0917
         elif det_score[j] > lo and det_score[j] < hi:
             low[n_low] = j
             n_low += 1
+    return high, low
 
-    # First association: pool x high.
+
+@njit_step
+def _associate_high(  # noqa: PLR0917
+    dist: Float64Array,
+    appearance: Float64Array,
+    det_score: Float32Array,
+    params: Float64Array,
+    flags: IntArray,
+    pool: IntArray,
+    high: IntArray,
+) -> tuple[IntArray, IntArray]:
+    """First association: the pool against the high-score detections on
+    :func:`_high_cost`. Returns the matched position in ``high`` of each pool track and
+    the matched position in ``pool`` of each high detection (-1: none)."""
     cost = _high_cost(dist, appearance, det_score, params, flags, pool, high)
-    pool_to, high_to = thresholded_matching(cost, params[P_MATCH])
-    # Second association: pool tracks tracked last frame and unmatched x low, on IoU.
+    return thresholded_matching(cost, params[P_MATCH])
+
+
+@njit_step
+def _associate_low(  # noqa: PLR0917
+    dist: Float64Array,
+    state: Int8Array,
+    pool: IntArray,
+    pool_to: IntArray,
+    low: IntArray,
+    cost_limit: float,
+) -> tuple[IntArray, IntArray]:
+    """Second association: the pool tracks the first left unmatched and tracked on the
+    last frame against the low-score detections, on ``1 - IoU``; the ones left over
+    become lost. Returns those tracks and the matched position in ``low`` of each."""
     free_pool = _unmatched(pool, pool_to)
     n_left = 0
     for k in range(free_pool.shape[0]):
@@ -321,63 +464,131 @@ def byte_step(  # noqa: PLR0917
         if state[free_pool[k]] == TRACKED:
             leftover[n_left] = free_pool[k]
             n_left += 1
-    cost = np.empty((n_left, n_low))
+    cost = np.empty((n_left, low.shape[0]))
     for a in range(n_left):
-        for b in range(n_low):
+        for b in range(low.shape[0]):
             cost[a, b] = dist[leftover[a], low[b]]
-    left_to, _ = thresholded_matching(cost, params[P_LOW_MATCH])
+    left_to, _ = thresholded_matching(cost, cost_limit)
     for a in range(n_left):
         if left_to[a] < 0:
             state[leftover[a]] = LOST
-    # Third: unconfirmed x high detections nobody took.
-    remaining = _unmatched(high, high_to)
-    cost = _high_cost(dist, appearance, det_score, params, flags, unconfirmed, remaining)
-    unconf_to, remaining_to = thresholded_matching(cost, params[P_UNCONFIRMED_MATCH])
+    return leftover, left_to
 
-    # Correct every match, in association order (embeddings: high-score matches only).
-    z = np.empty(4)
+
+@njit_step
+def _associate_unconfirmed(  # noqa: PLR0917
+    dist: Float64Array,
+    appearance: Float64Array,
+    det_score: Float32Array,
+    params: Float64Array,
+    flags: IntArray,
+    unconfirmed: IntArray,
+    remaining: IntArray,
+) -> tuple[IntArray, IntArray]:
+    """Third association: the unconfirmed tracks against the high-score detections
+    nobody took, on :func:`_high_cost`; returns both sides' matches (-1: none)."""
+    cost = _high_cost(dist, appearance, det_score, params, flags, unconfirmed, remaining)
+    return thresholded_matching(cost, params[P_UNCONFIRMED_MATCH])
+
+
+@njit_step
+def _update_matched(  # noqa: PLR0917
+    tracks: Tracks,
+    dets: Dets,
+    rows: IntArray,
+    row_to: IntArray,
+    cols: IntArray,
+    frame_id: int,
+    with_features: bool,
+    motion: int,
+    params: Float64Array,
+    z: Float64Array,
+) -> None:
+    """Kalman correction of each track ``rows[a]`` matched to detection
+    ``cols[row_to[a]]``, in order: it becomes tracked and activated, takes the
+    detection's class and, ``with_features``, its embedding into the moving average."""
+    mean, cov, _, state, activated, class_id, _, last_frame, det_index, features = tracks
+    det_xyxy, _, det_class, det_features = dets
+    pos = params[P_STD_POSITION]
     alpha = np.float32(params[P_EMA])
     beta = np.float32(1.0 - params[P_EMA])
-    for stage in range(3):
-        if stage == 0:
-            rows, to, cols = pool, pool_to, high
-        elif stage == 1:
-            rows, to, cols = leftover, left_to, low
-        else:
-            rows, to, cols = unconfirmed, unconf_to, remaining
-        for a in range(rows.shape[0]):
-            if to[a] < 0:
-                continue
-            i = rows[a]
-            j = cols[to[a]]
-            kalman8.to_measurement(det_xyxy[j], motion, z)
-            kalman8.update(mean[i], cov[i], z, motion, pos)
-            state[i] = TRACKED
-            activated[i] = True
-            class_id[i] = det_class[j]
-            last_frame[i] = frame_id
-            det_index[i] = j
-            if has_features and stage != 1:
-                norm2 = np.float32(0.0)
-                for d in range(features.shape[1]):
-                    f = alpha * features[i, d] + beta * det_features[j, d]
-                    features[i, d] = f
-                    norm2 += f * f
-                norm = max(np.float32(np.sqrt(norm2)), np.float32(1e-12))
-                for d in range(features.shape[1]):
-                    features[i, d] = features[i, d] / norm
+    for a in range(rows.shape[0]):
+        if row_to[a] < 0:
+            continue
+        i = rows[a]
+        j = cols[row_to[a]]
+        kalman8.to_measurement(det_xyxy[j], motion, z)
+        kalman8.update(mean[i], cov[i], z, motion, pos)
+        state[i] = TRACKED
+        activated[i] = True
+        class_id[i] = det_class[j]
+        last_frame[i] = frame_id
+        det_index[i] = j
+        if with_features:
+            _update_embedding(features[i], det_features[j], alpha, beta)
 
-    # Drop unconfirmed tracks that found nothing and tracks lost for too long; new tracks
-    # go after the old rows, and one compaction at the end removes every dropped row.
-    keep = np.ones(n + remaining.shape[0], np.bool_)
+
+@njit_step
+def _update_embedding(
+    feature: Float32Array, det_feature: Float32Array, alpha: np.float32, beta: np.float32
+) -> None:
+    """``feature = unit(alpha * feature + beta * det_feature)`` in float32, in place."""
+    norm2 = np.float32(0.0)
+    for d in range(feature.shape[0]):
+        f = alpha * feature[d] + beta * det_feature[d]
+        feature[d] = f
+        norm2 += f * f
+    norm = max(np.float32(np.sqrt(norm2)), np.float32(1e-12))
+    for d in range(feature.shape[0]):
+        feature[d] = feature[d] / norm
+
+
+@njit_step
+def _remove_stale(  # noqa: PLR0917
+    keep: BoolArray,
+    tracks: Tracks,
+    n: int,
+    was_lost: BoolArray,
+    unconfirmed: IntArray,
+    unconfirmed_to: IntArray,
+    frame_id: int,
+    max_frames_lost: int,
+) -> None:
+    """Unmark in ``keep`` the unconfirmed tracks that found no detection, and the tracks
+    lost before this frame and unmatched for more than ``max_frames_lost`` frames."""
+    _, _, _, state, _, _, _, last_frame, _, _ = tracks
     for a in range(unconfirmed.shape[0]):
-        if unconf_to[a] < 0:
+        if unconfirmed_to[a] < 0:
             keep[unconfirmed[a]] = False
     for i in range(n):
-        if was_lost[i] and state[i] == LOST and frame_id - last_frame[i] > flags[I_MAX_FRAMES_LOST]:
+        if was_lost[i] and state[i] == LOST and frame_id - last_frame[i] > max_frames_lost:
             keep[i] = False
 
-    # Start tracks from confident high-score detections nobody claimed.
+
+@njit_step
+def _start_new_tracks(  # noqa: PLR0917
+    tracks: Tracks,
+    dets: Dets,
+    n: int,
+    next_id: int,
+    frame_id: int,
+    remaining: IntArray,
+    remaining_to: IntArray,
+    with_features: bool,
+    motion: int,
+    params: Float64Array,
+    z: Float64Array,
+) -> tuple[int, int]:
+    """Append a track for each high-score detection nobody claimed that scores at least
+    ``new_track_thresh``, in detection order; only on frame 1 is it activated at birth.
+    Returns the new number of rows and the next free id."""
+    (
+        mean, cov, track_id, state, activated, class_id, start_frame, last_frame, det_index,
+        features,
+    ) = tracks  # fmt: skip
+    det_xyxy, det_score, det_class, det_features = dets
+    pos = params[P_STD_POSITION]
+    vel = params[P_STD_VELOCITY]
     for b in range(remaining.shape[0]):
         j = remaining[b]
         if remaining_to[b] >= 0 or det_score[j] < np.float32(params[P_NEW_TRACK_THRESH]):
@@ -392,51 +603,45 @@ def byte_step(  # noqa: PLR0917
         start_frame[n] = frame_id
         last_frame[n] = frame_id
         det_index[n] = j
-        if has_features:
+        if with_features:
             features[n] = det_features[j]
         elif features.shape[1] > 0:
             features[n] = np.float32(0.0)
         n += 1
-
-    _drop_duplicates(
-        mean, state, start_frame, last_frame, keep[:n], motion, params[P_DUPLICATE_IOU]
-    )
-    n = _compact(
-        mean,
-        cov,
-        track_id,
-        state,
-        activated,
-        class_id,
-        start_frame,
-        last_frame,
-        det_index,
-        features,
-        keep[:n],
-    )
-
-    out_ids[:] = -1
-    for i in range(n):
-        if state[i] == TRACKED and activated[i]:
-            out_ids[det_index[i]] = track_id[i]
     return n, next_id
 
 
-@njit
-def _compact(  # noqa: PLR0917
-    mean: Float64Array,
-    cov: Float64Array,
-    track_id: IntArray,
-    state: Int8Array,
-    activated: BoolArray,
-    class_id: IntArray,
-    start_frame: IntArray,
-    last_frame: IntArray,
-    det_index: IntArray,
-    features: Float32Array,
-    keep: BoolArray,
-) -> int:
+@njit_step
+def _remove_duplicates(tracks: Tracks, keep: BoolArray, motion: int, duplicate_iou: float) -> None:
+    """Of each kept tracked/lost pair overlapping more than ``duplicate_iou``, unmark the
+    younger track in ``keep`` (the tracked one on equal age)."""
+    mean, _, _, state, _, _, start_frame, last_frame, _, _ = tracks
+    n = keep.shape[0]
+    boxes = np.empty((n, 4))
+    for i in range(n):
+        kalman8.to_corners(mean[i], motion, boxes[i])
+    alive = keep.copy()  # the rows the pairs are drawn from
+    for p in range(n):
+        if not alive[p] or state[p] != TRACKED:
+            continue
+        for q in range(n):
+            if not alive[q] or state[q] != LOST:
+                continue
+            if _iou32(boxes[p], boxes[q]) <= np.float32(duplicate_iou):
+                continue
+            if last_frame[p] - start_frame[p] > last_frame[q] - start_frame[q]:
+                keep[q] = False
+            else:
+                keep[p] = False
+
+
+@njit_step
+def _compact(tracks: Tracks, keep: BoolArray) -> int:
     """Move the kept rows to the front, in order; returns their number."""
+    (
+        mean, cov, track_id, state, activated, class_id, start_frame, last_frame, det_index,
+        features,
+    ) = tracks  # fmt: skip
     w = 0
     for i in range(keep.shape[0]):
         if not keep[i]:
@@ -456,35 +661,15 @@ def _compact(  # noqa: PLR0917
     return w
 
 
-@njit
-def _drop_duplicates(  # noqa: PLR0917
-    mean: Float64Array,
-    state: Int8Array,
-    start_frame: IntArray,
-    last_frame: IntArray,
-    keep: BoolArray,
-    motion: int,
-    duplicate_iou: float,
-) -> None:
-    """Of each kept tracked/lost pair overlapping more than ``duplicate_iou``, unmark the
-    younger track in ``keep`` (the tracked one on equal age)."""
-    n = keep.shape[0]
-    boxes = np.empty((n, 4))
+@njit_step
+def _report(tracks: Tracks, n: int, out_ids: IntArray) -> None:
+    """``out_ids[j]``: the id of the activated, tracked track matched to detection ``j``
+    on this frame; -1 where there is none."""
+    _, _, track_id, state, activated, _, _, _, det_index, _ = tracks
+    out_ids[:] = -1
     for i in range(n):
-        kalman8.to_corners(mean[i], motion, boxes[i])
-    alive = keep.copy()  # the rows the pairs are drawn from
-    for p in range(n):
-        if not alive[p] or state[p] != TRACKED:
-            continue
-        for q in range(n):
-            if not alive[q] or state[q] != LOST:
-                continue
-            if _iou32(boxes[p], boxes[q]) <= np.float32(duplicate_iou):
-                continue
-            if last_frame[p] - start_frame[p] > last_frame[q] - start_frame[q]:
-                keep[q] = False
-            else:
-                keep[p] = False
+        if state[i] == TRACKED and activated[i]:
+            out_ids[det_index[i]] = track_id[i]
 
 
 def make_params(

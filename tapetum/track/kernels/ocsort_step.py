@@ -3,9 +3,29 @@
 The tracker's state is a fixed-capacity structure of arrays owned by ``OCSortTracker``;
 rows ``[0, n_tracks)`` are the live tracks, in the order the numpy implementation kept
 them (survivors in birth order, newborns appended). :func:`ocsort_step` advances it by one
-frame in place: predict, the three association rounds (OCM, optional BYTE, OCR),
-observation-centric re-update (ORU) of re-found tracks, Kalman correction, track birth,
-reporting and deletion.
+frame in place, one call per step of the method (steps 1-5 of ``ocsort.py``), each a
+compiled function named after it:
+
+1. ``_predict`` every track; ``_remove_unreal_predictions`` drops a track whose predicted
+   box is not finite.
+2. ``_direction_references``: each track's observation ``delta_t`` frames back, where the
+   direction of motion OCM compares starts.
+3. ``_associate_ocm``: the first round, IoU plus direction consistency, on the
+   high-score detections (``_high_detections``).
+4. ``_associate_byte`` (``use_byte``): the tracks left over against the low-score
+   detections (``_low_detections``) on IoU.
+5. ``_associate_ocr``: the tracks still left over, by last observed box, against the
+   high-score detections still left over.
+6. ``_freeze_newly_lost``: a track missing for the first time keeps its prediction.
+7. ``_update_matched``: ORU (``_re_update``) of a re-found track, then Kalman correction
+   and the observation history of every matched track.
+8. ``_start_new_tracks`` from the high-score detections nobody claimed.
+9. ``_report`` the tracks with enough hits in a row (ids handed out here).
+10. ``_remove_expired``: tracks unobserved for more than ``max_frames_lost`` frames.
+
+The steps receive the state columns as one :data:`Tracks` tuple and are inlined into
+:func:`ocsort_step` when it compiles (:func:`~tapetum.track.kernels.jit.njit_step`):
+naming them costs about half a microsecond per frame.
 
 **Bit-for-bit equal to the numpy tracker** on the CPUs checked (numpy's OpenBLAS picks
 its kernels by CPU; elsewhere the two agree to rounding). The Kalman filter here
@@ -36,16 +56,38 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
-import numpy.typing as npt
 from numba import types
 from numba.extending import intrinsic
 
-from tapetum._types import Float32Array, Float64Array, IntArray
-from tapetum.track.kernels.jit import njit
+from tapetum._types import BoolArray, Float32Array, Float64Array, IntArray
+from tapetum.track.kernels.jit import njit, njit_step
 from tapetum.track.kernels.lsa import min_cost_matching
 
 #: ``history_age`` of an empty slot in the observation ring; older than any window start.
 NO_OBSERVATION = int(np.iinfo(np.int64).min // 2)
+
+#: The state columns as the compiled steps pass them (numba has no dataclasses): mean,
+#: cov, frozen_mean, frozen_cov, last_box, hist_box, hist_age, velocity, track_id, age,
+#: since_update, hit_streak (``_TrackState`` in ``ocsort.py`` documents them).
+Tracks = tuple[
+    Float64Array,
+    Float64Array,
+    Float64Array,
+    Float64Array,
+    Float64Array,
+    Float64Array,
+    IntArray,
+    Float64Array,
+    IntArray,
+    IntArray,
+    IntArray,
+    IntArray,
+]
+#: Boxes as ``box_iou`` sees them: (N, 4) float32 corners and (N,) float32 areas.
+Boxes32 = tuple[Float32Array, Float32Array]
+#: One frame's detections: xyxy (N, 4) float64, score (N,) float64, and their
+#: :data:`Boxes32`.
+Dets = tuple[Float64Array, Float64Array, Float32Array, Float32Array]
 
 _R = np.array([1.0, 1.0, 10.0, 10.0])
 _Q = np.array([1.0, 1.0, 1.0, 1.0, 1e-2, 1e-2, 1e-4])
@@ -331,84 +373,6 @@ def _match(
 
 
 @njit
-def _compact(  # noqa: PLR0917 (compiled: positional only)
-    keep: npt.NDArray[np.bool_],
-    n: int,
-    mean: Float64Array,
-    cov: Float64Array,
-    frozen_mean: Float64Array,
-    frozen_cov: Float64Array,
-    last_box: Float64Array,
-    hist_box: Float64Array,
-    hist_age: IntArray,
-    velocity: Float64Array,
-    track_id: IntArray,
-    age: IntArray,
-    since_update: IntArray,
-    hit_streak: IntArray,
-    det_index: IntArray,
-) -> int:
-    """Move the rows ``keep``s marks to the front, in order; returns how many."""
-    w = 0
-    for r in range(n):
-        if not keep[r]:
-            continue
-        if w != r:
-            mean[w] = mean[r]
-            cov[w] = cov[r]
-            frozen_mean[w] = frozen_mean[r]
-            frozen_cov[w] = frozen_cov[r]
-            last_box[w] = last_box[r]
-            hist_box[w] = hist_box[r]
-            hist_age[w] = hist_age[r]
-            velocity[w] = velocity[r]
-            track_id[w] = track_id[r]
-            age[w] = age[r]
-            since_update[w] = since_update[r]
-            hit_streak[w] = hit_streak[r]
-            det_index[w] = det_index[r]
-        w += 1
-    return w
-
-
-@njit
-def _re_update(  # noqa: PLR0917 (compiled: positional only)
-    mean: Float64Array,
-    cov: Float64Array,
-    frozen_mean: Float64Array,
-    frozen_cov: Float64Array,
-    last: Float64Array,
-    new: Float64Array,
-    gap: int,
-    work: Float64Array,
-    ipiv: IntArray,
-) -> None:
-    """ORU of one track: replay the frozen filter along the straight path last -> new."""
-    mean[:] = frozen_mean
-    cov[:] = frozen_cov
-    sx = 0.5 * (last[0] + last[2])
-    sy = 0.5 * (last[1] + last[3])
-    sw = last[2] - last[0]
-    sh = last[3] - last[1]
-    gx = (0.5 * (new[0] + new[2]) - sx) / gap
-    gy = (0.5 * (new[1] + new[3]) - sy) / gap
-    gw = ((new[2] - new[0]) - sw) / gap
-    gh = ((new[3] - new[1]) - sh) / gap
-    z = np.empty(4)
-    for k in range(gap):
-        f = float(k + 1)
-        w = sw + f * gw
-        h = sh + f * gh
-        z[0] = sx + f * gx
-        z[1] = sy + f * gy
-        z[2] = w * h
-        z[3] = np.divide(w, h)
-        kalman_update(mean, cov, z, work, ipiv)
-        if k + 1 < gap:
-            kalman_predict(mean, cov)
-
-
-@njit
 def ocsort_step(  # noqa: PLR0917 (compiled: positional only)
     mean: Float64Array,
     cov: Float64Array,
@@ -455,18 +419,52 @@ def ocsort_step(  # noqa: PLR0917 (compiled: positional only)
         ``(n_tracks, next_id, rows, ids)``: the live tracks and next identity after this
         frame, and the detection rows a reported track observed, ascending, with its id.
     """
-    n_det = det_xyxy.shape[0]
-    delta_t = hist_age.shape[1]
-    capacity = mean.shape[0]
-    det_index = np.full(capacity, -1, np.int64)
-    work = np.empty((5, 7, 7))
-    ipiv = np.zeros(4, np.int64)
+    tracks = (
+        mean, cov, frozen_mean, frozen_cov, last_box, hist_box, hist_age, velocity, track_id,
+        age, since_update, hit_streak,
+    )  # fmt: skip
+    det_index = np.full(mean.shape[0], -1, np.int64)  # detection each track observed
 
-    # Predict; drop tracks whose predicted box is not real.
-    all_finite = True
-    finite = np.ones(n_tracks, np.bool_)
-    track_boxes = np.empty((n_tracks, 4))
-    for t in range(n_tracks):
+    track_boxes = _predict(tracks, n_tracks)
+    n_tracks = _remove_unreal_predictions(tracks, n_tracks, track_boxes, det_index)
+    n = n_tracks  # the tracks that take part in the associations
+    reference = _direction_references(tracks, n)
+
+    high = _high_detections(det_score, det_thresh)
+    det32, det_area = _boxes32(det_xyxy, det_xyxy.shape[0])
+    dets = (det_xyxy, det_score, det32, det_area)
+    predicted = _boxes32(track_boxes, n)
+    track_det = np.full(n, -1, np.int64)  # detection each track matched this frame
+    det_used = np.zeros(det_xyxy.shape[0], np.bool_)
+    _associate_ocm(
+        tracks, dets, predicted, reference, high, inertia, iou_threshold, track_det, det_used
+    )
+    if use_byte:
+        low = _low_detections(det_score, low_thresh, det_thresh)
+        _associate_byte(dets, predicted, low, iou_threshold, track_det, det_used)
+    _associate_ocr(tracks, dets, high, iou_threshold, track_det, det_used)
+
+    _freeze_newly_lost(tracks, track_det)
+    _update_matched(tracks, det_xyxy, reference, track_det, use_oru, det_index)
+    n_tracks = _start_new_tracks(tracks, n_tracks, det_xyxy, high, det_used, det_index)
+    next_id, out_rows, out_ids = _report(
+        tracks, n_tracks, det_index, det_xyxy.shape[0], frame_id, min_hits, next_id
+    )
+    n_tracks = _remove_expired(tracks, n_tracks, det_index, max_lost)
+    return n_tracks, next_id, out_rows, out_ids
+
+
+# --- The steps, in frame order ------------------------------------------------------------
+
+
+@njit_step
+def _predict(tracks: Tracks, n: int) -> Float64Array:
+    """Kalman prediction of the tracks ``[0, n)`` (a scale velocity that would make the
+    area non-positive is zeroed first); ages them and breaks the hit streak of a track
+    unobserved on the last frame. Returns the (n, 4) predicted xyxy boxes."""
+    mean, cov, _, _, _, _, _, _, _, age, since_update, hit_streak = tracks
+    track_boxes = np.empty((n, 4))
+    for t in range(n):
         m = mean[t]
         if m[2] + m[6] <= 0:
             m[6] = 0.0
@@ -481,36 +479,38 @@ def ocsort_step(  # noqa: PLR0917 (compiled: positional only)
         track_boxes[t, 1] = m[1] - 0.5 * h
         track_boxes[t, 2] = m[0] + 0.5 * w
         track_boxes[t, 3] = m[1] + 0.5 * h
+    return track_boxes
+
+
+@njit_step
+def _remove_unreal_predictions(
+    tracks: Tracks, n: int, track_boxes: Float64Array, det_index: IntArray
+) -> int:
+    """Drop the tracks whose predicted box is not finite (their rows in ``track_boxes``
+    too, which keeps the survivors' boxes in its first rows); returns how many remain."""
+    finite = np.ones(n, np.bool_)
+    all_finite = True
+    for t in range(n):
         for k in range(4):
             if not np.isfinite(track_boxes[t, k]):
                 finite[t] = False
                 all_finite = False
-    if not all_finite:
-        kept = 0
-        for t in range(n_tracks):
-            if finite[t]:
-                track_boxes[kept] = track_boxes[t]
-                kept += 1
-        n_tracks = _compact(
-            finite,
-            n_tracks,
-            mean,
-            cov,
-            frozen_mean,
-            frozen_cov,
-            last_box,
-            hist_box,
-            hist_age,
-            velocity,
-            track_id,
-            age,
-            since_update,
-            hit_streak,
-            det_index,
-        )
-    n = n_tracks
+    if all_finite:
+        return n
+    kept = 0
+    for t in range(n):
+        if finite[t]:
+            track_boxes[kept] = track_boxes[t]
+            kept += 1
+    return _compact(finite, n, tracks, det_index)
 
-    # Each track's oldest observation of the last delta_t frames (else its last one).
+
+@njit_step
+def _direction_references(tracks: Tracks, n: int) -> Float64Array:
+    """(n, 4) each track's oldest observation of the last ``delta_t`` frames (else its
+    last one): where OCM's direction of motion starts."""
+    _, _, _, _, last_box, hist_box, hist_age, _, _, age, _, _ = tracks
+    delta_t = hist_age.shape[1]
     reference = np.empty((n, 4))
     for t in range(n):
         limit = age[t] - delta_t
@@ -525,25 +525,66 @@ def ocsort_step(  # noqa: PLR0917 (compiled: positional only)
             reference[t] = hist_box[t, slot]
         else:
             reference[t] = last_box[t]
+    return reference
 
-    high = np.empty(n_det, np.int64)
-    n_high = 0
-    for d in range(n_det):
+
+@njit_step
+def _high_detections(det_score: Float64Array, det_thresh: float) -> IntArray:
+    """The detection rows scoring above ``det_thresh``, ascending."""
+    count = 0
+    for d in range(det_score.shape[0]):
         if det_score[d] > det_thresh:
-            high[n_high] = d
-            n_high += 1
-    det32, det_area = _boxes32(det_xyxy, n_det)
-    trk32, trk_area = _boxes32(track_boxes, n)
-    track_det = np.full(n, -1, np.int64)
-    det_used = np.zeros(n_det, np.bool_)
+            count += 1
+    rows = np.empty(count, np.int64)
+    count = 0
+    for d in range(det_score.shape[0]):
+        if det_score[d] > det_thresh:
+            rows[count] = d
+            count += 1
+    return rows
 
-    # First association (OCM): IoU plus direction consistency, scaled by confidence.
-    iou = np.empty((n, n_high))
-    weight = np.empty((n, n_high))
+
+@njit_step
+def _low_detections(det_score: Float64Array, low_thresh: float, det_thresh: float) -> IntArray:
+    """The detection rows scoring above ``low_thresh`` and below ``det_thresh``."""
+    count = 0
+    for d in range(det_score.shape[0]):
+        if low_thresh < det_score[d] < det_thresh:
+            count += 1
+    rows = np.empty(count, np.int64)
+    count = 0
+    for d in range(det_score.shape[0]):
+        if low_thresh < det_score[d] < det_thresh:
+            rows[count] = d
+            count += 1
+    return rows
+
+
+@njit_step
+def _associate_ocm(  # noqa: PLR0917 (compiled: positional only)
+    tracks: Tracks,
+    dets: Dets,
+    predicted: Boxes32,
+    reference: Float64Array,
+    high: IntArray,
+    inertia: float,
+    iou_threshold: float,
+    track_det: IntArray,
+    det_used: BoolArray,
+) -> None:
+    """First round (OCM): the predicted boxes against the high-score detections on IoU
+    plus ``inertia`` times the confidence-scaled consistency of the direction from each
+    track's reference observation to the detection with the track's own direction."""
+    _, _, _, _, _, _, _, velocity, _, _, _, _ = tracks
+    det_xyxy, det_score, det32, det_area = dets
+    trk32, trk_area = predicted
+    n = track_det.shape[0]
+    iou = np.empty((n, high.shape[0]))
+    weight = np.empty((n, high.shape[0]))
     for t in range(n):
         rx1, ry1, rx2, ry2 = reference[t, 0], reference[t, 1], reference[t, 2], reference[t, 3]
         vy, vx = velocity[t, 0], velocity[t, 1]
-        for c in range(n_high):
+        for c in range(high.shape[0]):
             d = high[c]
             v = _iou32(trk32[t], trk_area[t], det32[d], det_area[d])
             dy, dx = _unit_direction(rx1, ry1, rx2, ry2, det_xyxy[d])
@@ -558,68 +599,131 @@ def ocsort_step(  # noqa: PLR0917 (compiled: positional only)
             track_det[t] = high[pairs[t]]
             det_used[high[pairs[t]]] = True
 
-    # BYTE: leftover tracks' predictions against the low-score detections.
-    if use_byte:
-        low = np.empty(n_det, np.int64)
-        n_low = 0
-        for d in range(n_det):
-            if det_score[d] > low_thresh and det_score[d] < det_thresh:
-                low[n_low] = d
-                n_low += 1
-        rows = np.empty(n, np.int64)
-        n_rows = 0
-        for t in range(n):
-            if track_det[t] < 0:
-                rows[n_rows] = t
-                n_rows += 1
-        iou = np.empty((n_rows, n_low))
-        for a in range(n_rows):
-            t = rows[a]
-            for c in range(n_low):
-                d = low[c]
-                iou[a, c] = _iou32(trk32[t], trk_area[t], det32[d], det_area[d])
-        pairs = np.full(n_rows, -1, np.int64)
-        _match(iou, iou, iou_threshold, False, pairs)
-        for a in range(n_rows):
-            if pairs[a] >= 0:
-                track_det[rows[a]] = low[pairs[a]]
-                det_used[low[pairs[a]]] = True
 
-    # OCR: leftover tracks' last observations against the leftover high detections.
-    rows = np.empty(n, np.int64)
-    n_rows = 0
-    for t in range(n):
-        if track_det[t] < 0:
-            rows[n_rows] = t
-            n_rows += 1
-    cols = np.empty(n_high, np.int64)
+@njit_step
+def _associate_byte(  # noqa: PLR0917 (compiled: positional only)
+    dets: Dets,
+    predicted: Boxes32,
+    low: IntArray,
+    iou_threshold: float,
+    track_det: IntArray,
+    det_used: BoolArray,
+) -> None:
+    """BYTE round (``use_byte``): the tracks left over, by predicted box, against the
+    low-score detections on IoU."""
+    _, _, det32, det_area = dets
+    trk32, trk_area = predicted
+    rows = _unmatched_tracks(track_det)
+    iou = np.empty((rows.shape[0], low.shape[0]))
+    for a in range(rows.shape[0]):
+        t = rows[a]
+        for c in range(low.shape[0]):
+            d = low[c]
+            iou[a, c] = _iou32(trk32[t], trk_area[t], det32[d], det_area[d])
+    pairs = np.full(rows.shape[0], -1, np.int64)
+    _match(iou, iou, iou_threshold, False, pairs)
+    _claim(rows, pairs, low, track_det, det_used)
+
+
+@njit_step
+def _associate_ocr(  # noqa: PLR0917 (compiled: positional only)
+    tracks: Tracks,
+    dets: Dets,
+    high: IntArray,
+    iou_threshold: float,
+    track_det: IntArray,
+    det_used: BoolArray,
+) -> None:
+    """Last round (OCR): the tracks still left over, by *last observed* box, against the
+    high-score detections still left over, on IoU."""
+    _, _, _, _, last_box, _, _, _, _, _, _, _ = tracks
+    _, _, det32, det_area = dets
+    rows = _unmatched_tracks(track_det)
     n_cols = 0
-    for c in range(n_high):
+    for c in range(high.shape[0]):
+        if not det_used[high[c]]:
+            n_cols += 1
+    cols = np.empty(n_cols, np.int64)
+    n_cols = 0
+    for c in range(high.shape[0]):
         if not det_used[high[c]]:
             cols[n_cols] = high[c]
             n_cols += 1
-    if n_rows > 0 and n_cols > 0:
-        last32, last_area = _boxes32(last_box, n)
-        iou = np.empty((n_rows, n_cols))
-        for a in range(n_rows):
-            t = rows[a]
-            for c in range(n_cols):
-                d = cols[c]
-                iou[a, c] = _iou32(last32[t], last_area[t], det32[d], det_area[d])
-        pairs = np.full(n_rows, -1, np.int64)
-        _match(iou, iou, iou_threshold, False, pairs)
-        for a in range(n_rows):
-            if pairs[a] >= 0:
-                track_det[rows[a]] = cols[pairs[a]]
-                det_used[cols[pairs[a]]] = True
+    if rows.shape[0] == 0 or n_cols == 0:
+        return
+    last32, last_area = _boxes32(last_box, track_det.shape[0])
+    iou = np.empty((rows.shape[0], n_cols))
+    for a in range(rows.shape[0]):
+        t = rows[a]
+        for c in range(n_cols):
+            d = cols[c]
+            iou[a, c] = _iou32(last32[t], last_area[t], det32[d], det_area[d])
+    pairs = np.full(rows.shape[0], -1, np.int64)
+    _match(iou, iou, iou_threshold, False, pairs)
+    _claim(rows, pairs, cols, track_det, det_used)
 
-    # Observe. A track missing for the first time keeps its prediction for a later ORU.
-    for t in range(n):
+
+@njit_step
+def _unmatched_tracks(track_det: IntArray) -> IntArray:
+    """The tracks no round has matched yet, ascending."""
+    count = 0
+    for t in range(track_det.shape[0]):
+        if track_det[t] < 0:
+            count += 1
+    rows = np.empty(count, np.int64)
+    count = 0
+    for t in range(track_det.shape[0]):
+        if track_det[t] < 0:
+            rows[count] = t
+            count += 1
+    return rows
+
+
+@njit_step
+def _claim(
+    rows: IntArray, pairs: IntArray, cols: IntArray, track_det: IntArray, det_used: BoolArray
+) -> None:
+    """Record a round's matches: track ``rows[a]`` observed detection ``cols[pairs[a]]``."""
+    for a in range(rows.shape[0]):
+        if pairs[a] >= 0:
+            track_det[rows[a]] = cols[pairs[a]]
+            det_used[cols[pairs[a]]] = True
+
+
+@njit_step
+def _freeze_newly_lost(tracks: Tracks, track_det: IntArray) -> None:
+    """A track unmatched for the first time keeps this frame's prediction, from which
+    ORU replays its filter if it is found again."""
+    mean, cov, frozen_mean, frozen_cov, _, _, _, _, _, _, since_update, _ = tracks
+    for t in range(track_det.shape[0]):
+        if track_det[t] < 0 and since_update[t] == 1:
+            frozen_mean[t] = mean[t]
+            frozen_cov[t] = cov[t]
+
+
+@njit_step
+def _update_matched(  # noqa: PLR0917 (compiled: positional only)
+    tracks: Tracks,
+    det_xyxy: Float64Array,
+    reference: Float64Array,
+    track_det: IntArray,
+    use_oru: bool,
+    det_index: IntArray,
+) -> None:
+    """Each matched track: its direction of motion (reference observation to the new
+    one); ORU (:func:`_re_update`) if it was unobserved since an earlier frame; Kalman
+    correction with the detection; the observation recorded in its history."""
+    (
+        mean, cov, frozen_mean, frozen_cov, last_box, hist_box, hist_age, velocity, _, age,
+        since_update, hit_streak,
+    ) = tracks  # fmt: skip
+    delta_t = hist_age.shape[1]
+    work = np.empty((5, 7, 7))
+    ipiv = np.zeros(4, np.int64)
+    z = np.empty(4)
+    for t in range(track_det.shape[0]):
         d = track_det[t]
         if d < 0:
-            if since_update[t] == 1:
-                frozen_mean[t] = mean[t]
-                frozen_cov[t] = cov[t]
             continue
         box = det_xyxy[d]
         dy, dx = _unit_direction(
@@ -640,7 +744,6 @@ def ocsort_step(  # noqa: PLR0917 (compiled: positional only)
                 ipiv,
             )
         # After ORU the new observation is applied a second time, as the reference does.
-        z = np.empty(4)
         bw = box[2] - box[0]
         bh = box[3] - box[1]
         z[0] = box[0] + 0.5 * bw
@@ -656,8 +759,61 @@ def ocsort_step(  # noqa: PLR0917 (compiled: positional only)
         hit_streak[t] += 1
         det_index[t] = d
 
-    # Start tracks from the high detections nobody claimed, in detection order.
-    for c in range(n_high):
+
+@njit
+def _re_update(  # noqa: PLR0917 (compiled: positional only)
+    mean: Float64Array,
+    cov: Float64Array,
+    frozen_mean: Float64Array,
+    frozen_cov: Float64Array,
+    last: Float64Array,
+    new: Float64Array,
+    gap: int,
+    work: Float64Array,
+    ipiv: IntArray,
+) -> None:
+    """ORU of one track: replay the frozen filter along the straight path last -> new."""
+    mean[:] = frozen_mean
+    cov[:] = frozen_cov
+    sx = 0.5 * (last[0] + last[2])
+    sy = 0.5 * (last[1] + last[3])
+    sw = last[2] - last[0]
+    sh = last[3] - last[1]
+    gx = (0.5 * (new[0] + new[2]) - sx) / gap
+    gy = (0.5 * (new[1] + new[3]) - sy) / gap
+    gw = ((new[2] - new[0]) - sw) / gap
+    gh = ((new[3] - new[1]) - sh) / gap
+    z = np.empty(4)
+    for k in range(gap):
+        f = float(k + 1)
+        w = sw + f * gw
+        h = sh + f * gh
+        z[0] = sx + f * gx
+        z[1] = sy + f * gy
+        z[2] = w * h
+        z[3] = np.divide(w, h)
+        kalman_update(mean, cov, z, work, ipiv)
+        if k + 1 < gap:
+            kalman_predict(mean, cov)
+
+
+@njit_step
+def _start_new_tracks(  # noqa: PLR0917 (compiled: positional only)
+    tracks: Tracks,
+    n_tracks: int,
+    det_xyxy: Float64Array,
+    high: IntArray,
+    det_used: BoolArray,
+    det_index: IntArray,
+) -> int:
+    """Append a track for each high-score detection nobody claimed, in detection order
+    (its id comes when it is first reported); returns the new number of tracks."""
+    (
+        mean, cov, frozen_mean, frozen_cov, last_box, hist_box, hist_age, velocity, track_id,
+        age, since_update, hit_streak,
+    ) = tracks  # fmt: skip
+    delta_t = hist_age.shape[1]
+    for c in range(high.shape[0]):
         d = high[c]
         if det_used[d]:
             continue
@@ -681,8 +837,24 @@ def ocsort_step(  # noqa: PLR0917 (compiled: positional only)
         since_update[t] = 0
         hit_streak[t] = 0
         det_index[t] = d
+    return n_tracks
 
-    # Report; ids are handed out on first report, in table order.
+
+@njit_step
+def _report(  # noqa: PLR0917 (compiled: positional only)
+    tracks: Tracks,
+    n_tracks: int,
+    det_index: IntArray,
+    n_det: int,
+    frame_id: int,
+    min_hits: int,
+    next_id: int,
+) -> tuple[int, IntArray, IntArray]:
+    """The tracks observed this frame with ``min_hits`` observations in a row (every one
+    during a stream's first ``min_hits`` frames). A track gets its id when first reported,
+    in table order. Returns the next free id, and the reported detection rows, ascending,
+    with their track ids."""
+    _, _, _, _, _, _, _, _, track_id, _, since_update, hit_streak = tracks
     det_id = np.full(n_det, -1, np.int64)
     n_out = 0
     for t in range(n_tracks):
@@ -700,29 +872,48 @@ def ocsort_step(  # noqa: PLR0917 (compiled: positional only)
             out_rows[k] = d
             out_ids[k] = det_id[d]
             k += 1
+    return next_id, out_rows, out_ids
 
-    # Delete tracks unobserved for too long.
+
+@njit_step
+def _remove_expired(tracks: Tracks, n_tracks: int, det_index: IntArray, max_lost: int) -> int:
+    """Delete the tracks unobserved for more than ``max_lost`` frames; returns how many
+    remain."""
+    _, _, _, _, _, _, _, _, _, _, since_update, _ = tracks
     keep = np.empty(n_tracks, np.bool_)
     all_kept = True
     for t in range(n_tracks):
         keep[t] = since_update[t] <= max_lost
         all_kept = all_kept and keep[t]
-    if not all_kept:
-        n_tracks = _compact(
-            keep,
-            n_tracks,
-            mean,
-            cov,
-            frozen_mean,
-            frozen_cov,
-            last_box,
-            hist_box,
-            hist_age,
-            velocity,
-            track_id,
-            age,
-            since_update,
-            hit_streak,
-            det_index,
-        )
-    return n_tracks, next_id, out_rows, out_ids
+    if all_kept:
+        return n_tracks
+    return _compact(keep, n_tracks, tracks, det_index)
+
+
+@njit_step
+def _compact(keep: BoolArray, n: int, tracks: Tracks, det_index: IntArray) -> int:
+    """Move the rows ``keep`` marks to the front, in order; returns how many."""
+    (
+        mean, cov, frozen_mean, frozen_cov, last_box, hist_box, hist_age, velocity, track_id,
+        age, since_update, hit_streak,
+    ) = tracks  # fmt: skip
+    w = 0
+    for r in range(n):
+        if not keep[r]:
+            continue
+        if w != r:
+            mean[w] = mean[r]
+            cov[w] = cov[r]
+            frozen_mean[w] = frozen_mean[r]
+            frozen_cov[w] = frozen_cov[r]
+            last_box[w] = last_box[r]
+            hist_box[w] = hist_box[r]
+            hist_age[w] = hist_age[r]
+            velocity[w] = velocity[r]
+            track_id[w] = track_id[r]
+            age[w] = age[r]
+            since_update[w] = since_update[r]
+            hit_streak[w] = hit_streak[r]
+            det_index[w] = det_index[r]
+        w += 1
+    return w
