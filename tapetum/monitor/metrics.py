@@ -25,6 +25,13 @@ failed,corrupt}_total``, ``..._reconnects_total``
                                                     (``running``, ``finished``, ``failed``)
 ``tapetum_stream_last_frame_age_seconds``           since the stream's last result
 ``tapetum_stream_target_fps``                       the source's nominal frame rate
+``tapetum_stream_{detector,tracker}_frames_total``  frames the detector saw / the tracker
+                                                    predicted alone (a detection interval)
+``tapetum_stream_detect_interval``                  the detection interval k now, gauge
+``tapetum_scheduler_interval_changes_total``        the scheduler's changes per ``source``
+                                                    and ``reason``
+``tapetum_scheduler_ticks_total{load}``             its ticks: behind, steady, headroom,
+                                                    saturated
 ``tapetum_queue_depth{source,queue}``               frames waiting (``source``, ``post``)
 ``tapetum_sink_queue_depth``, ``..._dropped_total``  per sink
 ``tapetum_stage_latency_seconds{source,stage}``     histogram; buckets every 10 ms up to
@@ -253,6 +260,9 @@ def _pipeline_families(stats: PipelineStats) -> Iterator[Any]:
         "frames_failed": "Frames whose preprocessing, inference or tracking failed.",
         "frames_corrupt": "Frames or packets the decoder could not decode (skipped).",
         "reconnects": "Successful re-opens of a live stream after it dropped.",
+        "detector_frames": "Frames the detector saw.",
+        "tracker_frames": "Frames the tracker predicted alone: the detector skipped them "
+        "(a detection interval).",
     }
     families = {
         key: CounterMetricFamily(f"tapetum_stream_{key}", doc, labels=["source"])
@@ -281,6 +291,7 @@ def _pipeline_families(stats: PipelineStats) -> Iterator[Any]:
             state.add_metric([s.source_id, name], float(name == now))
     yield from families.values()
     yield from (fps, live, state)
+    yield from _interval_families(stats)
     sink_drop = CounterMetricFamily(
         "tapetum_sink_dropped", "Results a slow sink never saw.", labels=["sink"]
     )
@@ -292,6 +303,36 @@ def _pipeline_families(stats: PipelineStats) -> Iterator[Any]:
     for name, n in stats.sink_errors.items():
         sink_err.add_metric([name], n)
     yield from (sink_drop, sink_err)
+
+
+def _interval_families(stats: PipelineStats) -> Iterator[Any]:
+    """Detection intervals and the scheduler's decisions (:mod:`tapetum.pipeline.scheduler`)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    interval = GaugeMetricFamily(
+        "tapetum_stream_detect_interval",
+        "The detection interval now: the detector on every k-th frame (1: every frame).",
+        labels=["source"],
+    )
+    changes = CounterMetricFamily(
+        "tapetum_scheduler_interval_changes",
+        "Detection intervals the scheduler changed, by reason (raise_within_cap, "
+        "raise_over_cap, lower_over_cap, lower_headroom).",
+        labels=["source", "reason"],
+    )
+    for s in stats.streams:
+        interval.add_metric([s.source_id], s.interval)
+        for reason, n in s.interval_changes.items():
+            changes.add_metric([s.source_id, reason], n)
+    ticks = CounterMetricFamily(
+        "tapetum_scheduler_ticks",
+        "The scheduler's decisions by the load it saw: behind, steady, headroom, or "
+        "saturated (behind with every stream at its largest interval: only drops left).",
+        labels=["load"],
+    )
+    for load, n in ((stats.scheduler or {}).get("ticks") or {}).items():
+        ticks.add_metric([load], n)
+    yield from (interval, changes, ticks)
 
 
 def _queue_families(pipeline: Pipeline) -> Iterator[Any]:

@@ -9,11 +9,13 @@ import time
 import numpy as np
 import numpy.typing as npt
 import pytest
+from prometheus_client import CollectorRegistry
 
 from tapetum.core.detections import Detections
 from tapetum.core.frame import Frame
 from tapetum.core.result import FrameResult
 from tapetum.errors import ConfigError
+from tapetum.monitor import PipelineMonitor
 from tapetum.pipeline import Pipeline, PipelineConfig
 from tapetum.pipeline.scheduler import Priority, SchedulerConfig
 from tapetum.sinks import CallbackSink
@@ -153,12 +155,14 @@ def test_the_scheduler_sheds_detector_load_instead_of_dropping_frames() -> None:
             late.append(result.timings_ms["end_to_end"])
 
     scheduler = SchedulerConfig(latency_budget_ms=100, tick_s=0.1, max_interval=4)
+    monitor = PipelineMonitor()
     pipe = Pipeline(
         sources,
         detector,
-        sinks=[CallbackSink(record)],
+        sinks=[CallbackSink(record), monitor],
         config=PipelineConfig(max_batch=1, inference_workers=1, warmup=False, scheduler=scheduler),
     )
+    monitor.attach(pipe)
     stats = pipe.run()
     assert_accounted(stats)
     summary = stats.as_dict()["scheduler"]
@@ -167,3 +171,38 @@ def test_the_scheduler_sheds_detector_load_instead_of_dropping_frames() -> None:
     assert sum(s.detector_frames for s in stats.streams) < 0.8 * stats.frames_processed
     assert stats.frames_dropped <= 0.05 * stats.frames_read
     assert late and float(np.percentile(late, 99)) < 100.0
+    # The metrics say the same: per stream, and every tick and change of the scheduler.
+    metrics = _registry(monitor)
+    for s in stats.streams:
+        labels = {"source": s.source_id}
+        assert metrics.get_sample_value("tapetum_stream_detect_interval", labels) == s.interval
+        for reason, n in s.interval_changes.items():
+            value = metrics.get_sample_value(
+                "tapetum_scheduler_interval_changes_total", {**labels, "reason": reason}
+            )
+            assert value == n
+    for load, n in summary["ticks"].items():
+        assert metrics.get_sample_value("tapetum_scheduler_ticks_total", {"load": load}) == n
+
+
+def _registry(monitor: PipelineMonitor) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(monitor)
+    return registry
+
+
+def test_metrics_count_detector_and_tracker_frames_per_stream() -> None:
+    monitor = PipelineMonitor()
+    pipe = Pipeline(
+        [FakeSource("a", 1, n_frames=20)],
+        FakeDetector(),
+        sinks=[monitor],
+        config=PipelineConfig(detect_every=3, warmup=False),
+    )
+    monitor.attach(pipe)
+    pipe.run()
+    metrics, labels = _registry(monitor), {"source": "a"}
+    assert metrics.get_sample_value("tapetum_stream_detector_frames_total", labels) == 7
+    assert metrics.get_sample_value("tapetum_stream_tracker_frames_total", labels) == 13
+    assert metrics.get_sample_value("tapetum_stream_detect_interval", labels) == 3
+    assert metrics.get_sample_value("tapetum_scheduler_ticks_total", {"load": "behind"}) is None
