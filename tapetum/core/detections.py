@@ -52,7 +52,9 @@ class Detections:
         tid = np.asarray(self.tracker_id, dtype=np.int64).reshape(-1)
         self.tracker_id = np.full(n, NO_TRACK, np.int64) if tid.size == 0 and n else tid
         if self.embeddings is not None:
-            self.embeddings = np.asarray(self.embeddings, dtype=np.float32).reshape(n, -1)
+            emb = np.asarray(self.embeddings, dtype=np.float32)
+            # (0, D) stays (0, D): reshape(0, -1) cannot infer D from no rows
+            self.embeddings = emb.reshape(n, emb.shape[-1] if emb.ndim > 1 else -1)
         for name, arr in (
             ("confidence", self.confidence),
             ("class_id", self.class_id),

@@ -59,3 +59,16 @@ def test_box_iou_matches_hand_values() -> None:
     np.testing.assert_allclose(iou[0], [25 / 175, 1.0, 0.0], atol=1e-6)
     np.testing.assert_allclose(iou[1], [0, 0, 0])
     assert box_iou(np.empty((0, 4)), b).shape == (0, 3)
+
+
+def test_an_empty_frame_keeps_its_embedding_width() -> None:
+    """A frame with no detections from a detector that also embeds (BoT-SORT fed embeddings
+    with its boxes) is (0, D), not a reshape error."""
+    empty = Detections(
+        np.zeros((0, 4), np.float32),
+        np.zeros(0, np.float32),
+        np.zeros(0, np.int64),
+        embeddings=np.zeros((0, 128), np.float32),
+    )
+    assert empty.embeddings is not None and empty.embeddings.shape == (0, 128)
+    assert empty[np.zeros(0, bool)].embeddings.shape == (0, 128)  # type: ignore[union-attr]
