@@ -73,8 +73,8 @@ def image_features(image: UInt8Array) -> tuple[Float64Array, Float32Array]:
         small = image
     gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
     mean, std = cv2.meanStdDev(gray)
-    lap = cv2.Laplacian(gray, cv2.CV_32F)
-    sharp = float(np.log10(1.0 + float(lap.var())))
+    _, lap_std = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_16S))
+    sharp = float(np.log10(1.0 + float(lap_std[0, 0]) ** 2))
     b, g, r = (float(v) for v in cv2.mean(small)[:3])
     scalars = np.array(
         [

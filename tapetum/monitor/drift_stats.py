@@ -39,6 +39,7 @@ __all__ = [
     "ks_statistic",
     "median_bandwidth",
     "mmd2_rbf",
+    "mmd_self_term",
     "psi",
     "quantile_edges",
 ]
@@ -123,19 +124,29 @@ def median_bandwidth(sample: npt.ArrayLike, max_rows: int = 500) -> float:
     return med if med > 1e-12 else 1.0
 
 
-def mmd2_rbf(x: npt.ArrayLike, y: npt.ArrayLike, bandwidth: float) -> float:
+def mmd_self_term(x: npt.ArrayLike, bandwidth: float) -> float:
+    """The mean kernel value between distinct rows of ``x``: the part of MMD² that
+    depends on one sample only (a reference computes it once)."""
+    a = np.asarray(x, np.float64)
+    n = a.shape[0]
+    if n < 2:
+        return 0.0
+    k = np.exp(-_sq_dists(a, a) / (2.0 * bandwidth * bandwidth))
+    # Unbiased: the diagonal (each point with itself, always 1) is left out.
+    return float((k.sum() - np.trace(k)) / (n * (n - 1)))
+
+
+def mmd2_rbf(
+    x: npt.ArrayLike, y: npt.ArrayLike, bandwidth: float, x_term: float | None = None
+) -> float:
     """Unbiased MMD² between the rows of ``x`` (n, D) and ``y`` (m, D) under the kernel
-    ``exp(−|a − b|² / (2 · bandwidth²))``; 0.0 when either has fewer than two rows."""
+    ``exp(−|a − b|² / (2 · bandwidth²))``; 0.0 when either has fewer than two rows.
+    ``x_term``: :func:`mmd_self_term` of ``x``, if already known."""
     a = np.asarray(x, np.float64)
     b = np.asarray(y, np.float64)
-    n, m = a.shape[0], b.shape[0]
-    if n < 2 or m < 2:
+    if a.shape[0] < 2 or b.shape[0] < 2:
         return 0.0
-    gamma = 1.0 / (2.0 * bandwidth * bandwidth)
-    kxx = np.exp(-gamma * _sq_dists(a, a))
-    kyy = np.exp(-gamma * _sq_dists(b, b))
-    kxy = np.exp(-gamma * _sq_dists(a, b))
-    # Unbiased: the diagonals (each point with itself, always 1) are left out.
-    xx = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
-    yy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    xx = mmd_self_term(a, bandwidth) if x_term is None else x_term
+    yy = mmd_self_term(b, bandwidth)
+    kxy = np.exp(-_sq_dists(a, b) / (2.0 * bandwidth * bandwidth))
     return float(xx + yy - 2.0 * kxy.mean())

@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.typing as npt
 
 from tapetum._types import Float32Array, Float64Array, IntArray
 
@@ -75,8 +74,8 @@ class TrackLedger:
         self._ids: IntArray = np.empty(0, np.int64)
         self._first: Float64Array = np.empty(0, np.float64)
         self._last: Float64Array = np.empty(0, np.float64)
-        self._centre: Float64Array = np.empty((0, 2), np.float64)
-        self._size: Float64Array = np.empty(0, np.float64)
+        self._box: Float32Array = np.empty((0, 4), np.float32)
+        self._oldest_last = np.inf  # no track can die before this + lost_after_s
 
     @property
     def active(self) -> int:
@@ -85,52 +84,57 @@ class TrackLedger:
     def update(self, tracker_id: IntArray, xyxy: Float32Array, t_s: float) -> TrackEvents:
         """Record one frame: ``tracker_id`` (N,) (negative = unconfirmed, ignored),
         ``xyxy`` (N, 4) pixels, at time ``t_s`` seconds on the source's clock."""
-        keep = tracker_id >= 0
-        ids = np.asarray(tracker_id[keep], np.int64)
-        boxes = np.asarray(xyxy[keep], np.float64).reshape(-1, 4)
-        centre = (boxes[:, :2] + boxes[:, 2:]) * 0.5
-        size = np.sqrt(np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1.0))
-        lifetimes = self._bury(t_s)
+        lifetimes = self._bury(t_s) if t_s - self.lost_after_s > self._oldest_last else _NONE
+        ids = tracker_id
+        boxes = xyxy
+        if ids.size and ids.min() < 0:
+            keep = ids >= 0
+            ids, boxes = ids[keep], boxes[keep]
         pos = np.searchsorted(self._ids, ids)
         known = pos < self._ids.size
         known[known] = self._ids[pos[known]] == ids[known]
         rows = pos[known]
         self._last[rows] = t_s
-        self._centre[rows] = centre[known]
-        self._size[rows] = size[known]
-        new = ~known
-        births = int(new.sum())
-        rebirths = self._count_rebirths(centre[new], t_s) if births else 0
+        self._box[rows] = boxes[known]
+        births = int(ids.size - rows.size)
+        rebirths = 0
         if births:
-            self._insert(ids[new], t_s, centre[new], size[new])
+            new = ~known
+            rebirths = self._count_rebirths(boxes[new], t_s)
+            self._insert(ids[new], t_s, boxes[new])
         return TrackEvents(births, rebirths, lifetimes, int(self._ids.size))
 
     def _bury(self, t_s: float) -> Float64Array:
         """Remove the tracks unseen for ``lost_after_s``; their lifetimes."""
         dead = self._last < t_s - self.lost_after_s
-        if not dead.any():
-            return np.empty(0, np.float64)
         lifetimes: Float64Array = self._last[dead] - self._first[dead]
         alive = ~dead
         self._ids, self._first, self._last = self._ids[alive], self._first[alive], self._last[alive]
-        self._centre, self._size = self._centre[alive], self._size[alive]
+        self._box = self._box[alive]
+        self._oldest_last = float(self._last.min()) if self._last.size else np.inf
         return lifetimes
 
-    def _count_rebirths(self, centres: npt.NDArray[np.float64], t_s: float) -> int:
+    def _count_rebirths(self, boxes: Float32Array, t_s: float) -> int:
         missing = (self._last < t_s) & (self._last >= t_s - self.rebirth_window_s)
         if not missing.any():
             return 0
-        gone = self._centre[missing]
-        d = np.linalg.norm(centres[:, None, :] - gone[None, :, :], axis=2)
-        near = d <= self.rebirth_radius * self._size[missing][None, :]
+        gone = self._box[missing].astype(np.float64)
+        gone_centre = (gone[:, :2] + gone[:, 2:]) * 0.5
+        gone_size = np.sqrt(np.maximum(np.prod(gone[:, 2:] - gone[:, :2], axis=1), 1.0))
+        centre = (boxes[:, :2] + boxes[:, 2:]).astype(np.float64) * 0.5
+        d = np.linalg.norm(centre[:, None, :] - gone_centre[None, :, :], axis=2)
+        near = d <= self.rebirth_radius * gone_size[None, :]
         return int(near.any(axis=1).sum())
 
-    def _insert(self, ids: IntArray, t_s: float, centre: Float64Array, size: Float64Array) -> None:
+    def _insert(self, ids: IntArray, t_s: float, boxes: Float32Array) -> None:
         all_ids = np.concatenate([self._ids, ids])
         order = np.argsort(all_ids, kind="stable")
         n = ids.size
         self._ids = all_ids[order]
         self._first = np.concatenate([self._first, np.full(n, t_s)])[order]
         self._last = np.concatenate([self._last, np.full(n, t_s)])[order]
-        self._centre = np.concatenate([self._centre, centre])[order]
-        self._size = np.concatenate([self._size, size])[order]
+        self._box = np.concatenate([self._box, boxes.astype(np.float32)])[order]
+        self._oldest_last = min(self._oldest_last, t_s)
+
+
+_NONE: Float64Array = np.empty(0, np.float64)
