@@ -7,6 +7,12 @@ Both APIs serve one :class:`~tapetum.serve.service.DetectionService` (one model,
 the background, gRPC answering UNAVAILABLE and REST 503 until then; one inference limit;
 one set of tracking sessions), one key store and one rate limiter, so a key's budget counts
 calls on both.
+
+``--model models:/NAME@ALIAS`` is resolved before anything listens (an unknown alias or an
+unreachable registry is one ``error:`` line, exit 2) and then followed: every
+``--model-poll`` seconds, and at once on ``POST /v1/models/NAME/reload`` or the gRPC
+``ReloadModel``, a new version is loaded and warmed beside the serving one and swapped in
+(:mod:`tapetum.serve.follow`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from tapetum.errors import ConfigError
 
 if TYPE_CHECKING:
     from tapetum.experiments.serving import ServerExperiment
+    from tapetum.registry import ModelRegistry, ResolvedModel
     from tapetum.serve.remote import RemoteDetector
     from tapetum.serve.settings import ServeSettings
 
@@ -47,8 +54,30 @@ def _server_experiment(
 
 def serve_command(  # noqa: PLR0917 - typer maps parameters to options
     model: Annotated[
-        Path | None, typer.Option("--model", "-m", help="ONNX detector model file.")
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="ONNX detector model file, or a registered one: models:/NAME/VERSION, or "
+            "models:/NAME@ALIAS to follow the alias (see --model-poll).",
+        ),
     ] = None,
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            "--registry",
+            envvar="TAPETUM_REGISTRY_URI",
+            help="Model registry of a models:/ --model (default: sqlite:///tapetum-registry.db).",
+        ),
+    ] = None,
+    model_poll: Annotated[
+        float,
+        typer.Option(
+            help="With --model models:/NAME@ALIAS: seconds between alias checks; a new "
+            "version is loaded and warmed beside the serving one, then swapped in (admins "
+            "can also POST /v1/models/NAME/reload). 0: only on reload.",
+        ),
+    ] = 10.0,
     arch: Annotated[
         str | None,
         typer.Option(help="Model family when the file does not say (yolox, yolov8, rtdetr...)."),
@@ -242,18 +271,24 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
 
     if (model is None) == (backend is None):
         raise ConfigError("tapetum serve needs exactly one of --model PATH or --backend ADDRESS")
-    if model is not None and not model.is_file():
-        raise ConfigError(f"model file not found: {model}")
+    if model_poll < 0:
+        raise ConfigError(f"--model-poll must be ≥ 0 seconds, got {model_poll}")
     use_keys = not no_auth and (keys_db.is_file() or jwt_jwks is None)
     if use_keys and not keys_db.is_file():
         raise ConfigError(
             f"no API key database at {keys_db}: create a key with `tapetum keys create` "
             "(or pass --keys-db / TAPETUM_KEYS_DB), or serve with --no-auth for local use"
         )
+    model_path, resolved, opened = _resolve_model(model, registry)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if resolved is not None:
+        follows = f"follows @{resolved.alias}" if resolved.alias else "pinned"
+        logging.getLogger("tapetum.serve").info(
+            "model %s → %s (%s)", model, resolved.describe(), follows
+        )
     settings = ServeSettings(
-        model_path=model if model is not None else Path(str(backend)),
-        model_name=None if model is not None else "remote",
+        model_path=model_path if model_path is not None else Path(str(backend)),
+        model_name="remote" if model is None else resolved.name if resolved else None,
         model_arch=arch,
         providers=parse_provider_list(provider),
         batch_requests=batch_requests,
@@ -295,6 +330,11 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         if remote is None
         else DetectionService(settings, lambda _s: remote)
     )
+    follower = None
+    if resolved is not None and opened is not None:
+        from tapetum.serve.follow import ModelFollower
+
+        follower = ModelFollower(service, resolved, registry=opened, poll_s=model_poll)
     key_store = default_key_store(settings)
     rate_limiter = default_rate_limiter(settings)
     auth_failures = default_auth_failure_limiter(settings)  # one count for both APIs
@@ -305,6 +345,7 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         service=service,
         auth_failures=auth_failures,
         experiment=_server_experiment(experiment, experiment_out, provider),
+        follower=follower,  # the lifespan starts its polling
     )
     if remote is not None:  # its breaker state goes to /metrics with the others
         app.state.tapetum.breakers.register(remote.breaker)
@@ -323,6 +364,7 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
             streams=app.state.tapetum.streams,  # one set of streams for both APIs
             tls=tls,
             auth_failures=auth_failures,
+            follower=follower,
         )
         service.start()  # the REST lifespan would too; gRPC may be asked first
         grpc_server.start()
@@ -348,9 +390,33 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
     try:
         _Server(config).run()
     finally:
+        if follower is not None:
+            follower.stop()
         if grpc_server is not None:
             grpc_server.stop(graceful_s).wait()
         service.close()  # both APIs have drained: stop the request batchers
+
+
+def _resolve_model(
+    model: str | None, registry: str | None
+) -> tuple[Path | None, ResolvedModel | None, ModelRegistry | None]:
+    """(file, registry version, open registry): a path as given (it must exist); a
+    ``models:/`` reference resolved to a hash-checked file in the local cache (MLflow is
+    imported only then). Raises the registry's typed errors (one ``error:`` line)."""
+    if model is None:
+        return None, None, None
+    from tapetum.registry.uri import is_model_uri
+
+    if not is_model_uri(model):
+        path = Path(model)
+        if not path.is_file():
+            raise ConfigError(f"model file not found: {model}")
+        return path, None, None
+    from tapetum.registry import registry_for, resolve_model_uri
+
+    opened = registry_for(registry)
+    resolved = resolve_model_uri(model, registry=opened)
+    return resolved.path, resolved, opened
 
 
 def _remote_detector(

@@ -71,6 +71,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from tapetum.experiments.serving import ServerExperiment
+    from tapetum.serve.follow import ModelFollower
     from tapetum.serve.ratelimit import AuthFailureLimiter
 
 log = logging.getLogger("tapetum.serve")
@@ -85,6 +86,7 @@ def create_app(
     *,
     auth_failures: AuthFailureLimiter | None = None,
     experiment: ServerExperiment | None = None,
+    follower: ModelFollower | None = None,
 ) -> FastAPI:
     """Build the REST app. The model loads in the lifespan, in a thread.
 
@@ -101,6 +103,10 @@ def create_app(
             server); default :func:`~tapetum.serve.settings.default_auth_failure_limiter`.
         experiment: an A/B experiment over ``/v1/detect`` requests (its arms load once the
             default model is ready; its record is written at shutdown).
+        follower: the registry alias the default model follows (``--model
+            models:/NAME@ALIAS``): the lifespan starts and stops its polling, ``POST
+            /v1/models/{name}/reload`` checks it now, ``/metrics`` shows its version and
+            swaps.
 
     Raises:
         ConfigError: auth is required but neither a key store nor ``keys_db`` is given.
@@ -118,10 +124,15 @@ def create_app(
     )
     metrics = Metrics(breakers)
     stream_manager = StreamManager.from_settings(settings, service.staged_detector, breakers)
+    service.add_swap_listener(stream_manager.swap_detector)  # streams follow model swaps
     register_monitoring(metrics, service, stream_manager)
-    state = AppState(settings, metrics, service, breakers, stream_manager, experiment)
+    state = AppState(settings, metrics, service, breakers, stream_manager, experiment, follower)
     if experiment is not None:
         experiment.bind_metrics(metrics.registry)
+    if follower is not None:
+        from tapetum.serve.follow import FollowCollector
+
+        metrics.registry.register(FollowCollector(follower))
     lifespan = _lifespan(state, owns_service=owns_service)
 
     app = FastAPI(
@@ -159,12 +170,16 @@ def _lifespan(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.service.start()
+        if state.follower is not None:  # swaps wait for the first model to be ready
+            state.follower.start()
         experiment = state.experiment
         if experiment is not None:  # its arms load once the default model is ready
             threading.Thread(
                 target=experiment.attach, args=(state.service,), name="ab-attach", daemon=True
             ).start()
         yield
+        if state.follower is not None:
+            await anyio.to_thread.run_sync(state.follower.stop)
         if experiment is not None:
             folder = await anyio.to_thread.run_sync(experiment.close)
             log.info("shutting down: experiment %s recorded in %s", experiment.spec.name, folder)

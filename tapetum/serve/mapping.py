@@ -29,6 +29,7 @@ from tapetum.serve.schemas import (
     ImageSize,
     ModelInfo,
     ModelList,
+    ModelReload,
 )
 from tapetum.serve.streams import (
     StreamInfo,
@@ -58,6 +59,8 @@ __all__ = [
     "model_info_to_proto",
     "model_list_from_proto",
     "model_list_to_proto",
+    "model_reload_from_proto",
+    "model_reload_to_proto",
     "start_options_from_proto",
     "stream_info_from_proto",
     "stream_info_to_proto",
@@ -219,6 +222,33 @@ def model_list_to_proto(models: ModelList) -> pb.ListModelsResponse:
 
 def model_list_from_proto(msg: pb.ListModelsResponse) -> ModelList:
     return ModelList(models=[model_info_from_proto(m) for m in msg.models])
+
+
+def model_reload_to_proto(reload: ModelReload) -> pb.ModelReload:
+    msg = pb.ModelReload(
+        name=reload.name,
+        changed=reload.changed,
+        version=reload.version,
+        alias=reload.alias,
+        sha256=reload.sha256,
+    )
+    if reload.previous_version is not None:
+        msg.previous_version = reload.previous_version
+    if reload.swap_seconds is not None:
+        msg.swap_seconds = reload.swap_seconds
+    return msg
+
+
+def model_reload_from_proto(msg: pb.ModelReload) -> ModelReload:
+    return ModelReload(
+        name=msg.name,
+        changed=msg.changed,
+        version=msg.version,
+        previous_version=msg.previous_version if msg.HasField("previous_version") else None,
+        alias=msg.alias,
+        sha256=msg.sha256,
+        swap_seconds=msg.swap_seconds if msg.HasField("swap_seconds") else None,
+    )
 
 
 def health_to_proto(health: Health) -> pb.HealthResponse:

@@ -32,6 +32,7 @@ __all__ = [
     "ImageSize",
     "ModelInfo",
     "ModelList",
+    "ModelReload",
     "detections_to_out",
     "detections_to_response",
 ]
@@ -202,6 +203,41 @@ class ModelList(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     models: list[ModelInfo]
+
+
+class ModelReload(BaseModel):
+    """The answer of ``POST /v1/models/{name}/reload``: the registry version serving now."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "yolox_nano",
+                    "changed": True,
+                    "version": 3,
+                    "previous_version": 2,
+                    "alias": "champion",
+                    "sha256": "9f2c41d07a5e" + "0" * 52,
+                    "swap_seconds": 0.41,
+                }
+            ]
+        },
+    )
+
+    name: str = Field(description="The model's name in requests.")
+    changed: bool = Field(
+        description="True when the alias pointed elsewhere and that version now serves."
+    )
+    version: int = Field(description="The registry version serving now.")
+    previous_version: int | None = Field(
+        None, description="The version that served before this call (when changed)."
+    )
+    alias: str = Field(description="The registry alias the model follows.")
+    sha256: str = Field(description="sha256 of the model file serving now.")
+    swap_seconds: float | None = Field(
+        None, description="Load, warm-up and swap time of the new version, seconds."
+    )
 
 
 class ErrorResponse(BaseModel):

@@ -18,7 +18,11 @@ It owns:
   thread-safe;
 - the models: the default one of the settings plus models loaded at runtime
   (:meth:`~DetectionService.load_model`, :meth:`~DetectionService.unload_model`; at most
-  ``settings.max_models`` in all), by name; every model shares the one inference limit;
+  ``settings.max_models`` in all), by name; every model shares the one inference limit.
+  The default model can be replaced while serving (:meth:`~DetectionService.swap_model`,
+  a new registry version): the new file is loaded and warmed beside the old one, then
+  requests that start later get it, while those already running finish on the old one
+  (each holds its detector); listeners (the server's streams) are told;
 - the tracking sessions (one tracker per caller and ``session_id``, shared by both APIs;
   at most ``settings.max_sessions_per_key`` per caller). A session is keyed by its owner
   and id, not by model: a session should stick to one model (its tracker would otherwise
@@ -200,6 +204,8 @@ class DetectionService:
         self._extra: dict[str, _Model] = {}  # loaded at runtime, in load order
         self._runners: dict[int, _BatchedRunner] = {}  # id(detector) → its batcher
         self._loading: set[str] = set()  # names reserved by loads in progress
+        self._swap_lock = threading.Lock()  # one default-model swap at a time
+        self._swap_listeners: list[Callable[[], object]] = []
 
     # ---- lifecycle ----
 
@@ -732,6 +738,58 @@ class DetectionService:
             raise ApiError(404, "unknown_model", f"no model named {name!r}")
         self._drop_runner(model.detector)
         log.info("model %s unloaded", name)
+
+    # ---- replacing the default model ----
+
+    def add_swap_listener(self, listener: Callable[[], object]) -> None:
+        """Call ``listener()`` after each :meth:`swap_model`, once the new detector serves
+        (the server's stream manager hands it to running streams). Its errors are logged."""
+        self._swap_listeners.append(listener)
+
+    def swap_model(self, path: str | Path) -> float:
+        """Serve ``path`` as the default model from now on, under the same name. Blocking.
+
+        The new detector is loaded and warmed in the calling thread while the old one keeps
+        serving; then the swap is one assignment: a request that starts afterwards runs on
+        the new one, a request already under way finishes on the old one (it holds it), and
+        the old one's request batcher runs what is queued before it stops. Tracking sessions
+        keep their trackers. One swap at a time.
+
+        Returns:
+            Seconds the load, warm-up and swap took.
+
+        Raises:
+            NotReadyError: the default model is not loaded yet.
+            ModelLoadError, ConfigError (or the adapter's own error): the file does not
+                load; the old model keeps serving.
+        """
+        self.detector()
+        with self._swap_lock:
+            t0 = time.perf_counter()
+            settings = dataclasses.replace(
+                self.settings, model_path=Path(path), model_name=self.settings.name
+            )
+            detector = self._factory(settings)
+            if settings.warmup:
+                h, w = detector.input_hw
+                self._infer([np.full((h, w, 3), 114, np.uint8)], detector)
+            self._add_runner(detector, self.settings.name)
+            old, self._detector = self._detector, detector
+            for listener in list(self._swap_listeners):
+                try:
+                    listener()
+                except Exception:
+                    log.exception("a model swap listener failed")
+            if old is not None and old is not detector:
+                self._drop_runner(old)  # its queued images still run
+            seconds = time.perf_counter() - t0
+        log.info(
+            "default model %s now serves %s (loaded, warmed and swapped in %.2f s)",
+            self.settings.name,
+            Path(path).name,
+            seconds,
+        )
+        return seconds
 
 
 def _copy_labels(tracked: Detections, found: Detections) -> None:

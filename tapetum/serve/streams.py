@@ -63,6 +63,7 @@ from tapetum.core.frame import Frame
 from tapetum.core.result import FrameResult
 from tapetum.detect.base import StagedDetector
 from tapetum.errors import (
+    ConfigError,
     SourceError,
     SourceNotAllowedError,
     StreamLimitError,
@@ -654,6 +655,8 @@ class StreamManager:
         finally:
             with self._lock:
                 self._release_locked(owner)
+        if managed.pipeline.detector is not self._detector_provider():
+            self.swap_detector()  # the server swapped its model while this one started
         log.info(
             "stream %s of %s started on %s (breaker %s)",
             stream_id,
@@ -721,6 +724,30 @@ class StreamManager:
             info.stats.frames_dropped,
         )
         return info
+
+    def swap_detector(self) -> int:
+        """Hand every running stream the detector the provider gives now (the server swapped
+        its model): each pipeline takes it from its next frame read, frames already read
+        finish on the old one, trackers keep their ids (:meth:`Pipeline.swap_detector`; no
+        warm-up, the server warmed it). A stream that cannot take it (it forms larger
+        batches than the new model takes) keeps its model, logged. Returns the streams
+        swapped."""
+        detector = self._detector_provider()
+        with self._lock:
+            running = [m for m in self._streams.values() if not m.pipeline.finished]
+        swapped = 0
+        for m in running:
+            if m.pipeline.detector is detector:
+                continue
+            try:
+                m.pipeline.swap_detector(detector, warmup=False)
+            except ConfigError as exc:
+                log.warning("stream %s keeps its model: %s", m.stream_id, exc)
+                continue
+            swapped += 1
+        if swapped:
+            log.info("model swap: %d running streams now use the new model", swapped)
+        return swapped
 
     def stop_all(self, drain: bool = True, timeout_s: float = 10.0) -> int:
         """Stop every stream (server shutdown); returns how many were running."""

@@ -302,6 +302,10 @@ def _rpcs(served: Served, bus_jpg: bytes) -> dict[str, tuple[str, Callable[..., 
             "admin",
             lambda md: served.stub.UnloadModel(pb.ModelRef(name="no-such-model"), metadata=md),
         ),
+        "ReloadModel": (
+            "admin",
+            lambda md: served.stub.ReloadModel(pb.ModelRef(name="yolox_nano"), metadata=md),
+        ),
     }
 
 
@@ -313,6 +317,8 @@ _AUTHORISED_ERRORS = {
     "StreamResults": (grpc.StatusCode.NOT_FOUND, "unknown_stream"),
     "LoadModel": (grpc.StatusCode.INVALID_ARGUMENT, "bad_model_path"),
     "UnloadModel": (grpc.StatusCode.NOT_FOUND, "unknown_model"),
+    # served from a file: there is no registry alias to follow
+    "ReloadModel": (grpc.StatusCode.FAILED_PRECONDITION, "model_not_followed"),
 }
 
 

@@ -53,6 +53,7 @@ ROUTE_SCOPES = {
     ("GET", "/v1/models/{name}"): Scope.READ,
     ("POST", "/v1/models"): Scope.ADMIN,
     ("DELETE", "/v1/models/{name}"): Scope.ADMIN,
+    ("POST", "/v1/models/{name}/reload"): Scope.ADMIN,
     ("POST", "/v1/detect"): Scope.INFER,
     ("POST", "/v1/detect/batch"): Scope.INFER,
     ("POST", "/v1/streams"): Scope.INFER,

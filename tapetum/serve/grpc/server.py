@@ -26,6 +26,9 @@ REST                        gRPC
 409 model name in use       ALREADY_EXISTS
 409 too many models         RESOURCE_EXHAUSTED
 409 unload default model    FAILED_PRECONDITION
+409 model follows no alias  FAILED_PRECONDITION (``ReloadModel``)
+404 registry has no alias   NOT_FOUND (``registry_not_found``)
+503 registry unreachable    UNAVAILABLE, trailing ``retry-after``
 ==========================  ======================================================
 
 Every error also carries the REST error code (``corrupt_image``, ``rate_limited``, …) in
@@ -34,7 +37,7 @@ the trailing metadata ``tapetum-error-code``. Bad input never becomes UNKNOWN or
 Keys come from the metadata ``authorization: Bearer <key>`` or ``x-api-key: <key>``.
 ``Health`` needs no key (like ``/readyz``); the other RPCs need ``read`` (models) or
 ``infer`` (detection, starting and stopping streams; listing, inspecting and following
-streams needs ``read``) or ``admin`` (``LoadModel``, ``UnloadModel``). Rate limits
+streams needs ``read``) or ``admin`` (``LoadModel``, ``UnloadModel``, ``ReloadModel``). Rate limits
 count per key and full method name (``/tapetum.v1.Detector/Detect``), once per call and
 once per frame of ``DetectStream``. Streams and tracking sessions belong to the key that
 made them (:mod:`tapetum.serve.ownership`): another key's stream is NOT_FOUND, like an
@@ -80,7 +83,13 @@ import grpc
 import pydantic
 
 from tapetum.core.breaker import CircuitOpenError
-from tapetum.errors import ConfigError, SourceError, SubscriptionLimitError, TapetumError
+from tapetum.errors import (
+    ConfigError,
+    RegistryError,
+    SourceError,
+    SubscriptionLimitError,
+    TapetumError,
+)
 from tapetum.serve import mapping
 from tapetum.serve.auth import Scope
 from tapetum.serve.authenticator import Authenticator
@@ -115,6 +124,7 @@ from tapetum.serve.streams import (
 )
 
 if TYPE_CHECKING:
+    from tapetum.serve.follow import ModelFollower
     from tapetum.serve.ratelimit import AuthFailureLimiter
     from tapetum.serve.tls import TlsFiles
 
@@ -142,6 +152,7 @@ _GRPC_CODES_BY_ERROR = {
     "model_exists": grpc.StatusCode.ALREADY_EXISTS,
     "too_many_models": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "default_model": grpc.StatusCode.FAILED_PRECONDITION,
+    "model_not_followed": grpc.StatusCode.FAILED_PRECONDITION,
     "subscription_expired": grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 #: how often a ``StreamResults`` call checks that its client is still there, seconds.
@@ -173,6 +184,11 @@ def _to_api_error(exc: Exception) -> ApiError:
         return ApiError(503, "source_circuit_open", str(exc), {"Retry-After": str(retry)})
     if isinstance(exc, SourceError):
         return ApiError(400, "bad_source", str(exc))
+    if isinstance(exc, RegistryError):  # 404 unknown alias/model, else 503; no store paths
+        from tapetum.serve.follow import registry_api_error
+
+        log.warning("%s: %s", type(exc).__name__, exc)
+        return registry_api_error(exc)
     if isinstance(exc, TapetumError):
         # Deliberate and not the client's (e.g. the rate-limit store is down).
         log.warning("%s: %s", type(exc).__name__, exc)
@@ -234,12 +250,15 @@ class _DetectorService(pb_grpc.DetectorServicer):
         key_store: KeyVerifier | None,
         rate_limiter: RateLimiterLike | None,
         streams: StreamManager,
+        *,
+        follower: ModelFollower | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
         self.key_store = key_store
         self.rate_limiter = rate_limiter
         self.streams = streams
+        self.follower = follower
 
     # ---- RPCs ----
 
@@ -290,6 +309,11 @@ class _DetectorService(pb_grpc.DetectorServicer):
         self, request: pb.ModelRef, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
         return self._unary(request, context, Scope.ADMIN, "UnloadModel", self._unload_model)
+
+    def ReloadModel(  # noqa: N802 - generated servicer's name
+        self, request: pb.ModelRef, context: grpc.ServicerContext
+    ) -> pb.ModelReload:
+        return self._unary(request, context, Scope.ADMIN, "ReloadModel", self._reload_model)
 
     def Health(  # noqa: N802 - generated servicer's name
         self, request: pb.HealthRequest, context: grpc.ServicerContext
@@ -463,6 +487,12 @@ class _DetectorService(pb_grpc.DetectorServicer):
         info = self.service.load_model(request.name, request.path, conf)
         return mapping.model_info_to_proto(info)
 
+    def _reload_model(self, request: pb.ModelRef) -> pb.ModelReload:
+        from tapetum.serve.follow import reload_model
+
+        reload = reload_model(self.service, self.follower, request.name)
+        return mapping.model_reload_to_proto(reload)
+
     def _unload_model(self, request: pb.ModelRef) -> pb.ListModelsResponse:
         self.service.unload_model(request.name)
         return mapping.model_list_to_proto(self.service.list_models())
@@ -523,6 +553,7 @@ def create_grpc_server(  # noqa: PLR0917 - the REST factory's order, plus the ad
     streams: StreamManager | None = None,
     tls: TlsFiles | None = None,
     auth_failures: AuthFailureLimiter | None = None,
+    follower: ModelFollower | None = None,
 ) -> grpc.Server:
     """Build the gRPC server, bound to ``host:port`` but not started.
 
@@ -543,6 +574,9 @@ def create_grpc_server(  # noqa: PLR0917 - the REST factory's order, plus the ad
             see :func:`tapetum.serve.tls.check_bind`).
         auth_failures: failed authentications per client address (share the REST app's);
             default :func:`~tapetum.serve.settings.default_auth_failure_limiter`.
+        follower: the registry alias the default model follows (``ReloadModel`` checks it
+            now); None: ``ReloadModel`` answers FAILED_PRECONDITION. Started and stopped by
+            the caller (``tapetum serve``: the REST app's lifespan).
 
     Raises:
         ConfigError: auth is on without a key store, or the address cannot be bound.
@@ -551,7 +585,10 @@ def create_grpc_server(  # noqa: PLR0917 - the REST factory's order, plus the ad
         raise ConfigError("gRPC authentication is on: give a key store or turn auth off")
     if streams is None:
         streams = StreamManager.from_settings(settings, service.staged_detector)
-    servicer = _DetectorService(settings, service, key_store, rate_limiter, streams)
+        service.add_swap_listener(streams.swap_detector)  # streams follow model swaps
+    servicer = _DetectorService(
+        settings, service, key_store, rate_limiter, streams, follower=follower
+    )
     workers = max_workers if max_workers is not None else settings.grpc_max_workers
     limits, default_limit = method_limits(settings)
     authenticator = None

@@ -2,7 +2,9 @@
 
 :func:`install_error_handlers` maps each kind of exception to its status: an
 :class:`~tapetum.serve.settings.ApiError` or image error to its own, request validation to
-422, a :class:`~tapetum.errors.ConfigError` to 422, any other Tapetum error to 503 (the
+422, a :class:`~tapetum.errors.ConfigError` to 422, a registry error to 404 (an unknown
+model, version or alias) or 503 (without the store's paths; see
+:func:`~tapetum.serve.follow.registry_api_error`), any other Tapetum error to 503 (the
 service is unavailable, not broken) and anything else to a 500 whose detail stays in the
 server log. :data:`ERROR_RESPONSES` documents the common ones in the OpenAPI document.
 """
@@ -18,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tapetum.errors import ConfigError, TapetumError
+from tapetum.errors import ConfigError, RegistryError, TapetumError
 from tapetum.serve.images import ImageError
 from tapetum.serve.schemas import ErrorResponse
 from tapetum.serve.settings import ApiError
@@ -93,6 +95,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def config_error(request: Request, exc: Exception) -> Response:
         return error_response(422, "invalid_request", str(exc))
 
+    async def registry_error(request: Request, exc: Exception) -> Response:
+        from tapetum.serve.follow import registry_api_error
+
+        assert isinstance(exc, RegistryError)
+        log.warning("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
+        err = registry_api_error(exc)
+        return error_response(err.status, err.code, err.detail, err.headers)
+
     async def service_error(request: Request, exc: Exception) -> Response:
         # A deliberate Tapetum error that is not the client's (e.g. the rate-limit store
         # is down with fail_open off): the service is unavailable, not broken.
@@ -114,5 +124,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(ConfigError, config_error)
+    app.add_exception_handler(RegistryError, registry_error)
     app.add_exception_handler(TapetumError, service_error)
     app.add_exception_handler(Exception, unexpected)

@@ -15,14 +15,16 @@ from tapetum.serve.streams import StreamManager
 
 if TYPE_CHECKING:
     from tapetum.experiments.serving import ServerExperiment
+    from tapetum.serve.follow import ModelFollower
 
 __all__ = ["AppState"]
 
 
 @dataclass(slots=True)
 class AppState:
-    """One app's settings, metrics, detection service, breakers and streams, and the A/B
-    experiment it runs (if any)."""
+    """One app's settings, metrics, detection service, breakers and streams, the A/B
+    experiment it runs (if any), and the registry alias its default model follows (if
+    any)."""
 
     settings: ServeSettings
     metrics: Metrics
@@ -30,3 +32,4 @@ class AppState:
     breakers: BreakerRegistry
     streams: StreamManager
     experiment: ServerExperiment | None = None
+    follower: ModelFollower | None = None

@@ -1,5 +1,6 @@
 """The loaded models: listed and described with ``read``, loaded and unloaded at runtime
-with ``admin``."""
+with ``admin``; a default model served from a registry alias is reloaded now with
+``admin`` (``POST /v1/models/{name}/reload``, see :mod:`tapetum.serve.follow`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from tapetum.serve.auth import Scope
 from tapetum.serve.rest.errors import ERROR_RESPONSES, ResponseTable
 from tapetum.serve.rest.guards import Guards
 from tapetum.serve.rest.state import AppState
-from tapetum.serve.schemas import ErrorResponse, ModelInfo, ModelList
+from tapetum.serve.schemas import ErrorResponse, ModelInfo, ModelList, ModelReload
 from tapetum.serve.settings import MODEL_NAME_PATTERN, Principal
 
 __all__ = ["ModelLoad", "build_router"]
@@ -30,6 +31,22 @@ _UNLOAD_RESPONSES: ResponseTable = {
     **ERROR_RESPONSES,
     404: {"model": ErrorResponse, "description": "Unknown model"},
     409: {"model": ErrorResponse, "description": "The default model cannot be unloaded"},
+}
+_RELOAD_RESPONSES: ResponseTable = {
+    **ERROR_RESPONSES,
+    404: {
+        "model": ErrorResponse,
+        "description": "Unknown model, or the registry no longer has its alias or model",
+    },
+    409: {
+        "model": ErrorResponse,
+        "description": "The model does not follow a registry alias (a file or a pinned version)",
+    },
+    503: {
+        "model": ErrorResponse,
+        "description": "Model not loaded yet, registry unreachable, or the new version "
+        "could not be loaded (the current one keeps serving)",
+    },
 }
 
 
@@ -101,6 +118,22 @@ def build_router(state: AppState, guards: Guards) -> APIRouter:
         ``admin`` scope."""
         service.unload_model(name)
         return Response(status_code=204)
+
+    @router.post(
+        "/v1/models/{name}/reload",
+        response_model=ModelReload,
+        tags=["models"],
+        responses=_RELOAD_RESPONSES,
+        dependencies=[guards.admin],
+    )
+    async def reload_model(name: str) -> ModelReload:
+        """Check the registry alias the default model follows now (``tapetum serve --model
+        models:/NAME@ALIAS``): a new version is loaded and warmed beside the serving one,
+        then swapped in, before this answers; requests under way finish on the old one.
+        Needs the ``admin`` scope."""
+        from tapetum.serve.follow import reload_model as reload
+
+        return await anyio.to_thread.run_sync(lambda: reload(service, state.follower, name))
 
     @router.get(
         "/v1/models/{name}",

@@ -179,6 +179,24 @@ class ModelRef(_message.Message):
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
+class ModelReload(_message.Message):
+    __slots__ = ("name", "changed", "version", "previous_version", "alias", "sha256", "swap_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SWAP_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    changed: bool
+    version: int
+    previous_version: int
+    alias: str
+    sha256: str
+    swap_seconds: float
+    def __init__(self, name: _Optional[str] = ..., changed: _Optional[bool] = ..., version: _Optional[int] = ..., previous_version: _Optional[int] = ..., alias: _Optional[str] = ..., sha256: _Optional[str] = ..., swap_seconds: _Optional[float] = ...) -> None: ...
+
 class HealthRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

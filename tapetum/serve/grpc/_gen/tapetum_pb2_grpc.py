@@ -64,6 +64,11 @@ class DetectorStub:
                 request_serializer=tapetum_dot_v1_dot_tapetum__pb2.ModelRef.SerializeToString,
                 response_deserializer=tapetum_dot_v1_dot_tapetum__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.ReloadModel = channel.unary_unary(
+                '/tapetum.v1.Detector/ReloadModel',
+                request_serializer=tapetum_dot_v1_dot_tapetum__pb2.ModelRef.SerializeToString,
+                response_deserializer=tapetum_dot_v1_dot_tapetum__pb2.ModelReload.FromString,
+                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/tapetum.v1.Detector/Health',
                 request_serializer=tapetum_dot_v1_dot_tapetum__pb2.HealthRequest.SerializeToString,
@@ -144,6 +149,18 @@ class DetectorServicer:
     def UnloadModel(self, request, context):
         """Unload a model loaded at runtime; returns the models still loaded. Needs "admin".
         NOT_FOUND for a name not loaded, FAILED_PRECONDITION for the default model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadModel(self, request, context):
+        """Check the registry alias the default model follows (tapetum serve --model
+        models:/NAME@ALIAS) now: a new version is loaded, warmed and swapped in before the
+        answer. Needs "admin". NOT_FOUND for a name not loaded or an alias the registry no
+        longer has, FAILED_PRECONDITION for a model that follows no alias, UNAVAILABLE when
+        the registry cannot be reached or the new version does not load (the current one
+        keeps serving).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -234,6 +251,11 @@ def add_DetectorServicer_to_server(servicer, server):
                     servicer.UnloadModel,
                     request_deserializer=tapetum_dot_v1_dot_tapetum__pb2.ModelRef.FromString,
                     response_serializer=tapetum_dot_v1_dot_tapetum__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'ReloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadModel,
+                    request_deserializer=tapetum_dot_v1_dot_tapetum__pb2.ModelRef.FromString,
+                    response_serializer=tapetum_dot_v1_dot_tapetum__pb2.ModelReload.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
@@ -433,6 +455,33 @@ class Detector:
             '/tapetum.v1.Detector/UnloadModel',
             tapetum_dot_v1_dot_tapetum__pb2.ModelRef.SerializeToString,
             tapetum_dot_v1_dot_tapetum__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tapetum.v1.Detector/ReloadModel',
+            tapetum_dot_v1_dot_tapetum__pb2.ModelRef.SerializeToString,
+            tapetum_dot_v1_dot_tapetum__pb2.ModelReload.FromString,
             options,
             channel_credentials,
             insecure,
