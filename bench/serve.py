@@ -35,8 +35,22 @@ on a small machine; the numbers are an upper bound on the overhead.
 No rate limit (``rate_per_second=None``) so that the load is not throttled into 429s.
 Writes JSON (default ``bench/results/serve.json``) and prints a table. Never asserts times.
 
+``--swap-phase`` measures instead what a registry model swap costs the clients: a tmp
+SQLite MLflow store holds YOLOX-nano (version 1) and its FP16 child (version 2,
+``convert_fp16``); the server serves ``models:/yolox_nano@champion`` as ``tapetum serve``
+does (``ModelFollower`` polling every ``--poll-s``), a client process runs ``--swap-clients``
+(4) concurrent clients for the whole run, and after ``--steady-s`` seconds of steady state
+the alias flips ``--flips`` (10) times, every ``--flip-interval-s``, each flip promoted
+through a second registry handle (as an operator's CLI would) and waited for. A request is
+"during a swap" when it overlaps a swap's load + warm-up + swap span (from the follower's
+``ModelSwap`` records) or the ``--drain-s`` after it; every other request is steady state.
+The JSON (default ``bench/results/serve_swap.json``) records failed requests (target 0),
+requests/s, p50/p95/p99 during swaps and in steady state and their p99 ratio (target
+≤ 2), and each swap's time and poll delay.
+
     python bench/serve.py                      # assets from $TAPETUM_ASSETS
     python bench/serve.py --requests 100 --seconds 5
+    python bench/serve.py --swap-phase         # 4 clients, the alias flipped 10 times
 """
 
 from __future__ import annotations
@@ -67,6 +81,8 @@ REPO = Path(__file__).resolve().parents[1]
 LEVELS = (1, 4, 16)
 WIDTH, HEIGHT = 640, 480
 OVERHEAD_TARGET_MS = 5.0
+SWAP_P99_RATIO_TARGET = 2.0
+SWAP_MODEL = "yolox_nano"
 
 
 class LevelRecorder:
@@ -549,6 +565,234 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"gRPC: {grpc_result}")
 
 
+# ----------------------------------------------------------------------------- swap phase
+
+
+async def _swap_load(
+    *,
+    url: str,
+    headers: dict[str, str],
+    jpeg: bytes,
+    clients: int,
+    seconds: float,
+    started: Any,
+) -> dict[str, Any]:
+    """``clients`` back-to-back clients for ``seconds``; every request as (start, end,
+    status) in wall-clock seconds (the server's swap records use the same clock)."""
+    records: list[tuple[float, float, int]] = []
+    errors: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        await asyncio.gather(
+            *(client.post("/v1/detect", content=jpeg, headers=headers) for _ in range(clients))
+        )
+        started.set()
+        t_start = time.time()
+        deadline = t_start + seconds
+
+        async def worker() -> None:
+            while time.time() < deadline:
+                t0 = time.time()
+                try:
+                    resp = await client.post("/v1/detect", content=jpeg, headers=headers)
+                    status = resp.status_code
+                except httpx.HTTPError as exc:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    status = 0
+                records.append((t0, time.time(), status))
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    return {"records": records, "errors": errors, "start": t_start}
+
+
+def _swap_client(**kwargs: Any) -> dict[str, Any]:
+    return asyncio.run(_swap_load(**kwargs))
+
+
+def _overlaps(t0: float, t1: float, windows: list[tuple[float, float]]) -> bool:
+    return any(t0 < end and t1 > start for start, end in windows)
+
+
+def _swap_summary(
+    load: dict[str, Any], swaps: list[Any], flips: list[dict[str, Any]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Failed requests, requests/s and latency during swaps vs steady state."""
+    records = load["records"]
+    windows = [(s.at - s.seconds, s.at + args.drain_s) for s in swaps]
+    ok = [(t0, t1) for t0, t1, status in records if status == 200]
+    failed = [status for _, _, status in records if status != 200]
+    during = [(t1 - t0) * 1e3 for t0, t1 in ok if _overlaps(t0, t1, windows)]
+    steady = [(t1 - t0) * 1e3 for t0, t1 in ok if not _overlaps(t0, t1, windows)]
+    first_flip = flips[0]["promoted_at"] if flips else float("inf")
+    before = [(t0, t1) for t0, t1 in ok if t1 < first_flip]
+    flipping = [(t0, t1) for t0, t1 in ok if t0 >= first_flip]
+    end = max(t1 for _, t1, _ in records)
+    ratio = round(pct(during)["p99_ms"] / pct(steady)["p99_ms"], 3) if during and steady else None
+    statuses: dict[str, int] = {}
+    for status in failed:
+        statuses[str(status or "no_response")] = statuses.get(str(status or "no_response"), 0) + 1
+    return {
+        "requests": len(records),
+        "failed_requests": len(failed),
+        "failed_target": 0,
+        "failed_target_met": not failed,
+        "failed_by_status": statuses,
+        "client_errors": load["errors"],
+        "rps_steady_phase": round(len(before) / max(1e-9, first_flip - load["start"]), 1),
+        "rps_while_flipping": round(len(flipping) / max(1e-9, end - first_flip), 1),
+        "steady": pct(steady) if steady else None,
+        "during_swaps": pct(during) if during else None,
+        "p99_ratio_during_over_steady": ratio,
+        "p99_ratio_target": SWAP_P99_RATIO_TARGET,
+        "p99_ratio_target_met": ratio is not None and ratio <= SWAP_P99_RATIO_TARGET,
+        "swap_windows_s": round(sum(b - a for a, b in windows), 2),
+        "swaps": [
+            {
+                "to_version": s.current.version,
+                "trigger": s.trigger,
+                "load_warm_swap_s": round(s.seconds, 3),
+                "poll_delay_s": round(s.at - s.seconds - f["promoted_at"], 3),
+            }
+            for s, f in zip(swaps, flips, strict=False)
+        ],
+    }
+
+
+def bench_swap(
+    model: Path, jpeg: bytes, args: argparse.Namespace, tmp: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the swap phase's summary, its setup) on a tmp registry; see the module docstring."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tapetum.detect.quantize import convert_fp16
+    from tapetum.registry import ModelRegistry, resolve_model_uri
+    from tapetum.serve.follow import ModelFollower
+    from tapetum.serve.service import DetectionService
+
+    fp16 = tmp / "yolox_nano_fp16.onnx"
+    convert_fp16(model, fp16)
+    uri = f"sqlite:///{tmp / 'registry.db'}"
+    reg = ModelRegistry(uri, artifacts=tmp / "artifacts")
+    v1 = reg.register(model, SWAP_MODEL, command="bench/serve.py --swap-phase")
+    reg.register(fp16, SWAP_MODEL, parent=v1.ref, command="bench/serve.py --swap-phase")
+    reg.promote(SWAP_MODEL, 1, reason="bench: start")
+    cache = tmp / "cache"
+    resolved = resolve_model_uri(f"models:/{SWAP_MODEL}@champion", registry=reg, cache_dir=cache)
+    settings = ServeSettings(
+        model_path=resolved.path,
+        model_name=SWAP_MODEL,
+        rate_per_second=None,
+        batch_requests=args.batch_requests,
+    )
+    store = KeyStore(tmp / "keys.db")
+    _, raw_key = store.create("bench", [Scope.INFER])
+    service = DetectionService(settings)
+    follower = ModelFollower(service, resolved, registry=reg, poll_s=args.poll_s, cache_dir=cache)
+    app = create_app(settings, key_store=store, service=service, follower=follower)
+    operator = ModelRegistry(uri)  # a second handle, as the operator's own process has
+    headers = {"Authorization": f"Bearer {raw_key}", "Content-Type": "image/jpeg"}
+    total_s = args.steady_s + args.flips * args.flip_interval_s + args.tail_s
+    flips: list[dict[str, Any]] = []
+    ctx = multiprocessing.get_context("spawn")
+    try:
+        with ThreadServer(app) as server, ctx.Manager() as manager:
+            wait_ready(server.url)
+            started = manager.Event()
+            with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                future = pool.submit(
+                    _swap_client,
+                    url=server.url,
+                    headers=headers,
+                    jpeg=jpeg,
+                    clients=args.swap_clients,
+                    seconds=total_s,
+                    started=started,
+                )
+                if not started.wait(120):
+                    raise SystemExit("the swap-phase client did not start")
+                time.sleep(args.steady_s)
+                for i in range(args.flips):
+                    slot = time.monotonic() + args.flip_interval_s
+                    target = 2 if follower.current.version == 1 else 1
+                    promoted_at = time.time()
+                    operator.promote(SWAP_MODEL, target, reason=f"bench: flip {i + 1}")
+                    deadline = time.monotonic() + 120
+                    while follower.current.version != target:
+                        if time.monotonic() > deadline:
+                            raise SystemExit(f"flip {i + 1}: the server never served {target}")
+                        time.sleep(0.02)
+                    flips.append({"to_version": target, "promoted_at": promoted_at})
+                    time.sleep(max(0.0, slot - time.monotonic()))
+                load = future.result()
+    finally:
+        service.close()
+        store.close()
+    assert follower.watcher is not None
+    summary = _swap_summary(load, follower.watcher.swaps, flips, args)
+    setup = {
+        "model_versions": {
+            "1": "yolox_nano.onnx (FP32)",
+            "2": "its FP16 child (tapetum.detect.quantize.convert_fp16)",
+        },
+        "served_as": f"models:/{SWAP_MODEL}@champion",
+        "clients": args.swap_clients,
+        "client": "httpx.AsyncClient in a separate process, back to back, one connection "
+        "per client",
+        "flips": args.flips,
+        "flip_interval_s": args.flip_interval_s,
+        "steady_s": args.steady_s,
+        "poll_s": args.poll_s,
+        "drain_s": args.drain_s,
+        "batch_requests": args.batch_requests,
+        "seconds": round(total_s, 1),
+    }
+    return summary, setup
+
+
+def print_swap(result: dict[str, Any]) -> None:
+    s = result["swap_phase"]
+    print(
+        f"\nswap phase: {result['setup']['clients']} clients, alias flipped "
+        f"{len(s['swaps'])} times; {s['requests']} requests, {s['failed_requests']} failed "
+        f"(target 0: {'met' if s['failed_target_met'] else 'NOT met'})"
+    )
+    print(f"{'':>14} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    for name in ("steady", "during_swaps"):
+        row = s[name]
+        if row:
+            print(
+                f"{name:>14} {row['n']:>6} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['p99_ms']:>8}"
+            )
+    verdict = "met" if s["p99_ratio_target_met"] else "NOT met"
+    print(
+        f"p99 during swaps / steady: {s['p99_ratio_during_over_steady']} (target ≤ "
+        f"{s['p99_ratio_target']}: {verdict}); requests/s steady {s['rps_steady_phase']}, "
+        f"while flipping {s['rps_while_flipping']}"
+    )
+    times = [w["load_warm_swap_s"] for w in s["swaps"]]
+    if times:
+        print(f"load + warm-up + swap: {min(times)}-{max(times)} s per swap")
+
+
+def main_swap(args: argparse.Namespace, model: Path, jpeg: bytes) -> int:
+    out = args.out or REPO / "bench" / "results" / "serve_swap.json"
+    machine = machine_info()
+    with tempfile.TemporaryDirectory() as tmp:
+        summary, setup = bench_swap(model, jpeg, args, Path(tmp))
+    machine["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    result = {
+        "machine": machine,
+        "image": "images/bus.jpg as is (810x1080 JPEG)",
+        "setup": setup,
+        "swap_phase": summary,
+    }
+    write_result(result, out)
+    print_swap(result)
+    print(f"\nwrote {out}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--assets", type=Path, default=None)
@@ -561,13 +805,39 @@ def main() -> int:
         default=ServeSettings.__dataclass_fields__["batch_requests"].default,
         help="server-side dynamic batching of concurrent requests (1: off)",
     )
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON file (default bench/results/serve.json, or serve_swap.json with --swap-phase)",
+    )
+    swap = parser.add_argument_group("swap phase")
+    swap.add_argument(
+        "--swap-phase",
+        action="store_true",
+        help="only the registry swap phase: clients hammer /v1/detect while the alias flips",
+    )
+    swap.add_argument("--swap-clients", type=int, default=4)
+    swap.add_argument("--flips", type=int, default=10)
+    swap.add_argument("--flip-interval-s", type=float, default=4.0)
+    swap.add_argument("--steady-s", type=float, default=15.0, help="steady state before flips")
+    swap.add_argument("--tail-s", type=float, default=2.0, help="load after the last flip")
+    swap.add_argument("--poll-s", type=float, default=0.25, help="the server's alias poll")
+    swap.add_argument(
+        "--drain-s",
+        type=float,
+        default=0.5,
+        help="after a swap, how long requests still count as during it",
+    )
     args = parser.parse_args()
 
     assets = args.assets or assets_dir()
     model = assets / "models" / "yolox_nano.onnx"
     if not model.exists():
         raise SystemExit(f"model not found: {model} (set TAPETUM_ASSETS)")
+    if args.swap_phase:
+        return main_swap(args, model, (assets / "images" / "bus.jpg").read_bytes())
+    args.out = args.out or REPO / "bench" / "results" / "serve.json"
     jpeg = make_jpeg(assets)
     settings = ServeSettings(
         model_path=model, rate_per_second=None, batch_requests=args.batch_requests
