@@ -366,6 +366,129 @@ def bench_classification(
     }
 
 
+def bench_monitoring(
+    detector: YoloxDetector, video: Path, workers: int, *, repeats: int
+) -> dict[str, Any]:
+    """The pipeline on ``video`` without and with monitoring: the metrics sink and
+    collector, drift against a profile of the same video (built once, untimed), and a
+    scrape of the registry every second (as a 1 s Prometheus would). Runs interleaved
+    (off, on, off, ...); median FPS and CPU time per frame of each."""
+    from tapetum.monitor import DriftMonitor, PipelineMonitor, ProfileRecorder
+    from tapetum.monitor.metrics import CollectorGroup, new_registry
+
+    fps = VideoSource(video).fps or 25.0
+    recorder = ProfileRecorder(fps=fps)
+    Pipeline([VideoSource(video)], detector, sinks=[recorder]).run()
+    profile = recorder.build(video.name)
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for r in range(repeats):
+        for mode, done in runs.items():
+            print(f"[{r + 1}/{repeats}] monitoring {mode}…", flush=True)
+            sinks: list[Any] = []
+            if mode == "on":
+                metrics = PipelineMonitor(model_info={"model": "yolox_nano"}, fps=fps)
+                drift = DriftMonitor(profile, fps=fps)
+                sinks = [CpuTimedSink(metrics), CpuTimedSink(drift)]
+            pipe = Pipeline(
+                [VideoSource(video)],
+                detector,
+                config=PipelineConfig(inference_workers=workers),
+                sinks=sinks,
+            )
+            stop = threading.Event()
+            scraper = None
+            scrape_cpu = [0.0]
+            if mode == "on":
+                from prometheus_client import generate_latest
+
+                registry = new_registry()
+                registry.register(CollectorGroup([metrics.attach(pipe), drift]))
+
+                def scrape(
+                    registry: Any = registry, stop: threading.Event = stop, cpu: Any = scrape_cpu
+                ) -> None:
+                    while not stop.wait(1.0):
+                        t0 = time.thread_time()
+                        generate_latest(registry)
+                        cpu[0] += time.thread_time() - t0
+
+                scraper = threading.Thread(target=scrape, daemon=True)
+                scraper.start()
+            cpu0 = time.process_time()
+            d = pipe.run().as_dict()
+            cpu_s = time.process_time() - cpu0
+            stop.set()
+            if scraper is not None:
+                scraper.join()
+            frames = max(1, d["frames_processed"])
+            run = {
+                "fps": d["fps"],
+                "frames": d["frames_processed"],
+                "cpu_ms_per_frame": round(1e3 * cpu_s / frames, 2),
+                "end_to_end_p99_ms": round(d["latency_ms"]["end_to_end"]["p99_ms"], 2),
+                "sink_dropped": sum(d["sinks"]["dropped"].values()),
+            }
+            if mode == "on":
+                # CPU the monitoring threads themselves spent (thread CPU time: other jobs
+                # on the machine do not enter it), per frame and as a share of the run's
+                monitor_s = sum(sink.cpu_s for sink in sinks) + scrape_cpu[0]
+                run["monitor_cpu_ms_per_frame"] = round(1e3 * monitor_s / frames, 3)
+                run["monitor_cpu_share_pct"] = round(100 * monitor_s / cpu_s, 2)
+            done.append(run)
+
+    def median(mode: str) -> dict[str, Any]:
+        ordered = sorted(runs[mode], key=lambda x: x["fps"])
+        chosen = dict(ordered[len(ordered) // 2])
+        chosen["fps_all_runs"] = [x["fps"] for x in runs[mode]]
+        cpu = sorted(x["cpu_ms_per_frame"] for x in runs[mode])
+        chosen["cpu_ms_per_frame"] = cpu[len(cpu) // 2]
+        chosen["cpu_ms_per_frame_all_runs"] = [x["cpu_ms_per_frame"] for x in runs[mode]]
+        return chosen
+
+    off, on = median("off"), median("on")
+    share = sorted(x["monitor_cpu_share_pct"] for x in runs["on"])
+    monitor_ms = sorted(x["monitor_cpu_ms_per_frame"] for x in runs["on"])
+    on["monitor_cpu_share_pct"] = share[len(share) // 2]
+    on["monitor_cpu_ms_per_frame"] = monitor_ms[len(monitor_ms) // 2]
+    return {
+        "monitoring": "PipelineMonitor + DriftMonitor (image statistics at 4 Hz of video) "
+        "+ a registry scrape every second",
+        "off": off,
+        "on": on,
+        "fps_cost_pct": round(100 * (1 - on["fps"] / off["fps"]), 1) if off["fps"] else None,
+        "cpu_cost_pct": round(100 * (1 - off["cpu_ms_per_frame"] / on["cpu_ms_per_frame"]), 1),
+        # what a CPU-bound pipeline loses: the monitoring threads' share of its CPU time
+        "monitor_cpu_share_pct": on["monitor_cpu_share_pct"],
+        "target": "cost < 3 % of FPS",
+    }
+
+
+class CpuTimedSink:
+    """A sink that adds up the CPU time its inner sink spends writing (thread CPU time)."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self.cpu_s = 0.0
+
+    def write(self, result: Any) -> None:
+        t0 = time.thread_time()
+        self.sink.write(result)
+        self.cpu_s += time.thread_time() - t0
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+def print_monitoring(section: dict[str, Any]) -> None:
+    off, on = section["off"], section["on"]
+    print(
+        f"monitoring  off {off['fps']:6.1f} FPS, on {on['fps']:6.1f} FPS: cost "
+        f"{section['fps_cost_pct']} % of FPS, {section['cpu_cost_pct']} % by CPU time per frame; "
+        f"the monitoring threads' own CPU: {on['monitor_cpu_ms_per_frame']} ms a frame, "
+        f"{section['monitor_cpu_share_pct']} % of the run's"
+    )
+
+
 def classifier_files(paths: list[Path] | None, sizes: list[int], scratch: Path) -> list[Path]:
     """``paths``, or EfficientNet-Lite0 exported at each of ``sizes`` into ``scratch``
     (needs the export extra)."""
@@ -414,7 +537,7 @@ def main() -> int:
     ap.add_argument("--classify-every", type=int, default=10, help="frames between classifications")
     ap.add_argument(
         "--only",
-        choices=("classification",),
+        choices=("classification", "monitoring"),
         default=None,
         help="run only this section",
     )
@@ -480,6 +603,25 @@ def main() -> int:
         }
         write_result(result, args.out)
         print_classification(section)
+        print(f"wrote {args.out}")
+        return 0
+    if args.only == "monitoring":
+        section = bench_monitoring(detector, args.video, workers, repeats=args.repeats)
+        write_result(
+            {
+                "machine": machine_info(
+                    provider=detector.model.providers[0],
+                    pipeline_inference_workers=workers,
+                    ort_threads_per_worker=threads,
+                    note="shared machine: other engineers' jobs ran at the same time "
+                    "(load_average); compare off and on, which ran interleaved",
+                ),
+                "video": {"path": args.video.name},
+                "monitoring": section,
+            },
+            args.out,
+        )
+        print_monitoring(section)
         print(f"wrote {args.out}")
         return 0
     frames = decode_all(args.video)
@@ -565,6 +707,7 @@ def main() -> int:
             every=args.classify_every,
             repeats=args.repeats,
         )
+    result["monitoring"] = bench_monitoring(detector, args.video, workers, repeats=args.repeats)
     result["ratios"] = {
         "pipeline_vs_best_bare_model": round(pipe / bare, 3),
         "pipeline_vs_naive_loop": round(pipe / naive, 3),
@@ -596,6 +739,7 @@ def main() -> int:
     )
     print_capacity(side_by_side)
     print_classification(result["classification"])
+    print_monitoring(result["monitoring"])
     print(f"targets: {result['targets']}\nwrote {args.out}")
     return 0
 

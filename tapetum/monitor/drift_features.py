@@ -108,7 +108,7 @@ class FeatureExtractor:
         short_track_s: tracks that lived less than this are "short".
     """
 
-    def __init__(self, fps: float = 25.0, image_hz: float = 6.0, short_track_s: float = 1.0):
+    def __init__(self, fps: float = 25.0, image_hz: float = 4.0, short_track_s: float = 1.0):
         self.fps = fps if fps and fps > 0 else 25.0
         self.image_period_s = 1.0 / image_hz if image_hz > 0 else float("inf")
         self.short_track_s = short_track_s

@@ -172,7 +172,7 @@ class ProfileRecorder:
         image_hz: image statistics per second of video.
     """
 
-    def __init__(self, fps: float = 25.0, image_hz: float = 6.0) -> None:
+    def __init__(self, fps: float = 25.0, image_hz: float = 4.0) -> None:
         self.extractor = FeatureExtractor(fps, image_hz)
         self.times: dict[str, list[float]] = {}
         self.payloads: dict[str, list[Payload]] = {}
