@@ -27,6 +27,7 @@ LINE_COUNTER = EXAMPLES / "line_zone_counter" / "line_zone_counter.py"
 TRACK_EXTERNAL = EXAMPLES / "track_external_detections" / "track_external_detections.py"
 REST_CLIENT = EXAMPLES / "serve_clients" / "rest_client.py"
 GRPC_CLIENT = EXAMPLES / "serve_clients" / "grpc_client.py"
+WATCH_DRIFT = EXAMPLES / "monitoring" / "watch_drift.py"
 #: YOLOX-nano on bus.jpg at conf 0.35 (PROVENANCE.md): the bus and three people.
 BUS_CLASSES = ["bus", "person", "person", "person"]
 
@@ -191,3 +192,17 @@ def test_client_with_a_wrong_key_prints_the_servers_reason(
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"error: {reason}"), proc.stderr
     assert proc.stdout == ""
+
+
+# --------------------------------------------------------------------------- monitoring
+def test_watch_drift_reports_the_darkening_once_after_it_starts(
+    crowd_video: Path, yolox_path: Path
+) -> None:
+    proc = run(WATCH_DRIFT, crowd_video, "--model", yolox_path, "--darken-from", "150")
+    assert proc.returncode == 0, proc.stderr
+    (first,) = numbers(r"drift: brightness at frame (\d+)", proc.stdout)
+    assert 150 < first <= 150 + 150  # within the 150-frame target
+    assert proc.stdout.count("drift: brightness") == 1  # hysteresis: once
+    assert numbers(r"frames processed: (\d+)", proc.stdout) == (341,)
+    assert "drifting at the end: True" in proc.stdout
+    assert "dashboard: http://127.0.0.1:" in proc.stdout
