@@ -1,7 +1,7 @@
 """Regenerate the Python code of ``proto/tapetum/v1/tapetum.proto``.
 
 Generator: grpcio-tools==1.85.1 (the committed files in ``tapetum/serve/grpc/_gen/`` come
-from exactly this version; ``tests/unit/test_proto_gen.py`` checks them byte for byte).
+from exactly this version; ``tests/unit/serve/test_proto_gen.py`` checks them byte for byte).
 
 protoc names the modules after the proto path (``tapetum/v1/tapetum_pb2.py``) and imports
 them absolutely (``from tapetum.v1 import tapetum_pb2``), which would resolve against the

@@ -101,7 +101,7 @@ class IdentityConfig:
         match_threshold: cosine similarity a new track needs to join an identity.
             Calibrate it per model and site: with OSNet x0.25 on the grey top-down crowd
             test footage different people score ≈ 0.88 and 0.92 was needed
-            (``tests/integration/test_identity_real.py``).
+            (``tests/integration/identity/test_identity_real.py``).
         merge_threshold: similarity of two young tracks' smoothed embeddings to unite their
             identities (None = ``match_threshold``).
         split_threshold: a joined track whose recent appearance stays below this against

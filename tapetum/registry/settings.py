@@ -4,13 +4,13 @@ Each comes from an explicit argument, else an environment variable, else the emb
 default (a SQLite file and an artifact folder in the working directory, created on first
 use; a cache under the user's cache folder).
 
-=============================  ==========================  ==================================================
-what                           environment variable        default
-=============================  ==========================  ==================================================
-store (``--registry``)         ``TAPETUM_REGISTRY_URI``    ``sqlite:///tapetum-registry.db``
-artifact root (SQL stores)     ``TAPETUM_ARTIFACT_ROOT``   beside a SQLite file, else ``./tapetum-artifacts``
-local model cache              ``TAPETUM_MODEL_CACHE``     ``~/.cache/tapetum/models``
-=============================  ==========================  ==================================================
+===================  ==========================  ==================================================
+what                 environment variable        default
+===================  ==========================  ==================================================
+store                ``TAPETUM_REGISTRY_URI``    ``sqlite:///tapetum-registry.db`` (``--registry``)
+artifact root (SQL)  ``TAPETUM_ARTIFACT_ROOT``   beside a SQLite file, else ``./tapetum-artifacts``
+local model cache    ``TAPETUM_MODEL_CACHE``     ``~/.cache/tapetum/models``
+===================  ==========================  ==================================================
 
 An ``http(s)://`` URI is an MLflow tracking server, which keeps its own artifacts; a
 ``postgresql://`` or ``mysql://`` URI is a SQL store like the SQLite default, with artifacts

@@ -2,7 +2,7 @@
 the gRPC messages (protobuf, ``proto/tapetum/v1/tapetum.proto``), both ways.
 
 Each ``*_to_proto`` has a ``*_from_proto`` inverse, and a round trip either way gives back
-an equal value (``tests/unit/test_serve_mapping.py``): proto floats are doubles, and
+an equal value (``tests/unit/serve/test_serve_mapping.py``): proto floats are doubles, and
 ``None`` maps to an absent ``optional`` field, never to ``0`` or ``""``. ``*_from_proto``
 validates like the REST API does (a negative width raises ``pydantic.ValidationError``).
 

@@ -28,7 +28,7 @@ from tapetum.monitor.dashboard import DASHBOARD_CSP
 from tapetum.monitor.histogram import BucketCounts
 from tapetum.monitor.metrics import LATENCY_BUCKETS_S, STAGES, new_registry
 from tapetum.pipeline import Pipeline, PipelineConfig
-from tests.unit.test_pipeline_unit import FakeDetector, FakeSource
+from tests.unit.pipeline.test_pipeline_unit import FakeDetector, FakeSource
 
 CLASSES = ("person", "car", "bus")
 TIMINGS = {

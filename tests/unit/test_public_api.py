@@ -2,9 +2,9 @@
 
 A name added to or dropped from a package's ``__all__``, a lazy export of ``tapetum`` that
 its three lists do not all name, an error defined outside ``tapetum/errors.py`` or missing
-from its drawn tree: each fails here, so a change of the public surface is a visible edit
-of ``data/public_api.json`` or of ``tapetum/errors.py``'s drawn tree. Packages are found by reading their ``__init__.py`` (nothing is imported at
-collection); the tests import them.
+from its drawn tree: each fails here, so a change of the public surface is a visible edit of
+``data/public_api.json`` or of ``tapetum/errors.py``'s drawn tree. Packages are found by
+reading their ``__init__.py`` (nothing is imported at collection); the tests import them.
 """
 
 from __future__ import annotations

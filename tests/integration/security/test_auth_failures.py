@@ -1,5 +1,5 @@
 """Finding 5 of issue 11: bogus keys cost no argon2 work any more (see
-tests/unit/test_serve_auth.py) and repeated authentication failures from one address are
+tests/unit/serve/test_serve_auth.py) and repeated authentication failures from one address are
 refused with 429 / RESOURCE_EXHAUSTED before anything is verified, REST and gRPC alike.
 Before: every failure was a 401, forever, each costing a 64 MiB argon2id verification."""
 

@@ -442,7 +442,7 @@ def test_bad_experiments_are_refused_before_any_frame_is_read(  # noqa: PLR0917 
 def test_the_shadow_example_runs_as_its_readme_says(
     clip: Path, yolox_path: Path, tmp_path: Path
 ) -> None:
-    script = Path(__file__).parents[2] / "examples" / "ab_shadow" / "ab_shadow.py"
+    script = Path(__file__).parents[3] / "examples" / "ab_shadow" / "ab_shadow.py"
     proc = subprocess.run(
         [
             sys.executable,

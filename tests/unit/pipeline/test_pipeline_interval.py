@@ -21,7 +21,7 @@ from tapetum.pipeline.scheduler import Priority, SchedulerConfig
 from tapetum.sinks import CallbackSink
 from tapetum.sources.base import Source
 from tapetum.track.base import Tracker
-from tests.unit.test_pipeline_unit import FakeDetector, FakeSource, assert_accounted
+from tests.unit.pipeline.test_pipeline_unit import FakeDetector, FakeSource, assert_accounted
 
 pytestmark = pytest.mark.timeout(60)
 

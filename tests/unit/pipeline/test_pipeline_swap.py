@@ -17,7 +17,7 @@ from tapetum.detect.letterbox import LetterboxMeta
 from tapetum.errors import ConfigError
 from tapetum.pipeline import Pipeline, PipelineConfig
 from tapetum.sinks import CallbackSink
-from tests.unit.test_pipeline_unit import FakeSource, assert_accounted
+from tests.unit.pipeline.test_pipeline_unit import FakeSource, assert_accounted
 
 pytestmark = pytest.mark.timeout(30)
 

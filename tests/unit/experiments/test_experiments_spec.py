@@ -144,7 +144,7 @@ def test_the_run_folder_record_reads_back_as_the_same_experiment(tmp_path: Path)
 
 @pytest.mark.parametrize("name", ["shadow_int8.yaml", "canary_by_key.yaml"])
 def test_the_example_files_validate(name: str) -> None:
-    folder = Path(__file__).parents[2] / "examples" / "ab_shadow"
+    folder = Path(__file__).parents[3] / "examples" / "ab_shadow"
     spec = load_experiment(folder / name)
     assert spec.variants and (spec.rules or spec.guardrails)
     if spec.offline is not None:  # relative to the file: the shared assets beside the repo

@@ -21,7 +21,7 @@ from tapetum.identity import IdentityConfig, load_topology
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TOPOLOGY = ROOT / "examples" / "identity" / "campus4.yaml"
 FRAMES = 1000  # 40 s per camera: both views see people from 6 s on, the mapping is learned by ~17 s
 

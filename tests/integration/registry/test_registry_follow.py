@@ -160,7 +160,7 @@ def test_tapetum_run_checks_the_alias_on_sighup_and_records_the_swap(
 
 
 def test_the_follow_example_runs_as_its_readme_says(clip: Path, yolox_path: Path) -> None:
-    script = Path(__file__).resolve().parents[2] / "examples" / "registry_follow"
+    script = Path(__file__).resolve().parents[3] / "examples" / "registry_follow"
     proc = subprocess.run(
         [sys.executable, str(script / "follow_champion.py"), str(clip), "--model",
          str(yolox_path), "--promote-after", "40"],

@@ -32,7 +32,7 @@ from tapetum.experiments.online import online_estimates, unit_index, unit_table
 from tapetum.experiments.record import ArmData
 from tapetum.pipeline import Pipeline, PipelineConfig
 from tapetum.pipeline.hooks import TappedFrame
-from tests.unit.test_pipeline_unit import FakeDetector, FakeSource
+from tests.unit.pipeline.test_pipeline_unit import FakeDetector, FakeSource
 
 pytestmark = pytest.mark.timeout(60)
 

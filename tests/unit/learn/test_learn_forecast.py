@@ -13,7 +13,7 @@ from tapetum.errors import ConfigError, DatasetError
 from tapetum.eval.mot import GroundTruth, MotSequence, SequenceInfo
 from tapetum.learn.forecast import ForecastTrainConfig, build_samples, recipe_key
 from tapetum.track.forecast_model import ForecastModelSpec, LearnedForecaster, load_forecast_model
-from tests.unit.test_forecast_model import write_cv_model
+from tests.unit.track.test_forecast_model import write_cv_model
 
 FPS = 14.0  # MOT17-05's rate: the history grid (0.1 s) falls between frames
 
