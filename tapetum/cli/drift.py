@@ -123,14 +123,22 @@ def _detector(spec: _RunSpec) -> OnnxDetector:
 
 
 def _open(spec: _RunSpec) -> tuple[_FirstFrames, float]:
-    """The source (its first ``spec.frames``) and the frame rate of its video clock."""
-    from tapetum.sources import open_source
+    """The source (its first ``spec.frames``) and the frame rate of its video clock.
+
+    A folder of images is a data set of independent pictures, not a video: its clock runs
+    at the image-statistics rate, so every image is sampled and a window holds as many
+    images as it holds samples of a video."""
+    from tapetum.monitor.drift_features import FeatureExtractor
+    from tapetum.sources import ImageFolderSource, open_source
 
     if spec.frames is not None and spec.frames < 1:
         raise ConfigError(f"frames must be ≥ 1, got {spec.frames}")
     if spec.fps is not None and spec.fps <= 0:
         raise ConfigError(f"fps must be > 0, got {spec.fps}")
-    source = _FirstFrames(open_source(spec.source), spec.frames)
+    inner = open_source(spec.source)
+    source = _FirstFrames(inner, spec.frames)
+    if spec.fps is None and isinstance(inner, ImageFolderSource):
+        return source, 1.0 / FeatureExtractor().image_period_s
     return source, float(spec.fps or source.fps or 25.0)
 
 
@@ -331,7 +339,8 @@ def _print_comparison(
     out.print(table)
     drifted = sorted(onsets)
     if drifted:
-        out.print(f"[bold red]drift[/] in {len(drifted)} signals: {', '.join(drifted)}")
+        plural = "s" if len(drifted) != 1 else ""
+        out.print(f"[bold red]drift[/] in {len(drifted)} signal{plural}: {', '.join(drifted)}")
     else:
         out.print("no drift: every signal stayed within its threshold")
     if image_only:

@@ -203,8 +203,11 @@ _FAIL_SHARE = (
     "sum by (job, source) (rate(tapetum_stream_frames_failed_total[5m])) / "
     "sum by (job, source) (rate(tapetum_stream_frames_read_total[5m]))"
 )
+# ``or ... * 0``: a server that never answered 5xx has no such series; its share is 0,
+# not absent (so the probe, and a panel of it, show the server)
 _HTTP_5XX = (
-    'sum by (job) (rate(tapetum_http_requests_total{status=~"5.."}[5m])) / '
+    '(sum by (job) (rate(tapetum_http_requests_total{status=~"5.."}[5m])) '
+    "or sum by (job) (rate(tapetum_http_requests_total[5m])) * 0) / "
     "sum by (job) (rate(tapetum_http_requests_total[5m]))"
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,23 @@ def test_compare_finds_another_scene_and_writes_events(
     assert "image signals only" in done.stdout
     signals = {json.loads(line)["signal"] for line in events.read_text().splitlines()}
     assert {"brightness", "scene"} <= signals
+
+
+def test_a_profile_from_a_folder_of_images_a_data_set(assets: Path, tmp_path: Path) -> None:
+    images = assets / "coco128" / "images" / "val2017"
+    ref = tmp_path / "coco.json"
+    done = tapetum("drift", "profile", images, "-o", ref, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(ref.read_text())
+    assert data["frames"] == 128
+    assert {s["name"] for s in data["signals"]} == {
+        "brightness", "contrast", "sharpness", "colour_rg", "colour_bg", "scene",
+    }  # fmt: skip
+    video = assets / "video" / "crowd_720p.avi"
+    compared = tapetum("drift", "compare", ref, video, "--frames", "150", cwd=tmp_path)
+    assert compared.returncode == 0, compared.stderr
+    # a top-down hall is not a COCO photo: its layout (the scene thumbnail) gives it away
+    assert re.search(r"drift in \d+ signals?: .*scene", compared.stdout), compared.stdout
 
 
 def test_run_with_drift_writes_events_and_serves_nothing_without_a_port(

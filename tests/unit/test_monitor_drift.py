@@ -338,6 +338,33 @@ def test_frames_the_detector_skipped_feed_no_model_signal() -> None:
     assert "births" in obs  # tracking health still sees the predicted tracks
 
 
+def test_reid_embeddings_become_the_appearance_signal_and_drift_when_people_change() -> None:
+    rng = np.random.default_rng(11)
+    base = rng.normal(size=(4, 16)).astype(np.float32)
+
+    def frames(n: int, start: int, shift: float) -> list[FrameResult]:
+        out = []
+        for r in _frames(n, 100.0, start, seed=start):
+            # the two tracks' embeddings: fixed people, a little noise; ``shift``: others
+            emb = base[:2] + shift + rng.normal(0, 0.05, size=(2, 16)).astype(np.float32)
+            det = r.detections
+            with_emb = Detections(det.xyxy, det.confidence, det.class_id, det.tracker_id, emb)
+            out.append(FrameResult(r.frame, with_emb, r.class_names))
+        return out
+
+    recorder = ProfileRecorder(fps=FPS)
+    for r in frames(400, 0, 0.0):
+        recorder.write(r)
+    profile = recorder.build("cam")
+    assert profile.references["appearance"].threshold is not None
+    monitor = DriftMonitor(profile, fps=FPS, signals=["appearance"])
+    for r in frames(200, 400, 0.0) + frames(200, 600, 1.0):  # other people from frame 600
+        monitor.write(r)
+    onsets = [e for e in monitor.events if e.state == "drift"]
+    assert [e.signal for e in onsets] == ["appearance"]
+    assert 600 < onsets[0].frame_index <= 600 + 150
+
+
 def test_a_stream_without_a_profile_is_not_monitored(profile: DriftProfile) -> None:
     monitor = DriftMonitor({"other": profile}, fps=FPS)
     for result in _frames(200, 30.0):
