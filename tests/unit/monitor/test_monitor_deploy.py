@@ -17,7 +17,7 @@ import yaml
 
 from tapetum.monitor.dashboards import ALERTS, PANELS, alert_rules, grafana_dashboard
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy"
 RUNBOOKS = REPO / "docs" / "runbooks"
 PROMTOOL = shutil.which("promtool")
