@@ -1,6 +1,6 @@
 """Write the Grafana dashboard and the Prometheus alert rules from ``tapetum.monitor.dashboards``.
 
-``tests/unit/test_monitor_deploy.py`` checks that the committed files under ``deploy/`` are
+``tests/unit/monitor/test_monitor_deploy.py`` checks that the committed files under ``deploy/`` are
 what this script writes, so change the code, then run it:
 
     python scripts/gen_monitoring.py                         # into deploy/
