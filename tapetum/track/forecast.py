@@ -57,6 +57,16 @@ _GL_NODES = 0.5 * (_GL_X + 1.0)
 _GL_WEIGHTS = 0.5 * _GL_W
 
 
+def lookup_sorted(sorted_ids: IntArray, ids: IntArray) -> tuple[IntArray, BoolArray]:
+    """Rows of ``ids`` in the sorted track-id store ``sorted_ids`` and whether each was found
+    (the forecasters keep their per-track state sorted by track id)."""
+    if len(sorted_ids) == 0:
+        return np.zeros(ids.shape, np.int64), np.zeros(ids.shape, np.bool_)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1).astype(np.int64)
+    found: BoolArray = sorted_ids[pos] == ids
+    return pos, found
+
+
 def _check_positive(owner: str, **values: float) -> None:
     for name, value in values.items():
         if not (isinstance(value, int | float) and np.isfinite(value) and value > 0):
@@ -355,11 +365,7 @@ class _LinearForecaster:
 
     def _lookup(self, ids: IntArray) -> tuple[IntArray, BoolArray]:
         """Rows of ``ids`` in the sorted store and whether each was found."""
-        if len(self._ids) == 0:
-            return np.zeros(ids.shape, np.int64), np.zeros(ids.shape, np.bool_)
-        pos = np.minimum(np.searchsorted(self._ids, ids), len(self._ids) - 1).astype(np.int64)
-        found: BoolArray = self._ids[pos] == ids
-        return pos, found
+        return lookup_sorted(self._ids, ids)
 
     def update(
         self,

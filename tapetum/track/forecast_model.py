@@ -59,6 +59,7 @@ from tapetum.track.forecast import (
     ConstantVelocityConfig,
     ConstantVelocityForecaster,
     Forecast,
+    lookup_sorted,
     validate_update,
 )
 
@@ -480,11 +481,7 @@ class LearnedForecaster:
         return int(self._ids.shape[0])
 
     def _lookup(self, ids: IntArray) -> tuple[IntArray, BoolArray]:
-        if len(self._ids) == 0:
-            return np.zeros(ids.shape, np.int64), np.zeros(ids.shape, np.bool_)
-        pos = np.minimum(np.searchsorted(self._ids, ids), len(self._ids) - 1).astype(np.int64)
-        found: BoolArray = self._ids[pos] == ids
-        return pos, found
+        return lookup_sorted(self._ids, ids)
 
     def _observed_s(self, rows: IntArray) -> Float64Array:
         """How long each row's track has been observed (latest minus first observation)."""
