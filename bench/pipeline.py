@@ -15,8 +15,10 @@ One run measures, on the shared crowd video and YOLOX-nano:
    (``--detect-every auto``: detection intervals under a 100 ms budget), with each
    stream's detector share (``--capacity-only`` runs just this table).
 6. ``classification``: the pipeline with and without the classification stage
-   (EfficientNet-Lite0 on person tracks, first sighting then every 10 frames), runs
-   interleaved, FPS side by side and the cost in % of FPS.
+   (EfficientNet-Lite0 on person tracks, first sighting then every 10 frames): FP32 with
+   the stage waiting for the model, FP32 and INT8 asynchronous (INT8 is the headline), and
+   INT8 with settled tracks re-checked every 30 frames; runs interleaved, FPS and CPU time
+   per frame side by side and the cost in % of FPS.
 
 Writes JSON (default ``bench/results/pipeline.json``) and prints the ratios.
 
@@ -28,6 +30,7 @@ Writes JSON (default ``bench/results/pipeline.json``) and prints the ratios.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -41,11 +44,13 @@ from _common import machine_info, pct, write_result
 
 from tapetum.detect import DetectorConfig, RuntimeOptions, YoloxDetector
 from tapetum.detect.runtime import available_cores
-from tapetum.pipeline import Pipeline, PipelineConfig, SchedulerConfig
+from tapetum.pipeline import DropPolicy, Pipeline, PipelineConfig, SchedulerConfig
 from tapetum.sources import VideoSource
 from tapetum.sources.paced import PacedSource
 
 P99_BUDGET_MS = 100.0
+#: seconds at the start of each paced camera left out of the steady-state latency
+WARMUP_S = 3.0
 
 
 def decode_all(video: Path) -> list[np.ndarray]:
@@ -139,7 +144,12 @@ def run_paced(
     workers: int,
     decoder_threads: int = 1,
     scheduler: SchedulerConfig | None = None,
+    warmup_s: float = WARMUP_S,
 ) -> dict[str, Any]:
+    """``streams`` cameras at ``fps`` for ``seconds``. End-to-end latency is given over
+    every frame and, as the SLO is judged, over the steady state: the frames a camera
+    delivered after its first ``warmup_s`` seconds (start-up opens every decoder, loads the
+    trackers and, with the scheduler, finds the intervals: a burst a 24/7 camera sees once)."""
     sources = [
         PacedSource(
             lambda: VideoSource(video, decoder_threads=decoder_threads),
@@ -150,8 +160,15 @@ def run_paced(
         for i in range(streams)
     ]
     config = PipelineConfig(inference_workers=workers, scheduler=scheduler)
-    stats = Pipeline(sources, detector, config=config).run()
-    e2e = stats.latency_ms["end_to_end"]
+    pipeline = Pipeline(sources, detector, config=config)
+    steady: list[float] = []
+    every: list[float] = []
+    for result in pipeline.results():
+        e2e = result.timings_ms["end_to_end"]
+        every.append(e2e)
+        if result.frame.timestamp_s >= warmup_s:
+            steady.append(e2e)
+    stats = pipeline.stats()
     read = stats.frames_read
     extra: dict[str, Any] = {}
     if scheduler is not None:
@@ -160,22 +177,23 @@ def run_paced(
             sum(s.detector_frames for s in stats.streams) / max(1, stats.frames_processed), 3
         )
         extra["scheduler"] = {
-            k: v for k, v in (stats.scheduler or {}).items() if k in ("ticks", "interval_changes")
+            k: v
+            for k, v in (stats.scheduler or {}).items()
+            if k in ("ticks", "interval_changes", "detector_ceiling_fps")
         }
     return {
         "streams": streams,
         "fps_per_stream": fps,
+        "seconds": seconds,
         "frames_read": read,
         "frames_processed": stats.frames_processed,
         "frames_dropped": stats.frames_dropped,
         "drop_rate": round(stats.frames_dropped / read, 4) if read else None,
         "processed_fps_total": round(stats.fps, 2),
         "batches": stats.batches,
-        "end_to_end": {
-            "p50_ms": round(e2e.p50_ms, 2),
-            "p95_ms": round(e2e.p95_ms, 2),
-            "p99_ms": round(e2e.p99_ms, 2),
-        },
+        "end_to_end": pct(steady),
+        "end_to_end_all_frames": pct(every),
+        "warmup_s": warmup_s,
         **extra,
     }
 
@@ -256,7 +274,10 @@ def capacity_side_by_side(
         "max_streams_sustained": sustained,
         "table": table,
         "levels": levels,
-        "rule": "p99 end-to-end < 100 ms and ≤ 1% frames dropped, in both of two tries",
+        "rule": (
+            f"steady-state p99 end-to-end (frames after the first {WARMUP_S:g} s) < 100 ms "
+            "and ≤ 1% frames dropped, in both of two tries"
+        ),
     }
 
 
@@ -277,34 +298,36 @@ def bench_classification(
     detector: YoloxDetector,
     video: Path,
     workers: int,
-    classifier_paths: list[Path],
+    variants: dict[str, tuple[Path, Any]],
     *,
-    every: int,
+    headline: str,
     repeats: int,
 ) -> dict[str, Any]:
-    """The pipeline on ``video`` without and with classification of person tracks every
-    ``every`` frames, once per classifier (input sizes differ); runs interleaved (off, on
-    with each classifier, off, ...), median FPS of each."""
-    from tapetum.classify import (
-        ClassificationEnricher,
-        ClassifierService,
-        ClassifyConfig,
-        OnnxClassifier,
-    )
+    """The pipeline on ``video`` without and with classification of person tracks, once per
+    variant (a classifier file and a ``ClassifyConfig``); runs interleaved (off, each
+    variant, off, ...), median FPS and CPU time per frame of each. ``headline`` names the
+    variant the target is judged on."""
+    from tapetum.classify import ClassificationEnricher, ClassifierService, OnnxClassifier
 
-    classifiers = {
-        "x".join(map(str, c.input_hw)): c for c in (OnnxClassifier(p) for p in classifier_paths)
-    }
-    config = ClassifyConfig(class_ids=frozenset({0}), every=every)
-    runs: dict[str, list[dict[str, Any]]] = {"off": [], **{k: [] for k in classifiers}}
+    classifiers = {path: OnnxClassifier(path) for path, _ in variants.values()}
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], **{k: [] for k in variants}}
     for r in range(repeats):
         for name, done in runs.items():
             print(f"[{r + 1}/{repeats}] classification {name}…", flush=True)
-            clf = classifiers.get(name)
-            service = ClassifierService(clf, max_wait_ms=0) if clf is not None else None
+            variant = variants.get(name)
+            # a file: the stream waits for room rather than drop crops (the cost is honest)
+            service = (
+                ClassifierService(classifiers[variant[0]], policy=DropPolicy.BLOCK)
+                if variant
+                else None
+            )
             enrichers = (
-                [lambda src, service=service: ClassificationEnricher(service, config)]
-                if service is not None
+                [
+                    lambda src, service=service, config=variant[1]: ClassificationEnricher(
+                        service, config
+                    )
+                ]
+                if service is not None and variant is not None
                 else []
             )
             pipe = Pipeline(
@@ -315,6 +338,8 @@ def bench_classification(
             )
             cpu0 = time.process_time()
             d = pipe.run().as_dict()
+            if service is not None:
+                service.close()  # answers what is still queued: its CPU time counts
             cpu_s = time.process_time() - cpu0
             run: dict[str, Any] = {
                 "fps": d["fps"],
@@ -330,8 +355,14 @@ def bench_classification(
                 "end_to_end_p99_ms": round(d["latency_ms"]["end_to_end"]["p99_ms"], 2),
             }
             if service is not None:
-                service.close()
-                run["classifier"] = service.stats.as_dict()
+                stats = service.stats.as_dict()
+                stats["crops_per_call"] = round(
+                    stats["crops_classified"] / max(1, stats["calls"]), 2
+                )
+                stats["result_lag_frames_mean"] = round(
+                    stats["result_lag_frames_total"] / max(1, stats["results_applied"]), 2
+                )
+                run["classifier"] = stats
             done.append(run)
 
     def median(name: str) -> dict[str, Any]:
@@ -344,13 +375,21 @@ def bench_classification(
         return chosen
 
     off = median("off")
-    on = {name: median(name) for name in classifiers}
+    on = {name: median(name) for name in variants}
+    described = {}
+    for name, (path, config) in variants.items():
+        clf = classifiers[path]
+        described[name] = {
+            "file": path.name,
+            "input": "x".join(map(str, clf.input_hw)),
+            "mode": "async" if config.asynchronous else "sync",
+            "every_frames": config.every,
+            "settled_every_frames": config.settled_every,
+        }
     return {
-        "classifier": {
-            "files": [p.name for p in classifier_paths],
-            "every_frames": every,
-            "tracks": "person",
-        },
+        "variants": described,
+        "tracks": "person",
+        "headline": headline,
         "off": off,
         "on": on,
         "fps_cost_pct": {
@@ -362,7 +401,7 @@ def bench_classification(
             name: round(100 * (1 - off["cpu_ms_per_frame"] / run["cpu_ms_per_frame"]), 1)
             for name, run in on.items()
         },
-        "target": "cost <= 15 % of FPS",
+        "target": "cost <= 15 % of FPS (headline variant)",
     }
 
 
@@ -489,19 +528,42 @@ def print_monitoring(section: dict[str, Any]) -> None:
     )
 
 
-def classifier_files(paths: list[Path] | None, sizes: list[int], scratch: Path) -> list[Path]:
-    """``paths``, or EfficientNet-Lite0 exported at each of ``sizes`` into ``scratch``
-    (needs the export extra)."""
-    if paths:
-        return paths
-    from tapetum.classify.export import export_classifier
+def classification_variants(
+    paths: list[Path] | None, size: int, every: int, assets: Path, scratch: Path
+) -> tuple[dict[str, tuple[Path, Any]], str]:
+    """The classification runs and the headline one's name.
 
-    out = []
-    for size in sizes:
-        print(f"exporting efficientnet_lite0 at {size}x{size}…", flush=True)
-        path = scratch / f"effnet_lite0_{size}.onnx"
-        out.append(export_classifier("efficientnet_lite0", path, imgsz=size).path)
-    return out
+    Default: EfficientNet-Lite0 exported at ``size`` (FP32) and its INT8 copy (calibrated
+    on coco128 train2017 crops; needs the export extra), as ``fp32_sync`` (the stage
+    waiting for the model, as before), ``fp32_async``, ``int8_async`` (the headline: the
+    configuration ``tapetum run`` users are told to use) and ``int8_async_settle30`` (an
+    extra row: settled tracks re-checked every 30 frames). ``paths``: each file given,
+    asynchronous, the first the headline.
+    """
+    from tapetum.classify import ClassifyConfig
+
+    config = ClassifyConfig(class_ids=frozenset({0}), every=every)
+    if paths:
+        return {p.stem: (p, config) for p in paths}, paths[0].stem
+    from tapetum.classify.export import export_classifier
+    from tapetum.classify.quantize import quantize_classifier
+
+    print(f"exporting efficientnet_lite0 at {size}x{size}…", flush=True)
+    fp32 = export_classifier(
+        "efficientnet_lite0", scratch / f"effnet_lite0_{size}.onnx", imgsz=size
+    )
+    int8 = scratch / f"effnet_lite0_{size}_int8.onnx"
+    print("quantizing it to INT8 (coco128 train2017 crops)…", flush=True)
+    q = quantize_classifier(fp32.path, int8, assets / "coco128", split="train2017")
+    print(f"INT8 top-1 agreement with FP32: {q.agreement_top1:.3f} on {q.check_crops} crops")
+    sync = dataclasses.replace(config, asynchronous=False)
+    settle = dataclasses.replace(config, settled_every=3 * every)
+    return {
+        "fp32_sync": (fp32.path, sync),
+        "fp32_async": (fp32.path, config),
+        "int8_async": (int8, config),
+        f"int8_async_settle{3 * every}": (int8, settle),
+    }, "int8_async"
 
 
 def main() -> int:
@@ -526,13 +588,12 @@ def main() -> int:
         "--classifier",
         type=Path,
         action="append",
-        help="classifier ONNX for the classification runs (repeat; default: "
-        "efficientnet_lite0 exported at each --classify-sizes)",
+        help="classifier ONNX for the classification runs (repeat; asynchronous, the first is "
+        "the headline; default: efficientnet_lite0 exported at --classify-size, FP32 sync and "
+        "async, INT8 async (headline) and INT8 async with settled tracks every 3N frames)",
     )
     ap.add_argument(
-        "--classify-sizes",
-        default="224,128",
-        help="input sizes of the exported classifiers, comma-separated",
+        "--classify-size", type=int, default=224, help="input size of the exported classifier"
     )
     ap.add_argument("--classify-every", type=int, default=10, help="frames between classifications")
     ap.add_argument(
@@ -548,8 +609,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    paced_s = 5.0 if args.quick else 10.0
-    sizes = [int(v) for v in args.classify_sizes.split(",") if v.strip()]
+    paced_s = 10.0 if args.quick else 20.0
     cores = available_cores()
     config = DetectorConfig(conf_threshold=0.1)  # as `tapetum run`: ByteTrack's low band
     # the pipeline's session as the CLI makes it: `workers` concurrent runs of `threads` each
@@ -583,14 +643,11 @@ def main() -> int:
     whole = YoloxDetector(args.model, config, RuntimeOptions(cores, workers=1, allow_spinning=True))
     if args.only == "classification":
         with tempfile.TemporaryDirectory() as scratch:
-            paths = classifier_files(args.classifier, sizes, Path(scratch))
+            variants, headline = classification_variants(
+                args.classifier, args.classify_size, args.classify_every, assets, Path(scratch)
+            )
             section = bench_classification(
-                detector,
-                args.video,
-                workers,
-                paths,
-                every=args.classify_every,
-                repeats=args.repeats,
+                detector, args.video, workers, variants, headline=headline, repeats=args.repeats
             )
         result = {
             "machine": machine_info(
@@ -699,13 +756,11 @@ def main() -> int:
     bare, pipe, naive = (result[k]["fps"] for k in ("bare_model", "pipeline", "naive_loop"))
     rt = result["realtime_1x30"]["end_to_end"]["p99_ms"]
     with tempfile.TemporaryDirectory() as scratch:
+        variants, headline = classification_variants(
+            args.classifier, args.classify_size, args.classify_every, assets, Path(scratch)
+        )
         result["classification"] = bench_classification(
-            detector,
-            args.video,
-            workers,
-            classifier_files(args.classifier, sizes, Path(scratch)),
-            every=args.classify_every,
-            repeats=args.repeats,
+            detector, args.video, workers, variants, headline=headline, repeats=args.repeats
         )
     result["monitoring"] = bench_monitoring(detector, args.video, workers, repeats=args.repeats)
     result["ratios"] = {
@@ -746,15 +801,18 @@ def main() -> int:
 
 def print_classification(section: dict[str, Any]) -> None:
     off = section["off"]
-    every = section["classifier"]["every_frames"]
-    print(f"classification off {off['fps']:6.1f} FPS")
+    print(f"classification off {off['fps']:6.1f} FPS, {off['cpu_ms_per_frame']} ms CPU a frame")
     for name, on in section["on"].items():
         clf = on.get("classifier", {})
+        variant = section["variants"][name]
+        mark = "  <- headline" if name == section["headline"] else ""
         print(
-            f"classification on  {on['fps']:6.1f} FPS at {name} (person tracks every {every} "
-            f"frames, {clf.get('crops_classified', 0)} crops in {clf.get('calls', 0)} calls): "
-            f"cost {section['fps_cost_pct'][name]} % of FPS, "
-            f"{section['cpu_cost_pct'][name]} % by CPU time per frame"
+            f"classification {name} ({variant['input']}, {variant['mode']}, every "
+            f"{variant['every_frames']}): {on['fps']:6.1f} FPS, {on['cpu_ms_per_frame']} ms CPU "
+            f"a frame, {clf.get('crops_classified', 0)} crops in {clf.get('calls', 0)} calls, "
+            f"{clf.get('crops_dropped', 0)} dropped, track stage p50 "
+            f"{on['track_stage_ms']['p50_ms']} ms: cost {section['fps_cost_pct'][name]} % of "
+            f"FPS, {section['cpu_cost_pct'][name]} % by CPU time per frame{mark}"
         )
 
 

@@ -33,6 +33,7 @@ from tapetum.detect.families import (
 from tapetum.detect.families.base import describe
 from tapetum.detect.letterbox import LetterboxMeta, LetterboxTransform
 from tapetum.detect.nms import nms
+from tapetum.detect.providers import GPU_PROVIDERS
 from tapetum.detect.runtime import OnnxModel, RuntimeOptions
 from tapetum.detect.spec import (
     METADATA_KEY,
@@ -225,6 +226,14 @@ class OnnxDetector:
     @property
     def max_batch(self) -> int:
         return self.model.max_batch
+
+    @property
+    def batches_help(self) -> bool:
+        """Whether batching frames buys throughput: on a GPU provider it does; on a CPU,
+        where each worker runs one thread, a batch of n costs n frames' time and only
+        adds the wait for the slowest (measured: 2 frames 33.5 ms against 16.9 ms for
+        one), so pipelines default to batches of one there."""
+        return any(p in GPU_PROVIDERS for p in self.model.providers)
 
     @property
     def recommended_workers(self) -> int:

@@ -54,7 +54,7 @@ from tapetum.core.result import FrameResult
 from tapetum.detect.base import StagedDetector
 from tapetum.detect.letterbox import LetterboxMeta
 from tapetum.errors import ConfigError, QueueClosed, TapetumError
-from tapetum.pipeline.hooks import BatchTap, DetectorRouter, TappedFrame
+from tapetum.pipeline.hooks import BatchTap, DetectorRouter, TappedFrame, state_sizes_of
 from tapetum.pipeline.queues import BoundedQueue, DropPolicy
 from tapetum.pipeline.scheduler import (
     IntervalPolicy,
@@ -81,7 +81,8 @@ class PipelineConfig:
 
     Attributes:
         max_batch: frames per inference call; None = the sources shared out over the
-            inference workers (``ceil(sources / workers)``), capped by the model.
+            inference workers (``ceil(sources / workers)``), capped by the model; 1 where
+            the detector says batches do not help (``batches_help``: a CPU provider).
         max_wait_ms: how long the first frame of a batch waits for others.
         source_queue_size: decoded frames buffered per source before the policy applies.
         post_queue_size: inferred frames buffered per stream before tracking.
@@ -210,6 +211,9 @@ class _Stream:
     interval_max: int = 1
     #: frames read since the last detector frame was read; -1 before the first frame.
     since_detect: int = -1
+    #: the stream's offset among the streams' detector frames (its index): streams at
+    #: the same interval take their detector frames in turn, not all on the same tick.
+    phase: int = 0
     detector_frames: int = 0
     tracker_frames: int = 0
     monitor: MotionMonitor = field(default_factory=MotionMonitor)
@@ -220,6 +224,7 @@ class _Stream:
     #: frames read so far, and as many as the scheduler had seen at its last tick.
     frames_in: int = 0
     frames_in_seen: int = 0
+    detector_frames_seen: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +275,11 @@ class PipelineStats:
     detector_swaps: int = 0
     #: the scheduler's account (:meth:`Pipeline.scheduler_summary`); None without one.
     scheduler: dict[str, Any] | None = None
+    #: results each sink wrote; with ``sink_dropped`` and ``sink_errors`` they add up to
+    #: ``frames_processed`` per sink once finished.
+    sink_written: dict[str, int] = field(default_factory=dict)
+    #: the first failed write (or the failed close) of each sink that had one.
+    sink_failures: dict[str, str] = field(default_factory=dict)
 
     @property
     def frames_read(self) -> int:
@@ -310,7 +320,12 @@ class PipelineStats:
             "detector_swaps": self.detector_swaps,
             **({"scheduler": self.scheduler} if self.scheduler is not None else {}),
             "latency_ms": {k: v.as_dict() for k, v in self.latency_ms.items()},
-            "sinks": {"dropped": self.sink_dropped, "errors": self.sink_errors},
+            "sinks": {
+                "written": self.sink_written,
+                "dropped": self.sink_dropped,
+                "errors": self.sink_errors,
+                "failures": self.sink_failures,
+            },
             "streams": [
                 {
                     "source_id": s.source_id,
@@ -395,8 +410,9 @@ class Pipeline:
                     counts=_is_detector_frame,
                 ),
                 post=BoundedQueue(self.config.post_queue_size, DropPolicy.BLOCK),
+                phase=i,
             )
-            for src in sources
+            for i, src in enumerate(sources)
         ]
         sink_policy = self.config.sink_policy or (
             DropPolicy.DROP_OLDEST if any_live else DropPolicy.BLOCK
@@ -408,6 +424,8 @@ class Pipeline:
         workers = self.config.inference_workers or int(getattr(detector, "recommended_workers", 1))
         self.inference_workers = max(1, workers)
         default_batch = -(-len(sources) // self.inference_workers)
+        if not getattr(detector, "batches_help", True):
+            default_batch = 1
         self.max_batch = max(1, min(self.config.max_batch or default_batch, detector.max_batch))
         self.timers = StageTimers()
         self._results: BoundedQueue[FrameResult] | None = None
@@ -427,6 +445,7 @@ class Pipeline:
         self._intervals = self._scheduler is not None or self.config.detect_every > 1
         self._model_latency_ms: float | None = None
         self._ticks: dict[str, int] = {}
+        self._ceiling: float | None = None
         self._infer_busy_s = 0.0  # inference time summed over workers
         if self._scheduler is not None:
             self._scheduler.check_streams(ids)
@@ -627,8 +646,21 @@ class Pipeline:
             st.queue.close()
 
     def _skip_detector(self, st: _Stream) -> bool:
-        """Whether the frame just read goes to the tracker alone (the stream's interval)."""
-        if st.since_detect < 0 or st.since_detect + 1 >= st.interval:
+        """Whether the frame just read goes to the tracker alone (the stream's interval).
+
+        A stream at interval k takes the frames whose ordinal (0 for its first) plus its
+        phase is a multiple of k, so that streams at the same interval (cameras started
+        together, raised on the same tick) spread their detector frames over the k frame
+        times instead of asking for them all at once: the detector sees an even load and
+        small batches.
+        The first frame always goes to the detector, and after a change of interval the
+        gap is never longer than the larger of the two intervals.
+        """
+        k = st.interval
+        if st.since_detect < 0 or k <= 1 or (st.frames_in - 1 + st.phase) % k == 0:
+            st.since_detect = 0
+            return False
+        if st.since_detect + 1 >= k:  # the phase did not come round in time
             st.since_detect = 0
             return False
         st.since_detect += 1
@@ -883,7 +915,7 @@ class Pipeline:
     def _schedule_loop(self, config: SchedulerConfig) -> None:
         """Every tick: observe each stream, let the policy set the intervals, count."""
         policy = IntervalPolicy(config)
-        calm = 0
+        calm, ceiling = 0, None
         last_s, last_busy_s = time.perf_counter(), 0.0
         while not self._finished.wait(config.tick_s):
             now = time.perf_counter()
@@ -894,15 +926,18 @@ class Pipeline:
                 st.source.source_id: self._observe(st, config, now - last_s) for st in self._streams
             }
             last_s, last_busy_s = now, busy_s
-            decision = policy.decide(seen, calm, min(1.0, utilisation))
+            decision = policy.decide(seen, calm, min(1.0, utilisation), ceiling)
             log.debug(
-                "scheduler tick: load %.2f (%s), detector utilisation %.2f, intervals %s",
+                "scheduler tick: load %.2f (%s), detector utilisation %.2f, ceiling %s, "
+                "intervals %s",
                 decision.load,
                 decision.state.value,
                 utilisation,
+                f"{decision.ceiling:.1f}/s" if decision.ceiling is not None else "none",
                 decision.intervals,
             )
-            calm = decision.calm_ticks
+            calm, ceiling = decision.calm_ticks, decision.ceiling
+            self._ceiling = ceiling
             with self._count_lock:
                 state = "saturated" if decision.saturated else decision.state.value
                 self._ticks[state] = self._ticks.get(state, 0) + 1
@@ -928,6 +963,9 @@ class Pipeline:
         frames_in = st.frames_in
         fps = (frames_in - st.frames_in_seen) / tick_s if tick_s > 0 else float("nan")
         st.frames_in_seen = frames_in
+        detected = st.detector_frames
+        detector_fps = (detected - st.detector_frames_seen) / tick_s if tick_s > 0 else float("nan")
+        st.detector_frames_seen = detected
         p95 = st.latency.summary(min(fresh, 1024)).p95_ms if fresh else float("nan")
         oldest = st.queue.peek()
         age_ms = (time.perf_counter() - oldest.frame.arrival_s) * 1e3 if oldest else 0.0
@@ -939,6 +977,7 @@ class Pipeline:
             entering=st.monitor.entering,
             priority=config.priorities.get(st.source.source_id, Priority.NORMAL),
             fps=fps,
+            detector_fps=detector_fps,
         )
 
     def scheduler_summary(self) -> dict[str, Any] | None:
@@ -971,6 +1010,9 @@ class Pipeline:
                 round(self._model_latency_ms, 2) if self._model_latency_ms is not None else None
             ),
             "ticks": ticks,
+            "detector_ceiling_fps": (
+                round(self._ceiling, 1) if self._ceiling is not None else None
+            ),
             "interval_changes": changes,
             "degraded": degraded,
         }
@@ -1025,6 +1067,12 @@ class Pipeline:
             latency_ms=self.timers.summaries(),
             sink_dropped={s.name: s.dropped for s in self._sinks},
             sink_errors={s.name: s.errors for s in self._sinks},
+            sink_written={s.name: s.written for s in self._sinks},
+            sink_failures={
+                s.name: failure
+                for s in self._sinks
+                if (failure := s.first_error or s.close_error) is not None
+            },
             batches=self._batches,
             finished=self._finished.is_set(),
             detector_swaps=self._swaps,
@@ -1047,3 +1095,19 @@ class Pipeline:
     def sink_queue_depths(self) -> dict[str, int]:
         """Results waiting now for each sink, by sink name."""
         return {sink.name: len(sink.queue) for sink in self._sinks}
+
+    def state_sizes(self) -> dict[str, dict[str, int]]:
+        """Entries of per-track state held now (:class:`~tapetum.pipeline.hooks.StateSized`)
+        by each stream's tracker and enrichers, by source id: ``{"cam1": {"tracker_tracks":
+        14, "forecast_tracks": 14}}``. On a long run every number should stay level: the
+        stages drop the state of tracks that ended. Lock-free reads, for monitoring."""
+        sizes = {
+            st.source.source_id: state_sizes_of((st.tracker, *st.enrichers)) for st in self._streams
+        }
+        return {source: held for source, held in sizes.items() if held}
+
+    def sink_state_sizes(self) -> dict[str, dict[str, int]]:
+        """The same for the sinks that keep per-track state, by sink name
+        (``{"1-AnnotatedVideoSink": {"trail_points": 310}}``)."""
+        sizes = {sink.name: state_sizes_of((sink.sink,)) for sink in self._sinks}
+        return {name: held for name, held in sizes.items() if held}

@@ -136,6 +136,15 @@ class SchedulerConfig:
         max_utilisation: the detector's busy fraction the intervals aim at: an interval
             is lowered only if the predicted utilisation stays at or below it, and while
             behind, intervals are raised until it is predicted to be.
+        backoff: when behind, the *ceiling* (detector frames a second the intervals may
+            ask for) becomes this share of what the machine delivered (the smaller of
+            the demand and the detector frames it finished); intervals are raised until
+            the demand is under it, and lowered only while it stays under.
+        probe_ticks: ticks in a row with headroom after which a lowering the ceiling
+            holds back is let through anyway, the ceiling rising to allow it: one
+            stream's step at a time, so capacity that returns (a calmer scene, a
+            neighbour process gone) is found again, and a probe that overshoots costs a
+            small overload that the next tick backs off from.
         priorities: per-stream priority; streams not named are ``NORMAL``.
     """
 
@@ -148,6 +157,8 @@ class SchedulerConfig:
     motion_error: float = 0.05
     entering_share: float = 0.25
     max_utilisation: float = 0.8
+    backoff: float = 0.85
+    probe_ticks: int = 16
     priorities: Mapping[str, Priority] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -169,6 +180,10 @@ class SchedulerConfig:
             raise ConfigError(f"entering_share must be in (0, 1], got {self.entering_share}")
         if not 0 < self.max_utilisation <= 1:
             raise ConfigError(f"max_utilisation must be in (0, 1], got {self.max_utilisation}")
+        if not 0 < self.backoff < 1:
+            raise ConfigError(f"backoff must be in (0, 1), got {self.backoff}")
+        if self.probe_ticks < 1:
+            raise ConfigError(f"probe_ticks must be ≥ 1, got {self.probe_ticks}")
 
     def check_streams(self, stream_ids: list[str]) -> None:
         """Raises ConfigError if a priority names a stream that is not among ``stream_ids``."""
@@ -196,6 +211,8 @@ class StreamObservation:
             reported track claims (:class:`MotionMonitor`).
         priority: the stream's priority.
         fps: frames the stream delivered per second since the last tick (NaN: unknown).
+        detector_fps: the stream's frames the detector finished per second since the
+            last tick (NaN: unknown).
     """
 
     interval: int
@@ -205,6 +222,7 @@ class StreamObservation:
     entering: float = 0.0
     priority: Priority = Priority.NORMAL
     fps: float = float("nan")
+    detector_fps: float = float("nan")
 
 
 class Load(enum.Enum):
@@ -241,6 +259,9 @@ class IntervalDecision:
         calm_ticks: consecutive ticks with headroom so far (carry it to the next tick).
         saturated: behind with every stream at ``max_interval``: only dropping frames is
             left.
+        ceiling: detector frames a second the intervals may ask for, learnt from the
+            last time the machine fell behind (None: never behind yet, or the demand is
+            unknown); carry it to the next tick.
     """
 
     intervals: dict[str, int]
@@ -249,6 +270,7 @@ class IntervalDecision:
     changes: tuple[IntervalChange, ...]
     calm_ticks: int
     saturated: bool
+    ceiling: float | None = None
 
 
 class IntervalPolicy:
@@ -292,6 +314,7 @@ class IntervalPolicy:
         streams: Mapping[str, StreamObservation],
         calm_ticks: int = 0,
         utilisation: float | None = None,
+        ceiling: float | None = None,
     ) -> IntervalDecision:
         """The next interval of every stream.
 
@@ -301,6 +324,7 @@ class IntervalPolicy:
             utilisation: the detector's busy fraction since the last tick (inference
                 time over wall time and workers), if measured: it predicts what a change
                 of intervals will do (see :class:`DetectorDemand`).
+            ceiling: the previous decision's ``ceiling`` (None at the start).
         """
         cfg = self.config
         intervals = {sid: min(max(1, s.interval), cfg.max_interval) for sid, s in streams.items()}
@@ -309,16 +333,26 @@ class IntervalPolicy:
         load = self.load(streams)
         changes: list[IntervalChange] = []
         saturated = False
+
+        def fits() -> bool:
+            within = ceiling is None or demand.demand() <= ceiling
+            return within and demand.utilisation() <= cfg.max_utilisation
+
         if load > cfg.behind_load:
             state, calm_ticks = Load.BEHIND, 0
-            # With a measured utilisation, one step and as many more as the detector needs
-            # (latency lags while a backlog drains: scaling by it would overshoot);
-            # without, as many as the latency is over the threshold.
+            # What the machine delivered while falling behind is what it can take now.
+            delivered = demand.delivered()
+            if delivered is not None:
+                learnt = cfg.backoff * delivered
+                ceiling = learnt if ceiling is None else min(ceiling, learnt)
+            # With a measured utilisation, one step and as many more as the detector (and
+            # the ceiling) needs (latency lags while a backlog drains: scaling by it would
+            # overshoot); without, as many as the latency is over the threshold.
             wanted = 1
-            if utilisation is None:
+            if utilisation is None and ceiling is None:
                 wanted = math.ceil(len(streams) * (load - cfg.behind_load) / cfg.behind_load)
             for change in self._raise_order(streams, intervals, caps):
-                if len(changes) >= wanted and demand.utilisation() <= cfg.max_utilisation:
+                if len(changes) >= wanted and fits():
                     break
                 changes.append(change)
                 demand.set(change.stream, change.new)
@@ -328,12 +362,25 @@ class IntervalPolicy:
             state = Load.HEADROOM if headroom else Load.STEADY
             calm_ticks = calm_ticks + 1 if headroom else 0
             lower = self._lower(streams, intervals, caps, calm_ticks >= cfg.calm_ticks)
-            if lower is not None and demand.after(lower) <= cfg.max_utilisation:
-                changes.append(lower)
-                calm_ticks = 0 if lower.reason == "lower_headroom" else calm_ticks
+            if lower is not None:
+                demand.set(lower.stream, lower.new)
+                probe = (
+                    ceiling is not None
+                    and calm_ticks >= cfg.probe_ticks
+                    and demand.demand() > ceiling
+                    and demand.utilisation() <= cfg.max_utilisation
+                )
+                if probe:  # long calm under the ceiling: try one step over it
+                    ceiling = demand.demand()
+                if fits():
+                    changes.append(lower)
+                    if probe or lower.reason == "lower_headroom":
+                        calm_ticks = 0
         for c in changes:
             intervals[c.stream] = c.new
-        return IntervalDecision(intervals, load, state, tuple(changes), calm_ticks, saturated)
+        return IntervalDecision(
+            intervals, load, state, tuple(changes), calm_ticks, saturated, ceiling
+        )
 
     def _raise_order(
         self,
@@ -407,12 +454,30 @@ class DetectorDemand:
         self._fps = {
             sid: s.fps if math.isfinite(s.fps) and s.fps > 0 else 0.0 for sid, s in streams.items()
         }
+        finished = [s.detector_fps for s in streams.values()]
+        self._finished = (
+            sum(finished) if finished and all(math.isfinite(f) for f in finished) else None
+        )
         self._intervals = dict(intervals)
         self._now = self._total(self._intervals)
         self._utilisation = utilisation if utilisation is not None else 0.0
 
     def _total(self, intervals: Mapping[str, int]) -> float:
         return sum(self._fps[sid] / k for sid, k in intervals.items())
+
+    def demand(self) -> float:
+        """Detector frames a second the intervals set so far ask for."""
+        return self._total(self._intervals)
+
+    def delivered(self) -> float | None:
+        """Detector frames a second the machine gave at the current intervals: the
+        demand, or what the detector finished if that is less (it fell behind); None
+        when the stream rates are unknown."""
+        if self._now <= 0:
+            return None
+        if self._finished is None:
+            return self._now
+        return min(self._now, self._finished)
 
     def utilisation(self) -> float:
         """Predicted utilisation at the intervals set so far."""
@@ -422,14 +487,6 @@ class DetectorDemand:
 
     def set(self, stream: str, interval: int) -> None:
         self._intervals[stream] = interval
-
-    def after(self, change: IntervalChange) -> float:
-        """Predicted utilisation if ``change`` were made too."""
-        before = self._intervals[change.stream]
-        self._intervals[change.stream] = change.new
-        predicted = self.utilisation()
-        self._intervals[change.stream] = before
-        return predicted
 
 
 class MotionMonitor:

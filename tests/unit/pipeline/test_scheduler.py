@@ -35,8 +35,11 @@ def seen(
     priority: Priority = Priority.NORMAL,
     queue_ms: float = 0.0,
     fps: float = math.nan,
+    detector_fps: float = math.nan,
 ) -> StreamObservation:
-    return StreamObservation(interval, latency_ms, queue_ms, rate, entering, priority, fps)
+    return StreamObservation(
+        interval, latency_ms, queue_ms, rate, entering, priority, fps, detector_fps
+    )
 
 
 def policy(**kwargs: float) -> IntervalPolicy:
@@ -139,6 +142,54 @@ def test_no_lowering_into_an_overload_the_model_predicts() -> None:
     assert [(c.new, c.reason) for c in lowered] == [(1, "lower_headroom")]
 
 
+def test_behind_learns_a_ceiling_from_what_the_machine_delivered() -> None:
+    # Eight 15 FPS streams at k = 1 ask for 120 detector frames a second; the machine
+    # finished 48 (it fell behind). The ceiling becomes 0.85 × 48 = 40.8 and every stream
+    # steps up at once (one step per tick: 60 a second, still over, so next tick again).
+    streams = {f"cam{i}": seen(1, 300.0, fps=15.0, detector_fps=6.0) for i in range(8)}
+    decision = policy().decide(streams, utilisation=0.6)
+    assert decision.ceiling == pytest.approx(0.85 * 48.0)
+    assert set(decision.intervals.values()) == {2}
+    # next tick, still behind at k = 2 (finishing 40 of the 60 asked for): two steps in all
+    streams = {f"cam{i}": seen(2, 150.0, fps=15.0, detector_fps=5.0) for i in range(8)}
+    decision = policy().decide(streams, utilisation=0.6, ceiling=decision.ceiling)
+    assert decision.ceiling == pytest.approx(0.85 * 40.0)
+    assert set(decision.intervals.values()) == {3}
+
+
+def test_no_lowering_over_the_learnt_ceiling_even_when_latency_looks_fine() -> None:
+    # The detector's busy share alone misses a machine whose other work (decoding eight
+    # cameras) is what fell behind: the ceiling remembers the overload.
+    streams = {f"cam{i}": seen(3, 60.0, rate=FAST, fps=15.0) for i in range(8)}  # over cap
+    p = policy()
+    blocked = p.decide(streams, utilisation=0.3, ceiling=40.0)  # 40 now, 42.5 after
+    assert blocked.state is Load.STEADY
+    assert blocked.changes == ()
+    assert blocked.ceiling == 40.0  # steady: neither learnt nor probed
+    allowed = p.decide(streams, utilisation=0.3, ceiling=50.0)
+    assert [(c.new, c.reason) for c in allowed.changes] == [(2, "lower_over_cap")]
+
+
+def test_a_long_calm_lets_one_step_through_the_ceiling() -> None:
+    # Both streams are over their motion cap (fast scene) and want k back down, but the
+    # ceiling (30 a second, what the machine last took) holds them at 2 (15 now, 22.5
+    # after a step). After probe_ticks calm ticks in a row one step is let through and
+    # the ceiling rises to it.
+    streams = {"a": seen(2, 20.0, rate=FAST, fps=15.0), "b": seen(2, 20.0, rate=FAST, fps=15.0)}
+    p = policy(probe_ticks=3)
+    calm, ceiling = 0, 20.0
+    for _ in range(2):
+        decision = p.decide(streams, calm, ceiling=ceiling)
+        assert decision.state is Load.HEADROOM
+        assert decision.changes == ()
+        assert decision.ceiling == 20.0
+        calm, ceiling = decision.calm_ticks, decision.ceiling
+    decision = p.decide(streams, calm, ceiling=ceiling)
+    assert [(c.new, c.reason) for c in decision.changes] == [(1, "lower_over_cap")]
+    assert decision.ceiling == pytest.approx(22.5)
+    assert decision.calm_ticks == 0  # the next probe waits for another calm spell
+
+
 def test_motion_cap_follows_the_measured_prediction_error() -> None:
     p = policy(max_interval=6, motion_error=0.05)
     assert p.motion_cap(seen(rate=None)) == 6  # no tracks: nothing to lose
@@ -157,6 +208,7 @@ observations = st.builds(
     priority=st.sampled_from(Priority),
     queue_ms=st.floats(0, 400),
     fps=st.one_of(st.just(math.nan), st.floats(0, 60)),
+    detector_fps=st.one_of(st.just(math.nan), st.floats(0, 60)),
 )
 
 
@@ -165,12 +217,16 @@ observations = st.builds(
     streams=st.dictionaries(st.sampled_from([f"cam{i}" for i in range(6)]), observations),
     calm=st.integers(0, 5),
     utilisation=st.one_of(st.none(), st.floats(0, 1)),
+    ceiling=st.one_of(st.none(), st.floats(0.1, 200)),
 )
 def test_every_decision_is_bounded_gradual_and_points_the_right_way(
-    streams: dict[str, StreamObservation], calm: int, utilisation: float | None
+    streams: dict[str, StreamObservation],
+    calm: int,
+    utilisation: float | None,
+    ceiling: float | None,
 ) -> None:
     p = policy(max_interval=4)
-    decision = p.decide(streams, calm, utilisation)
+    decision = p.decide(streams, calm, utilisation, ceiling)
     assert set(decision.intervals) == set(streams)
     before = {s: min(max(1, o.interval), 4) for s, o in streams.items()}
     for sid, k in decision.intervals.items():
@@ -187,6 +243,12 @@ def test_every_decision_is_bounded_gradual_and_points_the_right_way(
     else:
         assert all(decision.intervals[s] <= before[s] for s in streams)
         assert len(decision.changes) <= 1
+    if ceiling is not None and decision.state is not Load.BEHIND:
+        assert decision.ceiling is not None and decision.ceiling >= ceiling  # only probed
+        if decision.ceiling > ceiling:  # a probe: exactly one step over the old ceiling
+            assert len(decision.changes) == 1
+    if decision.state is Load.BEHIND and ceiling is not None:
+        assert decision.ceiling is not None and decision.ceiling <= ceiling  # only learnt
 
 
 def test_config_and_priorities_are_checked() -> None:
