@@ -365,7 +365,7 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
             summary["experiment"] = plan.finish(live_exp, stats, out_dir, quiet=quiet)
         except TapetumError as exc:
             raise _fail(str(exc)) from None
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary_error = _write_summary(out_dir / "summary.json", summary)
     _print_summary(stats, out_dir)
     if "classification" in summary:
         c = summary["classification"]
@@ -383,6 +383,38 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
     failed = [s for s in stats.streams if s.error and s.frames_processed == 0]
     if len(failed) == len(stats.streams):
         raise _fail("; ".join(s.error or "" for s in failed))
+    _check_outputs(stats, summary, summary_error)
+
+
+def _write_summary(path: Path, summary: dict[str, object]) -> str | None:
+    """Write ``summary.json`` whole or not at all (a temporary file renamed over it); the
+    reason it could not be written (a full disk), else None."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(json.dumps(summary, indent=2) + "\n")
+        partial.replace(path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        return f"cannot write {path}: {exc.strerror or exc}"
+    return None
+
+
+def _check_outputs(
+    stats: PipelineStats, summary: dict[str, object], summary_error: str | None
+) -> None:
+    """Exit 1 with one ``error:`` line when an output is incomplete: a sink's writes failed
+    (a full disk: counted per sink in the summary) or the summary could not be written (it
+    is printed on stdout instead, as the last line)."""
+    problems = [
+        f"{name}: {stats.sink_errors.get(name, 0)} results not written ({reason})"
+        for name, reason in stats.sink_failures.items()
+    ]
+    if summary_error is not None:
+        sys.stdout.write(json.dumps(summary) + "\n")  # the fallback: the last line on stdout
+        sys.stdout.flush()
+        problems.append(f"{summary_error} (printed on stdout instead)")
+    if problems:
+        raise _fail("outputs incomplete: " + "; ".join(problems), code=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -743,12 +775,13 @@ def _run_with_progress(
 
     # Ctrl-C is counted by a handler rather than caught as KeyboardInterrupt: the exception
     # would surface wherever the main thread happens to be (a stats call, a progress
-    # redraw) and escape the loop; the count is read at one place per iteration.
-    interrupts = 0
+    # redraw) and escape the loop; the count is read at one place per iteration. SIGTERM
+    # (a service manager, docker stop) counts as a Ctrl-C: the run drains and finishes its
+    # files instead of dying with them half written.
+    stops: list[str] = []
 
-    def on_sigint(signum: int, frame: FrameType | None) -> None:
-        nonlocal interrupts
-        interrupts += 1
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        stops.append(signal.Signals(signum).name)
 
     # SIGHUP asks a run following a registry alias to check it now; counted the same way.
     hangups = 0
@@ -758,7 +791,8 @@ def _run_with_progress(
         hangups += 1
 
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
+    previous = signal.signal(signal.SIGINT, on_stop) if in_main else None
+    previous_term = signal.signal(signal.SIGTERM, on_stop) if in_main else None
     follow_hup = in_main and watcher is not None and hasattr(signal, "SIGHUP")
     previous_hup = signal.signal(signal.SIGHUP, on_sighup) if follow_hup else None
     pipeline.start()
@@ -775,13 +809,17 @@ def _run_with_progress(
             task = progress.add_task("tracking", line="starting…")
             reload = watcher.trigger if watcher is not None else None
             _progress_loop(
-                pipeline, progress, task, lambda: interrupts, hangups=lambda: hangups, reload=reload
+                pipeline, progress, task, lambda: len(stops), hangups=lambda: hangups, reload=reload
             )
     finally:
         if in_main:
             signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGTERM, previous_term)
         if follow_hup:
             signal.signal(signal.SIGHUP, previous_hup)
+    if stops:
+        how = "queued frames processed" if len(stops) == 1 else "queued frames dropped"
+        console.print(f"stopped by {stops[0]} ({how})", highlight=False, markup=False)
     return pipeline.stats()
 
 

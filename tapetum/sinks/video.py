@@ -1,11 +1,18 @@
 """Annotated video output: boxes, class, track id and short trails (supervision), encoded
-with PyAV (H.264 where available)."""
+with PyAV (H.264 where available).
+
+An MP4 is written fragmented (an empty ``moov`` up front, then a fragment per second), so
+the file stays readable up to its last whole fragment when the run cannot finish it: the
+disk filled, or the process was killed. A plain MP4 keeps its index at the end and is
+unreadable without it."""
 
 from __future__ import annotations
 
+import contextlib
+import struct
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -14,6 +21,13 @@ from tapetum.core.result import FrameResult
 from tapetum.errors import SinkError
 
 _CODEC_PREFERENCE = ("libx264", "h264", "mpeg4")
+#: Containers whose muxer (FFmpeg's mov) can write fragments.
+_FRAGMENTED_SUFFIXES = frozenset({".mp4", ".m4v", ".mov"})
+#: Fragmented MP4: readable up to its last whole fragment, one fragment per second.
+_FRAGMENT_OPTIONS = {
+    "movflags": "empty_moov+default_base_moof+frag_keyframe",
+    "frag_duration": "1000000",
+}
 
 
 class AnnotatedVideoSink:
@@ -28,6 +42,10 @@ class AnnotatedVideoSink:
         preset: x264 speed/size trade-off; ``superfast`` keeps a 720p stream well above
             real time on 2 cores (~58 FPS for the whole run vs ~50 with ``veryfast``, at
             1.6 × the file size).
+
+    A write that fails (disk full, a file-size limit) closes the file where it stands,
+    readable to its last whole fragment, and raises ``SinkError``; every later write
+    raises ``SinkError`` too without trying (the pipeline counts each as a sink error).
     """
 
     def __init__(
@@ -45,11 +63,14 @@ class AnnotatedVideoSink:
         self.source_id = source_id
         self._preset = preset
         self._fps = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(30)
+        options = _FRAGMENT_OPTIONS if self.path.suffix.lower() in _FRAGMENTED_SUFFIXES else {}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._container: Any = av.open(str(self.path), mode="w")
+            self._container: Any = av.open(str(self.path), mode="w", container_options=options)
         except (OSError, av.error.FFmpegError) as exc:
             raise SinkError(f"cannot write video {self.path}: {exc}") from exc
+        #: why the file was closed early (a failed write); None while it is healthy.
+        self.failure: str | None = None
         self._stream: Any = None
         self._box = sv.BoxAnnotator(thickness=2, color_lookup=sv.ColorLookup.TRACK)
         self._label = sv.LabelAnnotator(
@@ -118,23 +139,83 @@ class AnnotatedVideoSink:
 
         if self.source_id is not None and result.source_id != self.source_id:
             return
+        if self.failure is not None:
+            raise SinkError(f"video {self.path} was closed after a failed write ({self.failure})")
         image = self.annotate(result)
         if self._stream is None:
             self._open_stream(image.shape[1], image.shape[0])
         h, w = self._stream.height, self._stream.width
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[:h, :w]), format="bgr24")
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
+        try:
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        except (OSError, av.error.FFmpegError) as exc:  # disk full, file-size limit
+            self._fail(exc)
         self.written += 1
 
+    def _fail(self, exc: BaseException) -> None:
+        """Close the file where it stands after a failed write, then raise ``SinkError``."""
+        self.failure = str(getattr(exc, "strerror", None) or exc)
+        container, self._container = self._container, None
+        # The trailer may fail too (the first failure is the one to report); then the file
+        # is cut after its last whole fragment, so it decodes to its end.
+        with contextlib.suppress(Exception):
+            container.close()
+        self._cut_to_whole_fragments()
+        raise SinkError(
+            f"cannot write video {self.path}: {self.failure}; the file is closed after "
+            f"{self.written} frames, readable up to its last whole fragment"
+        ) from None
+
+    def _cut_to_whole_fragments(self) -> None:
+        """Truncate a fragmented MP4 after its last whole fragment (a write that failed
+        mid-fragment leaves half a ``moof``/``mdat`` that decoders reject)."""
+        if self.path.suffix.lower() not in _FRAGMENTED_SUFFIXES:
+            return
+        with contextlib.suppress(OSError), self.path.open("r+b") as fh:
+            end = whole_fragments_end(fh)
+            if end is not None:
+                fh.truncate(end)
+
     def close(self) -> None:
+        import av
+
         if self._container is None:
             return
-        if self._stream is not None:
-            for packet in self._stream.encode():
-                self._container.mux(packet)
-        self._container.close()
-        self._container = None
+        try:
+            if self._stream is not None:
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+            self._container.close()
+        except (OSError, av.error.FFmpegError) as exc:
+            self.failure = str(getattr(exc, "strerror", None) or exc)
+            self._cut_to_whole_fragments()
+            raise SinkError(
+                f"cannot finish video {self.path}: {self.failure}; readable up to its last "
+                "whole fragment"
+            ) from None
+        finally:
+            self._container = None
+
+
+def whole_fragments_end(fh: BinaryIO) -> int | None:
+    """Where the whole top-level boxes of an MP4 end: after ``moov`` and after each
+    ``mdat`` whose box is complete (a fragment is a ``moof`` then its ``mdat``). None when
+    not even the ``moov`` is whole. Reads only the 8- or 16-byte box headers."""
+    size = fh.seek(0, 2)
+    pos, end = 0, None
+    while pos + 8 <= size:
+        fh.seek(pos)
+        header = fh.read(16)
+        box_size, kind = struct.unpack(">I4s", header[:8])
+        if box_size == 1 and len(header) == 16:
+            box_size = struct.unpack(">Q", header[8:16])[0]
+        if box_size < 8 or pos + box_size > size:
+            break  # cut short (or size 0, "to the end", which a fragment never uses)
+        pos += box_size
+        if kind in (b"moov", b"mdat", b"mfra"):
+            end = pos
+    return end
 
 
 def draw_forecasts(scene: np.ndarray, det: Detections, n_sigma: float = 2.0) -> np.ndarray:
