@@ -129,6 +129,11 @@ def create_app(
     state = AppState(settings, metrics, service, breakers, stream_manager, experiment, follower)
     if experiment is not None:
         experiment.bind_metrics(metrics.registry)
+    if hasattr(rate_limiter, "storage_errors"):  # ours (and so `limits` is installed)
+        from tapetum.serve.ratelimit import RateLimitCollector, RateLimiter
+
+        if isinstance(rate_limiter, RateLimiter):
+            metrics.registry.register(RateLimitCollector(rate_limiter))
     if follower is not None:
         from tapetum.serve.follow import FollowCollector
 

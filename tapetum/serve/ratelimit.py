@@ -160,7 +160,10 @@ class RateLimiter:
             ``rediss://``, ``redis+unix://``) shared by several replicas.
         key_prefix: namespace of the counters in the storage (tests use a unique one).
         fail_open: when the storage fails mid-request, allow the request and log a warning
-            (True), or raise :class:`RateLimitUnavailableError` (False).
+            (True), or raise :class:`RateLimitUnavailableError` (False; the servers answer
+            503 with ``Retry-After``). Either way each failed call is counted in
+            :attr:`storage_errors` (``tapetum_ratelimit_storage_errors_total``), and the
+            first success after failures is logged as a recovery.
 
     Raises:
         RateLimitStorageError: unknown or unsupported storage, or a server that does not
@@ -182,6 +185,9 @@ class RateLimiter:
         self._fail_open = fail_open
         self._last_failure_log = -math.inf
         self._log_lock = threading.Lock()
+        #: storage calls that failed (each answered by the fail-open/closed policy).
+        self.storage_errors = 0
+        self._failing = False
         self._items = {
             limit: RateLimitItemPerSecond(limit.burst, limit.window_s, namespace=key_prefix)
             for limit in {default, *self.per_route.values()}
@@ -234,6 +240,7 @@ class RateLimiter:
             reset_time, remaining = self._strategy.get_window_stats(item, key_id, bucket)
         except StorageError as exc:
             return self._storage_failed(exc)
+        self._storage_answered()
         if allowed:
             return RateDecision(allowed=True, retry_after_s=0.0, remaining=max(0, remaining))
         # Moving window: reset_time is when the oldest hit in the window expires, i.e. when
@@ -255,11 +262,31 @@ class RateLimiter:
             reset_time, _ = self._strategy.get_window_stats(item, key_id, bucket)
         except StorageError as exc:
             return self._storage_failed(exc)
+        self._storage_answered()
         retry_after_s = max(reset_time - time.time(), _MIN_RETRY_AFTER_S)
         return RateDecision(allowed=False, retry_after_s=retry_after_s, remaining=0)
 
+    @property
+    def fail_open(self) -> bool:
+        """Whether a storage failure lets requests through (else they are refused)."""
+        return self._fail_open
+
+    def _storage_answered(self) -> None:
+        if self._failing:
+            with self._log_lock:
+                recovered, self._failing = self._failing, False
+            if recovered:
+                logger.warning(
+                    "rate-limit storage %s answers again (%d failed calls so far); limits apply",
+                    self._storage_label,
+                    self.storage_errors,
+                )
+
     def _storage_failed(self, exc: StorageError) -> RateDecision:
         cause = exc.storage_error
+        with self._log_lock:
+            self.storage_errors += 1
+            self._failing = True
         if not self._fail_open:
             raise RateLimitUnavailableError(
                 f"rate-limit storage {self._storage_label!r} failed: {cause}"
@@ -276,6 +303,31 @@ class RateLimiter:
                 cause,
             )
         return RateDecision(allowed=True, retry_after_s=0.0, remaining=0)
+
+
+class RateLimitCollector:
+    """``/metrics`` of a :class:`RateLimiter`'s storage, read at scrape time:
+    ``tapetum_ratelimit_storage_errors_total{policy}`` (calls that failed, ``policy``
+    ``fail_open`` or ``fail_closed``)."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        errors = CounterMetricFamily(
+            "tapetum_ratelimit_storage_errors",
+            "Rate-limit storage calls that failed (Redis unreachable): with fail_open the "
+            "request went through unlimited, with fail_closed it was refused with 503.",
+            labels=["policy"],
+        )
+        policy = "fail_open" if self.limiter.fail_open else "fail_closed"
+        errors.add_metric([policy], float(self.limiter.storage_errors))
+        yield errors
 
 
 def _redact(uri: str) -> str:
