@@ -2,10 +2,11 @@
 
 - :class:`OnnxClassifier` (``runtime``): any ONNX image classifier (ImageNet-style logits or
   softmax, Ultralytics ``-cls``), crops cut and normalised from the file's metadata.
-- :class:`ClassifierService` / :class:`ClassificationEnricher` (``enricher``): the pipeline
-  stage: crops of the tracks due (first sighting, every N frames, a grown box), batched over
-  every stream, a running mean of probabilities per track → ``label``,
-  ``label_confidence``, ``label_votes``.
+- :class:`ClassifierService` (``service``): one classifier on a worker thread; crops of
+  every stream queued (bounded, drop-oldest, counted) and batched into one call.
+- :class:`ClassificationEnricher` (``enricher``): the pipeline stage: crops of the tracks
+  due (first sighting, every N frames, a grown box), asynchronous by default, a running
+  mean of probabilities per track → ``label``, ``label_confidence``, ``label_votes``.
 - :class:`LabelMap` (``labels``): a classifier's classes grouped into the user's labels
   (``vehicles`` ships with Tapetum).
 - ``tapetum.classify.export`` and ``tapetum.classify.train`` (torch, the ``export`` extra):
@@ -23,15 +24,13 @@ from tapetum.classify.enricher import (
     LABEL_COLUMNS,
     ClassificationEnricher,
     ClassificationObserver,
-    ClassifierService,
     ClassifyConfig,
     ClassifyStage,
-    ClassifyStats,
-    CropClassifier,
     parse_classify_option,
 )
 from tapetum.classify.labels import BUILTIN_MAPS, LabelMap, load_label_map
 from tapetum.classify.runtime import OnnxClassifier, softmax
+from tapetum.classify.service import ClassifierService, ClassifyStats, CropClassifier
 from tapetum.classify.spec import ClassifierSpec, CropFit, OutputKind, classifier_meta
 from tapetum.classify.voting import TrackLabels
 

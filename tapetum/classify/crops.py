@@ -2,8 +2,12 @@
 
 The geometry (margin, centre crop, clipping to the frame, which boxes are usable) is array
 work over all boxes at once; each usable crop is then one ``cv2.resize`` from a view of the
-frame into a preallocated uint8 batch, and the pixel arithmetic (channel order, scale,
-mean/std, HWC → CHW) is one vectorised pass over the whole batch.
+frame (only the crop's pixels are read) into a preallocated uint8 batch
+(:func:`cut_crops`), and the pixel arithmetic (channel order, scale, mean/std, HWC → CHW)
+is one vectorised pass over the whole batch (:func:`normalize_batch`), optionally into a
+preallocated float32 buffer. The two halves are separate so that the asynchronous stage can
+cut on the stream's thread (small uint8 crops; the frame is not kept) and normalise the
+crops of many frames at once on the classifier's thread.
 
 A box that is not finite, lies outside the frame, or is under one pixel wide or high once
 clipped is not cropped: it is reported in the ``valid`` mask, and the caller counts it.
@@ -28,7 +32,7 @@ from tapetum._types import BoolArray, Float32Array, Float64Array, IntArray, UInt
 from tapetum.classify.spec import ClassifierSpec, CropFit
 from tapetum.detect.spec import ChannelOrder
 
-__all__ = ["CropBatch", "crop_batch", "crop_rects", "normalize_batch"]
+__all__ = ["CropBatch", "CropPixels", "crop_batch", "crop_rects", "cut_crops", "normalize_batch"]
 
 #: Smallest crop side (pixels, after clipping) worth classifying.
 MIN_CROP_PX = 1
@@ -44,6 +48,24 @@ class CropBatch:
     """
 
     tensor: Float32Array
+    valid: BoolArray
+
+    @property
+    def skipped(self) -> int:
+        """Boxes that could not be cropped (outside the frame, zero size, not finite)."""
+        return int(self.valid.size - np.count_nonzero(self.valid))
+
+
+@dataclass(frozen=True, slots=True)
+class CropPixels:
+    """The usable boxes of one frame, cut and fitted but not yet normalised.
+
+    Attributes:
+        pixels: (M, H, W, 3) uint8 BGR at the model's input size, one per True in ``valid``.
+        valid: (N,) bool over the boxes given: True where a crop was cut.
+    """
+
+    pixels: UInt8Array
     valid: BoolArray
 
     @property
@@ -98,6 +120,13 @@ def crop_rects(
 
 def crop_batch(image: UInt8Array, xyxy: Float32Array, spec: ClassifierSpec) -> CropBatch:
     """Cut, fit and normalise the crops of ``xyxy`` from ``image`` (BGR, (H, W, 3) uint8)."""
+    cut = cut_crops(image, xyxy, spec)
+    return CropBatch(normalize_batch(cut.pixels, spec), cut.valid)
+
+
+def cut_crops(image: UInt8Array, xyxy: Float32Array, spec: ClassifierSpec) -> CropPixels:
+    """Cut and fit (stretch, centre crop or letterbox) the crops of ``xyxy`` from ``image``
+    (BGR, (H, W, 3) uint8): one ``cv2.resize`` per crop, reading only the crop's pixels."""
     import cv2
 
     rects, valid = crop_rects(xyxy, (int(image.shape[0]), int(image.shape[1])), spec)
@@ -116,15 +145,23 @@ def crop_batch(image: UInt8Array, xyxy: Float32Array, spec: ClassifierSpec) -> C
         nw = max(1, min(in_w, round((x2 - x1) * scale)))
         nh = max(1, min(in_h, round((y2 - y1) * scale)))
         top, left = (in_h - nh) // 2, (in_w - nw) // 2
+        # a strided view is no cv2 ``dst``: resize, then copy into the padded slot
         pixels[k, top : top + nh, left : left + nw] = cv2.resize(
             crop, (nw, nh), interpolation=cv2.INTER_LINEAR
         )
-    return CropBatch(normalize_batch(pixels, spec), valid)
+    return CropPixels(pixels, valid)
 
 
-def normalize_batch(pixels: UInt8Array, spec: ClassifierSpec) -> Float32Array:
+def normalize_batch(
+    pixels: UInt8Array, spec: ClassifierSpec, out: Float32Array | None = None
+) -> Float32Array:
     """(M, H, W, 3) uint8 BGR → (M, 3, H, W) float32 in the model's channel order, scaled
-    and standardised (one fused multiply-add per pixel)."""
+    and standardised (one fused multiply-add per pixel).
+
+    Args:
+        out: a preallocated (M, 3, H, W) float32 buffer to write into (e.g. a view of a
+            reused batch buffer); None allocates one.
+    """
     pre = spec.preprocess
     if pre.channels is ChannelOrder.RGB:
         pixels = pixels[..., ::-1]
@@ -132,7 +169,11 @@ def normalize_batch(pixels: UInt8Array, spec: ClassifierSpec) -> Float32Array:
     std = np.asarray(pre.std if pre.std is not None else (1.0, 1.0, 1.0), np.float32)
     # (p * scale - mean) / std  ==  p * (scale / std) - mean / std
     gain, offset = np.float32(pre.scale) / std, mean / std
-    out = np.empty((pixels.shape[0], 3, *pixels.shape[1:3]), np.float32)
+    shape = (pixels.shape[0], 3, *pixels.shape[1:3])
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f"normalize_batch: out is {out.dtype}{out.shape}, want float32{shape}")
     np.multiply(pixels.transpose(0, 3, 1, 2), gain[None, :, None, None], out=out)
     out -= offset[None, :, None, None]
     return out

@@ -1,15 +1,26 @@
 """The classification stage of a pipeline: one label per track, from a second model.
 
-:class:`ClassifierService` is shared by every stream of a pipeline. Each stream's
-:class:`ClassificationEnricher` (run on the stream's tracking thread, after the tracker)
-picks the tracks due for classification (:class:`~tapetum.classify.voting.TrackLabels`),
-cuts their crops on its own thread, and hands the service one block of crops per frame; the
-service's :class:`~tapetum.detect.batcher.DynamicBatcher` joins the blocks of streams that
-arrive together into one model call. The enricher then writes three columns per track::
+:class:`~tapetum.classify.service.ClassifierService` is shared by every stream of a
+pipeline. Each stream's :class:`ClassificationEnricher` (run on the stream's tracking
+thread, after the tracker) picks the tracks due for classification
+(:class:`~tapetum.classify.voting.TrackLabels`: first sighting, then every N frames or when
+the box grew), cuts their crops on its own thread and hands the service one job per frame;
+the service's worker joins the jobs of every frame and stream waiting into one model call.
+The enricher writes three columns per track::
 
     label             the track's label (None until it is first classified)
     label_confidence  mean probability of that label over the track's classifications
     label_votes       how many classifications the label rests on
+
+Asynchronous (the default, like DeepStream's ``classifier-async-mode``): the tracking
+thread never waits for the classifier. A frame's result carries the label known when the
+frame is tracked; answers are counted into the tracks' votes on the stream's next frame
+after they arrive (``result_lag_frames`` in the stats says how late). The cadence is kept
+when crops are *sent*, so the same crops are classified as in synchronous mode; under
+overload the oldest jobs are dropped and counted, the tracks wait for their next turn.
+Synchronous (``asynchronous=False``): the frame waits for its crops' answers, so its own
+classification is in its result: deterministic, for tests and for server sessions (each
+request is a frame).
 
 A crop outside the frame or of zero size is skipped and counted; a failed model call is
 counted and logged, the frame keeps the labels it had: never a failed stream.
@@ -20,6 +31,7 @@ Example:
     >>> config = ClassifyConfig(class_ids=frozenset({2, 5, 7}), every=10)
     >>> pipe = Pipeline(sources, detector, enrichers=[                      # doctest: +SKIP
     ...     lambda src: ClassificationEnricher(service, config)])
+    >>> stats = pipe.run(); service.close()   # answers what is queued    # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -28,17 +40,16 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from tapetum._types import BoolArray, Float32Array, Float64Array, IntArray, UInt8Array
-from tapetum.classify.crops import crop_batch
-from tapetum.classify.labels import LabelMap
-from tapetum.classify.spec import ClassifierSpec
+from tapetum._types import Float32Array, Float64Array, IntArray, UInt8Array
+from tapetum.classify.service import ClassifierService, CropJob, JobOutcome
 from tapetum.classify.voting import TrackLabels
 from tapetum.core.detections import NO_TRACK, Detections
 from tapetum.core.frame import Frame
@@ -50,11 +61,9 @@ __all__ = [
     "LABEL_COLUMNS",
     "ClassificationEnricher",
     "ClassificationObserver",
-    "ClassifierService",
     "ClassifyConfig",
     "ClassifyStage",
-    "ClassifyStats",
-    "CropClassifier",
+    "config_from_options",
     "parse_classify_option",
 ]
 
@@ -62,21 +71,9 @@ __all__ = [
 LABEL_COLUMNS = ("label", "label_confidence", "label_votes")
 
 
-class CropClassifier(Protocol):
-    """What the service needs of a classifier (``OnnxClassifier``, or a scripted one)."""
-
-    @property
-    def class_names(self) -> tuple[str, ...]: ...
-
-    @property
-    def spec(self) -> ClassifierSpec: ...
-
-    def predict(self, tensor: Float32Array) -> Float32Array: ...
-
-
 @dataclass(frozen=True, slots=True)
 class ClassifyConfig:
-    """When a stream classifies its tracks.
+    """When and how a stream classifies its tracks.
 
     Attributes:
         class_ids: detector classes whose tracks are classified (None: every class).
@@ -85,6 +82,10 @@ class ClassifyConfig:
             classification (≥ 1; ``inf`` turns it off).
         min_box_px: boxes whose shorter side is under this are not classified (yet).
         max_age_frames: forget a track unseen for this many frames.
+        asynchronous: do not wait for the classifier (see the module docstring).
+        settled_every: re-classify a *settled* track (at least ``settle_votes``
+            classifications, its label ``settle_margin`` ahead of the runner-up in mean
+            probability) only every this many frames; None: every track every ``every``.
     """
 
     class_ids: frozenset[int] | None = None
@@ -92,6 +93,10 @@ class ClassifyConfig:
     grow: float = 1.5
     min_box_px: float = 16.0
     max_age_frames: int = 150
+    asynchronous: bool = True
+    settled_every: int | None = None
+    settle_votes: int = 3
+    settle_margin: float = 0.3
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -102,115 +107,15 @@ class ClassifyConfig:
             raise ConfigError(f"classify min_box must be ≥ 0 pixels, got {self.min_box_px}")
         if self.max_age_frames < 1:
             raise ConfigError(f"max_age_frames must be ≥ 1, got {self.max_age_frames}")
-
-
-@dataclass(slots=True)
-class ClassifyStats:
-    """Counters of a service, all streams together.
-
-    Attributes:
-        crops_classified: crops that went through the model.
-        crops_skipped: boxes due for classification that could not be cropped (outside
-            the frame, zero size, not finite).
-        calls: model calls (each may hold several streams' crops).
-        failed_calls / failed_crops: model calls that raised, and the crops they held.
-    """
-
-    crops_classified: int = 0
-    crops_skipped: int = 0
-    calls: int = 0
-    failed_calls: int = 0
-    failed_crops: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def as_dict(self) -> dict[str, int]:
-        with self.lock:
-            return {
-                "crops_classified": self.crops_classified,
-                "crops_skipped": self.crops_skipped,
-                "calls": self.calls,
-                "failed_calls": self.failed_calls,
-                "failed_crops": self.failed_crops,
-            }
-
-
-class ClassifierService:
-    """One classifier shared by every stream; label-space probabilities out.
-
-    Args:
-        classifier: the model (its ``spec`` says how to cut crops).
-        label_map: classes → labels; None keeps the classifier's own classes.
-        max_wait_ms: how long a stream's crops wait for other streams' to share a call
-            (0 for a single stream: nothing to wait for).
-        max_batch: most frames' blocks joined into one call.
-    """
-
-    def __init__(
-        self,
-        classifier: CropClassifier,
-        label_map: LabelMap | None = None,
-        *,
-        max_wait_ms: float = 2.0,
-        max_batch: int = 16,
-    ) -> None:
-        from tapetum.detect.batcher import DynamicBatcher
-
-        if label_map is not None and label_map.matrix.shape[0] != len(classifier.class_names):
+        if self.settled_every is not None and self.settled_every < self.every:
             raise ConfigError(
-                f"the label map covers {label_map.matrix.shape[0]} classes, the classifier "
-                f"has {len(classifier.class_names)}"
+                f"classify settle must be ≥ every ({self.every}) frames, got {self.settled_every}"
             )
-        self.classifier = classifier
-        self.label_map = label_map
-        self.labels: tuple[str, ...] = (
-            label_map.labels if label_map is not None else tuple(classifier.class_names)
-        )
-        self.stats = ClassifyStats()
-        self._batcher: DynamicBatcher[Float32Array, Float32Array] = DynamicBatcher(
-            self._run_blocks, max_batch=max_batch, max_wait_ms=max_wait_ms, name="classify"
-        )
-
-    def _run_blocks(self, blocks: list[Float32Array]) -> list[Float32Array]:
-        """One model call over the crops of several frames; each frame gets its rows."""
-        sizes = [b.shape[0] for b in blocks]
-        probs = self.classifier.predict(np.concatenate(blocks) if len(blocks) > 1 else blocks[0])
-        with self.stats.lock:
-            self.stats.calls += 1
-        return np.split(probs, np.cumsum(sizes)[:-1])
-
-    def classify(self, image: UInt8Array, xyxy: Float32Array) -> tuple[Float32Array, BoolArray]:
-        """Label probabilities (M, L) of the boxes that could be cropped, and the (N,) mask
-        of which. Raises what the model raised (the enricher counts it)."""
-        batch = crop_batch(image, xyxy, self.classifier.spec)
-        skipped = batch.skipped
-        if batch.tensor.shape[0] == 0:
-            with self.stats.lock:
-                self.stats.crops_skipped += skipped
-            return np.empty((0, len(self.labels)), np.float32), batch.valid
-        try:
-            probs = self._batcher.submit(batch.tensor).result()
-        except Exception:
-            with self.stats.lock:
-                self.stats.failed_calls += 1
-                self.stats.failed_crops += int(batch.tensor.shape[0])
-                self.stats.crops_skipped += skipped
-            raise
-        with self.stats.lock:
-            self.stats.crops_classified += int(batch.tensor.shape[0])
-            self.stats.crops_skipped += skipped
-        if self.label_map is not None:
-            probs = self.label_map.project(probs)
-        return probs, batch.valid
-
-    def close(self) -> None:
-        """Stop the batcher's thread (queued crops still run)."""
-        self._batcher.close()
-
-    def __enter__(self) -> ClassifierService:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        if self.settle_votes < 1 or not 0 <= self.settle_margin <= 1:
+            raise ConfigError(
+                f"settle_votes must be ≥ 1 and settle_margin within [0, 1], got "
+                f"{self.settle_votes}, {self.settle_margin}"
+            )
 
 
 #: Called with each frame's fresh classifications: frame, track ids (M,), probabilities (M, L).
@@ -223,9 +128,10 @@ class ClassificationEnricher:
 
     Args:
         service: the shared classifier.
-        config: which tracks, how often.
-        observer: sees every classification as it is made, before the vote (e.g. to log
-            single-crop answers or collect hard examples); its exceptions are logged.
+        config: which tracks, how often, asynchronous or not.
+        observer: sees every classification as it is counted (with the frame its crops came
+            from), before the vote (e.g. to log single-crop answers or collect hard
+            examples); its exceptions are logged.
     """
 
     def __init__(
@@ -239,9 +145,14 @@ class ClassificationEnricher:
         self.observer = observer
         self.state = TrackLabels(len(service.labels), self.config.max_age_frames)
         self._labels = np.array([*service.labels, None], dtype=object)  # -1 → None
+        self._inbox: deque[CropJob] = deque()
+        self._pending: set[CropJob] = set()
+        self._frame_index = 0
 
     def __call__(self, frame: Frame, detections: Detections) -> Detections:
         cfg = self.config
+        self._frame_index = frame.index
+        self._count_answers(frame.index)
         tid = detections.tracker_id
         self.state.touch(tid, frame.index)
         xyxy = detections.xyxy
@@ -252,7 +163,16 @@ class ClassificationEnricher:
             eligible &= np.isin(detections.class_id, list(cfg.class_ids))
         rows = np.flatnonzero(eligible)
         if rows.size:
-            due = self.state.due(tid[rows], area[rows], frame.index, cfg.every, cfg.grow)
+            due = self.state.due(
+                tid[rows],
+                area[rows],
+                frame.index,
+                cfg.every,
+                cfg.grow,
+                cfg.settled_every,
+                cfg.settle_votes,
+                cfg.settle_margin,
+            )
             rows = rows[due]
         if rows.size:
             self._classify(frame, xyxy[rows], tid[rows], area[rows])
@@ -265,23 +185,61 @@ class ClassificationEnricher:
     def _classify(
         self, frame: Frame, xyxy: Float32Array, tid: IntArray, area: Float64Array
     ) -> None:
-        try:
-            probs, valid = self.service.classify(frame.image, xyxy)
-        except Exception as exc:  # the model failed: this frame keeps the labels it had
-            log.warning(
-                "classification failed on %s frame %d (%d crops): %s",
-                frame.source_id,
-                frame.index,
-                xyxy.shape[0],
-                exc,
-            )
+        pixels, valid = self.service.cut(frame.image, xyxy)
+        if pixels.shape[0] == 0:
+            return  # nothing croppable: those tracks stay due
+        ids = tid[valid]
+        self.state.mark(ids, area[valid], frame.index)
+        job = CropJob(
+            pixels,
+            ids,
+            frame.index,
+            asynchronous=self.config.asynchronous,
+            inbox=self._inbox if self.config.asynchronous else None,
+            context=frame if self.observer is not None else None,
+        )
+        self.service.submit(job)
+        if self.config.asynchronous:
+            self._pending.add(job)
             return
-        self.state.add(tid[valid], probs, area[valid], frame.index)
-        if self.observer is not None:
+        job.done.wait()
+        self._count(job, frame.index)
+
+    def _count_answers(self, frame_index: int) -> None:
+        """Count the answers that came back since the last frame into the votes."""
+        while self._inbox:
+            job = self._inbox.popleft()
+            self._pending.discard(job)
+            self._count(job, frame_index)
+
+    def _count(self, job: CropJob, frame_index: int) -> None:
+        if job.outcome != JobOutcome.DONE or job.probs is None:
+            if job.outcome == JobOutcome.FAILED:  # this frame keeps the labels it had
+                log.warning(
+                    "classification failed on frame %d (%d crops): %s",
+                    job.frame_index,
+                    job.size,
+                    job.error,
+                )
+            return
+        counted = self.state.vote(job.track_ids, job.probs)
+        self.service.stats.count_lag(counted, max(0, frame_index - job.frame_index))
+        if self.observer is not None and isinstance(job.context, Frame):
             try:
-                self.observer(frame, tid[valid], probs)
+                self.observer(job.context, job.track_ids, job.probs)
             except Exception:
                 log.exception("classification observer failed")
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait for this stream's answers still in the classifier and count them (the end
+        of a stream; tests). False if ``timeout_s`` passed first."""
+        deadline = None if timeout_s is None else time.perf_counter() + timeout_s
+        for job in list(self._pending):
+            left = None if deadline is None else max(0.0, deadline - time.perf_counter())
+            if not job.done.wait(left):
+                return False
+        self._count_answers(self._frame_index)
+        return True
 
 
 def parse_classify_option(text: str) -> tuple[Path, dict[str, str]]:
@@ -289,12 +247,14 @@ def parse_classify_option(text: str) -> tuple[Path, dict[str, str]]:
 
     Keys: ``classes`` (detector class names or ids, comma-separated), ``every`` (frames),
     ``min_box`` (pixels), ``grow`` (area factor), ``labels`` (a label-map file or a builtin
-    map name). A path may itself contain ``:``; options start at the first ``:key=``.
+    map name), ``mode`` (``async`` or ``sync``), ``settle`` (frames between classifications
+    of a settled track). A path may itself contain ``:``; options start at the first
+    ``:key=``.
 
     Raises:
         ConfigError: no model, an unknown key, or a key given twice.
     """
-    known = ("classes", "every", "min_box", "grow", "labels")
+    known = ("classes", "every", "min_box", "grow", "labels", "mode", "settle")
     parts = text.split(":")
     cut = len(parts)
     for i in range(1, len(parts)):
@@ -318,16 +278,18 @@ def parse_classify_option(text: str) -> tuple[Path, dict[str, str]]:
     return Path(model), options
 
 
-def config_from_options(options: dict[str, str], class_names: tuple[str, ...]) -> ClassifyConfig:
+def config_from_options(
+    options: dict[str, str], class_names: tuple[str, ...], *, asynchronous: bool = True
+) -> ClassifyConfig:
     """A :class:`ClassifyConfig` from :func:`parse_classify_option`'s options; class names
-    resolve against the detector's.
+    resolve against the detector's; ``asynchronous`` is the mode when ``mode`` is not given.
 
     Raises:
-        ConfigError: a value that is not a number, or an unknown class.
+        ConfigError: a value that is not a number, an unknown mode, or an unknown class.
     """
     from tapetum.detect.classes import resolve_class_filter
 
-    def number(key: str, cast: type[int] | type[float], default: float) -> Any:
+    def number(key: str, cast: type[int] | type[float], default: float | None) -> Any:
         if key not in options:
             return default
         try:
@@ -335,12 +297,17 @@ def config_from_options(options: dict[str, str], class_names: tuple[str, ...]) -
         except ValueError:
             raise ConfigError(f"classify: {key} must be a number, got {options[key]!r}") from None
 
+    mode = options.get("mode", "async" if asynchronous else "sync")
+    if mode not in ("async", "sync"):
+        raise ConfigError(f"classify: mode must be async or sync, got {mode!r}")
     classes = options.get("classes")
     return ClassifyConfig(
         class_ids=resolve_class_filter(class_names, classes.split(",")) if classes else None,
         every=number("every", int, 10),
         grow=number("grow", float, 1.5),
         min_box_px=number("min_box", float, 16.0),
+        asynchronous=mode == "async",
+        settled_every=number("settle", int, None),
     )
 
 
@@ -355,7 +322,8 @@ class _SessionLabels:
 class ClassifyStage:
     """The stage as a ``--classify`` option describes it: one shared
     :class:`ClassifierService` and a :class:`ClassificationEnricher` per stream or
-    per tracking session of a server.
+    per tracking session of a server. Streams are asynchronous and sessions synchronous
+    (a request's own crops are in its answer) unless ``mode`` says otherwise.
 
     Args:
         service: the shared classifier.
@@ -369,7 +337,7 @@ class ClassifyStage:
     def __init__(self, service: ClassifierService, options: dict[str, str]) -> None:
         self.service = service
         self.options = dict(options)
-        self._configs: dict[tuple[str, ...], ClassifyConfig] = {}
+        self._configs: dict[tuple[tuple[str, ...], bool], ClassifyConfig] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -396,22 +364,32 @@ class ClassifyStage:
         )
         return cls(ClassifierService(classifier, label_map, max_wait_ms=max_wait_ms), options)
 
-    def config(self, detector_classes: tuple[str, ...]) -> ClassifyConfig:
-        """The stage's config for a detector with these class names (cached).
+    def config(
+        self, detector_classes: tuple[str, ...], *, asynchronous: bool = True
+    ) -> ClassifyConfig:
+        """The stage's config for a detector with these class names (cached);
+        ``asynchronous`` is the mode when the option does not name one.
 
         Raises:
             ConfigError: ``classes`` names a class the detector does not have.
         """
+        key = (detector_classes, asynchronous)
         with self._lock:
-            config = self._configs.get(detector_classes)
+            config = self._configs.get(key)
             if config is None:
-                config = config_from_options(self.options, detector_classes)
-                self._configs[detector_classes] = config
+                config = config_from_options(
+                    self.options, detector_classes, asynchronous=asynchronous
+                )
+                self._configs[key] = config
             return config
 
-    def enricher(self, detector_classes: tuple[str, ...]) -> ClassificationEnricher:
+    def enricher(
+        self, detector_classes: tuple[str, ...], *, asynchronous: bool = True
+    ) -> ClassificationEnricher:
         """A new per-stream (per-session) enricher."""
-        return ClassificationEnricher(self.service, self.config(detector_classes))
+        return ClassificationEnricher(
+            self.service, self.config(detector_classes, asynchronous=asynchronous)
+        )
 
     def label_session(
         self,
@@ -429,7 +407,8 @@ class ClassifyStage:
         """
         state: _SessionLabels | None = session.labels
         if state is None:
-            state = session.labels = _SessionLabels(self.enricher(detector_classes))
+            enricher = self.enricher(detector_classes, asynchronous=False)
+            state = session.labels = _SessionLabels(enricher)
         frame = Frame(name, state.frames, image, time.time(), time.perf_counter())
         state.frames += 1
         return state.enricher(frame, detections)

@@ -8,6 +8,15 @@ value, and ``votes`` the number of classifications behind it. The mean of probab
 (a soft vote) keeps a label from flickering on one ambiguous crop, while a new view that is
 consistently different still wins over time.
 
+With the asynchronous stage a classification has two moments: :meth:`TrackLabels.mark` when
+the crop is sent (the track is not due again until ``every`` frames later, whether or not
+the answer is back) and :meth:`TrackLabels.vote` when the answer arrives. :meth:`add` is
+both at once (the synchronous stage).
+
+Optionally a *settled* track is re-checked less often (DeepStream's re-inference interval):
+once it has ``settle_votes`` classifications and its label leads the runner-up by
+``settle_margin`` in mean probability, it is due every ``settled_every`` frames instead.
+
 State is a structure of arrays over the tracks seen recently; tracks unseen for
 ``max_age_frames`` are dropped (ended tracks do not pile up), and at most
 ``max_tracks`` are kept (the longest unseen go first).
@@ -70,24 +79,54 @@ class TrackLabels:
         rows = order[pos]
         return np.where(self.ids[rows] == track_ids, rows, -1)
 
-    def due(
-        self, track_ids: IntArray, area: Float64Array, frame_index: int, every: int, grow: float
+    def due(  # noqa: PLR0917 - the cadence's knobs, all numbers
+        self,
+        track_ids: IntArray,
+        area: Float64Array,
+        frame_index: int,
+        every: int,
+        grow: float,
+        settled_every: int | None = None,
+        settle_votes: int = 3,
+        settle_margin: float = 0.3,
     ) -> BoolArray:
         """(N,) True for tracks to classify now: never classified, last classified ``every``
-        or more frames ago, or grown ``grow`` × in area since."""
+        or more frames ago (``settled_every`` for a settled track, when given), or grown
+        ``grow`` × in area since."""
         rows = self._rows(track_ids)
         known = rows >= 0
         r = np.where(known, rows, 0)
         if self.ids.size == 0:
             return ~known
-        stale = frame_index - self.last_classified[r] >= every
+        interval = np.full(r.size, every, np.int64)
+        if settled_every is not None and r.size:
+            interval[self.settled(r, settle_votes, settle_margin)] = settled_every
+        stale = frame_index - self.last_classified[r] >= interval
         grown = area >= grow * self.last_area[r]
         return ~known | stale | grown
+
+    def settled(self, rows: IntArray, min_votes: int, margin: float) -> BoolArray:
+        """(N,) True for the rows whose vote is decisive: at least ``min_votes``
+        classifications and the label's mean probability ``margin`` above the runner-up's."""
+        votes = self.votes[rows]
+        sums = self.prob_sum[rows]
+        if sums.shape[1] < 2:
+            return np.asarray(votes >= min_votes, np.bool_)
+        top2 = -np.partition(-sums, 1, axis=1)[:, :2]
+        lead = (top2[:, 0] - top2[:, 1]) / np.maximum(votes, 1)
+        return np.asarray((votes >= min_votes) & (lead >= margin), np.bool_)
 
     def add(
         self, track_ids: IntArray, probs: Float32Array, area: Float64Array, frame_index: int
     ) -> None:
-        """Count one classification per track: ``probs`` (M, L) for ``track_ids`` (M,)."""
+        """Count one classification per track: ``probs`` (M, L) for ``track_ids`` (M,)
+        (:meth:`mark` and :meth:`vote` at once)."""
+        self.mark(track_ids, area, frame_index)
+        self.vote(track_ids, probs)
+
+    def mark(self, track_ids: IntArray, area: Float64Array, frame_index: int) -> None:
+        """Record that ``track_ids`` (M,) were sent for classification at ``frame_index``
+        with box areas ``area`` (M,): the cadence restarts from here."""
         if track_ids.size == 0:
             return
         rows = self._rows(track_ids)
@@ -95,11 +134,23 @@ class TrackLabels:
         if new.any():
             rows = rows.copy()
             rows[new] = self._append(track_ids[new], frame_index)
-        self.prob_sum[rows] += probs
-        self.votes[rows] += 1
         self.last_classified[rows] = frame_index
         self.last_area[rows] = area
-        self.last_seen[rows] = frame_index
+        self.last_seen[rows] = np.maximum(self.last_seen[rows], frame_index)
+
+    def vote(self, track_ids: IntArray, probs: Float32Array) -> int:
+        """Add the probabilities ``probs`` (M, L) to the tracks ``track_ids`` (M,); tracks
+        forgotten meanwhile (an answer that came back after the track expired) are left
+        out. Returns how many votes were counted."""
+        if track_ids.size == 0:
+            return 0
+        rows = self._rows(track_ids)
+        known = rows >= 0
+        rows, probs = rows[known], probs[known]
+        # np.add.at: one track may appear twice (two answers in one delivery)
+        np.add.at(self.prob_sum, rows, probs)
+        np.add.at(self.votes, rows, 1)
+        return int(rows.size)
 
     def _append(self, track_ids: IntArray, frame_index: int) -> IntArray:
         n, k = self.ids.size, track_ids.size

@@ -165,10 +165,12 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         str | None,
         typer.Option(
             help="Classify tracks with a second ONNX model: "
-            "MODEL[:classes=car,truck,bus][:every=N][:min_box=PX][:grow=X][:labels=MAP] "
-            "(first sighting, then every N frames (10) or when the box area grows X× (1.5); "
-            "boxes under PX (16) wait; MAP: a YAML/JSON label map or 'vehicles'). Writes "
-            "label, label_confidence, label_votes per track."
+            "MODEL[:classes=car,truck,bus][:every=N][:min_box=PX][:grow=X][:labels=MAP]"
+            "[:mode=async|sync][:settle=M] (first sighting, then every N frames (10) or when "
+            "the box area grows X× (1.5); boxes under PX (16) wait; MAP: a YAML/JSON label "
+            "map or 'vehicles'; async (default): tracking never waits for the classifier, "
+            "labels attach when ready; settle: a track whose vote is decisive is "
+            "re-checked every M frames). Writes label, label_confidence, label_votes per track."
         ),
     ] = None,
     workers: Annotated[
@@ -372,7 +374,7 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         Console().print(
             f"classification: {c['crops_classified']} crops in {c['calls']} model calls, "
             f"{c['crops_skipped']} skipped (outside the frame or empty), "
-            f"{c['failed_crops']} failed"
+            f"{c['crops_dropped']} dropped (queue full), {c['failed_crops']} failed"
         )
     if "forecast" in summary:
         f = summary["forecast"]
@@ -685,7 +687,7 @@ def _build(
 
         enrichers.append(identity_for)
     if opts.classify:
-        enrichers.append(_classify_stage(opts, detector.class_names, len(opened), extras))
+        enrichers.append(_classify_stage(opts, detector.class_names, extras))
 
     def tracker_for(src: Source) -> Tracker:
         fps = src.fps or 30.0
@@ -718,7 +720,6 @@ def _build(
 def _classify_stage(
     opts: RunOptions,
     detector_classes: tuple[str, ...],
-    n_sources: int,
     extras: dict[str, Callable[[], dict[str, int]]] | None,
 ) -> EnricherFactory:
     """The ``--classify`` enricher factory (one classifier shared by every stream)."""
@@ -732,7 +733,7 @@ def _classify_stage(
     from tapetum.classify.enricher import config_from_options
     from tapetum.detect import RuntimeOptions
     from tapetum.detect.providers import parse_provider_list
-    from tapetum.pipeline import Enricher
+    from tapetum.pipeline import DropPolicy, Enricher
     from tapetum.sources import Source
 
     assert opts.classify is not None
@@ -747,9 +748,19 @@ def _classify_stage(
     label_map = (
         load_label_map(options["labels"], classifier.class_names) if "labels" in options else None
     )
-    service = ClassifierService(classifier, label_map, max_wait_ms=2.0 if n_sources > 1 else 0.0)
+    # a live source drops its oldest crops when the classifier falls behind; a file waits
+    service = ClassifierService(
+        classifier,
+        label_map,
+        policy=DropPolicy.DROP_OLDEST if _is_live(opts) else DropPolicy.BLOCK,
+    )
     if extras is not None:
-        extras["classification"] = service.stats.as_dict
+
+        def finish() -> dict[str, int]:  # after the run: answer what is queued, stop
+            service.close()
+            return service.stats.as_dict()
+
+        extras["classification"] = finish
 
     def classifier_for(src: Source) -> Enricher:
         return ClassificationEnricher(service, config)

@@ -8,6 +8,7 @@ Registered by the CLI as ``app.command("export")(export_command)``. The work is 
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -63,6 +64,27 @@ def export_command(  # noqa: PLR0917 - typer maps parameters to options
             help="Registry for --register (default: sqlite:///tapetum-registry.db).",
         ),
     ] = None,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="Classifiers: write an INT8 (static QDQ) copy, calibrated on crops of --calib "
+            "and checked against FP32 on other crops of it (detectors: tapetum optimize).",
+        ),
+    ] = False,
+    calib: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --int8: labelled boxes to crop (a COCO/YOLO dataset, MOT sequences or "
+            "a folder per class)."
+        ),
+    ] = None,
+    calib_split: Annotated[
+        str | None, typer.Option(help="Split of --calib (e.g. train2017).")
+    ] = None,
+    calib_crops: Annotated[
+        int, typer.Option(help="With --int8: crops to calibrate on (as many again check it).")
+    ] = 256,
 ) -> None:
     """Export a PyTorch detector or classifier to ONNX: dynamic batch axis, onnxslim,
     Tapetum metadata."""
@@ -75,8 +97,22 @@ def export_command(  # noqa: PLR0917 - typer maps parameters to options
     if source.strip().lower().replace("-", "_") in CLASSIFIER_ARCHS:
         if register:
             raise ConfigError("--register: the registry holds detectors, not classifiers")
-        _export_classifier(source, target, weights, imgsz, names, opset, simplify)
+        if int8 and calib is None:
+            raise ConfigError(
+                "--int8 needs --calib DATA: labelled boxes to crop (a COCO/YOLO dataset, MOT "
+                "sequences or a folder per class)"
+            )
+        if not int8:
+            _export_classifier(source, target, weights, imgsz, names, opset, simplify)
+            return
+        assert calib is not None
+        with tempfile.TemporaryDirectory(prefix="tapetum-export-") as tmp:
+            fp32 = Path(tmp) / "fp32.onnx"
+            _export_classifier(source, fp32, weights, imgsz, names, opset, simplify)
+            _quantize_classifier(fp32, target, calib, calib_split, calib_crops)
         return
+    if int8:
+        raise ConfigError("--int8 is for classifiers; an INT8 detector: tapetum optimize")
     reg = None
     if register:  # reach the registry before the slow export, not after
         from tapetum.registry import registry_for
@@ -139,6 +175,26 @@ def _export_classifier(  # noqa: PLR0917 - the command's options, passed on
     Console().print(
         f"wrote {result.path} in {result.seconds:.1f} s: classifier ({meta.arch}), "
         f"input {h}x{w}, {len(meta.class_names)} classes ({shown})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _quantize_classifier(
+    fp32: Path, target: Path, calib: Path, split: str | None, crops: int
+) -> None:
+    from rich.console import Console
+
+    from tapetum.classify.quantize import quantize_classifier
+
+    q = quantize_classifier(
+        fp32, target, calib, split=split, calibration_crops=crops, check_crops=crops
+    )
+    settings = q.report.settings
+    Console().print(
+        f"wrote {target} in {q.report.seconds:.1f} s: INT8 ({settings['format']}, "
+        f"{settings['method']}, {q.calibration_crops} calibration crops); top-1 agreement "
+        f"with FP32 {q.agreement_top1:.3f} on {q.check_crops} other crops of {calib.name}",
         highlight=False,
         soft_wrap=True,
     )

@@ -38,6 +38,11 @@ pytestmark = pytest.mark.timeout(60)
 NAMES = ("cat", "dog", "car")
 
 
+def SYNC(**kwargs: Any) -> ClassifyConfig:  # noqa: N802 - reads as the config it builds
+    """A synchronous stage's config: each frame's own crops are in its result."""
+    return ClassifyConfig(asynchronous=False, **kwargs)
+
+
 # ------------------------------------------------------------------------------ crops
 
 
@@ -240,8 +245,8 @@ def dets(track_ids: list[int], bands: list[int], classes: list[int] | None = Non
 
 def test_a_track_label_is_the_running_mean_and_resists_one_odd_crop() -> None:
     clf = ScriptedClassifier()
-    with ClassifierService(clf, max_wait_ms=0) as service:
-        enrich = ClassificationEnricher(service, ClassifyConfig(every=10, min_box_px=0))
+    with ClassifierService(clf) as service:
+        enrich = ClassificationEnricher(service, SYNC(every=10, min_box_px=0))
         labels = []
         for i in range(41):
             # A-like crops (blue 230: P(A) 0.90) until frame 20, then B-like (51: P(A) 0.2)
@@ -259,8 +264,8 @@ def test_a_track_label_is_the_running_mean_and_resists_one_odd_crop() -> None:
 
 def test_only_chosen_classes_and_big_enough_boxes_are_classified() -> None:
     clf = ScriptedClassifier()
-    with ClassifierService(clf, max_wait_ms=0) as service:
-        config = ClassifyConfig(class_ids=frozenset({2}), min_box_px=50)
+    with ClassifierService(clf) as service:
+        config = SYNC(class_ids=frozenset({2}), min_box_px=50)
         enrich = ClassificationEnricher(service, config)
         d = dets([1, 2, NO_TRACK], [0, 1, 2], classes=[0, 2, 2])
         d.xyxy[1] = [100, 0, 140, 100]  # 40 px wide: under min_box
@@ -276,8 +281,8 @@ def test_only_chosen_classes_and_big_enough_boxes_are_classified() -> None:
 
 def test_crops_outside_the_frame_are_skipped_and_counted() -> None:
     clf = ScriptedClassifier()
-    with ClassifierService(clf, max_wait_ms=0) as service:
-        enrich = ClassificationEnricher(service, ClassifyConfig(min_box_px=0))
+    with ClassifierService(clf) as service:
+        enrich = ClassificationEnricher(service, SYNC(min_box_px=0))
         d = dets([1, 2], [0, 1])
         d.xyxy[1] = [500, 10, 560, 90]  # right of the 400 px frame
         out = enrich(frame_with(0, {0: 200}), d)
@@ -289,8 +294,8 @@ def test_crops_outside_the_frame_are_skipped_and_counted() -> None:
 
 def test_a_failing_classifier_never_fails_the_frame() -> None:
     clf = ScriptedClassifier()
-    with ClassifierService(clf, max_wait_ms=0) as service:
-        enrich = ClassificationEnricher(service, ClassifyConfig(min_box_px=0, every=1))
+    with ClassifierService(clf) as service:
+        enrich = ClassificationEnricher(service, SYNC(min_box_px=0, every=1))
         enrich(frame_with(0, {0: 200}), dets([1], [0]))
         clf.fail = True
         out = enrich(frame_with(1, {0: 200}), dets([1], [0]))
@@ -303,10 +308,8 @@ def test_streams_share_model_calls() -> None:
     import threading
 
     clf = ScriptedClassifier()
-    with ClassifierService(clf, max_wait_ms=200, max_batch=3) as service:
-        enrichers = [
-            ClassificationEnricher(service, ClassifyConfig(min_box_px=0)) for _ in range(3)
-        ]
+    with ClassifierService(clf, max_wait_ms=200, max_batch=6) as service:
+        enrichers = [ClassificationEnricher(service, SYNC(min_box_px=0)) for _ in range(3)]
         threads = [
             threading.Thread(target=e, args=(frame_with(0, {0: 200}), dets([1, 2], [0, 1])))
             for e in enrichers
@@ -322,7 +325,7 @@ def test_label_map_applies_to_track_labels() -> None:
     clf = ScriptedClassifier()
     lm = LabelMap.from_mapping({"good": ["A"]}, clf.class_names, other="bad")
     with ClassifierService(clf, lm, max_wait_ms=0) as service:
-        enrich = ClassificationEnricher(service, ClassifyConfig(min_box_px=0))
+        enrich = ClassificationEnricher(service, SYNC(min_box_px=0))
         out = enrich(frame_with(0, {0: 20, 1: 240}), dets([1, 2], [0, 1]))
         assert out.data["label"].tolist() == ["bad", "good"]
 
@@ -340,6 +343,12 @@ def test_parse_classify_option() -> None:
     )
     config = config_from_options(opts, ("person", "car", "bus"))
     assert config.class_ids == frozenset({1, 2}) and config.every == 5
+    assert config.asynchronous and config.settled_every is None
+    _, opts = parse_classify_option("m.onnx:mode=sync:settle=40")
+    config = config_from_options(opts, ())
+    assert not config.asynchronous and config.settled_every == 40
+    assert config_from_options({}, (), asynchronous=False).asynchronous is False
+    assert config_from_options({"mode": "async"}, (), asynchronous=False).asynchronous
 
 
 @pytest.mark.parametrize(
@@ -362,6 +371,9 @@ def test_bad_classify_options(text: str, message: str) -> None:
         ({"every": "0"}, "every must be ≥ 1"),
         ({"grow": "0.5"}, "grow must be ≥ 1"),
         ({"classes": "plane"}, "unknown class"),
+        ({"mode": "later"}, "mode must be async or sync"),
+        ({"every": "10", "settle": "5"}, "settle must be ≥ every"),
+        ({"settle": "x"}, "settle must be a number"),
     ],
 )
 def test_bad_classify_values(opts: dict[str, str], message: str) -> None:
@@ -456,3 +468,25 @@ def test_the_annotated_video_shows_the_track_label(tmp_path: Path) -> None:
     assert ink[1] > ink[0] * 1.5  # the label adds text to the strip
     same = sink.annotate(FrameResult(frame, unlabelled, ("person",)))
     np.testing.assert_array_equal(same, drawn[0])  # no label yet: drawn as before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["efficientnet_lite0", "--int8"], "--int8 needs --calib DATA"),
+        (["yolo11n.yaml", "--int8"], "--int8 is for classifiers"),
+    ],
+)
+def test_int8_export_user_errors_are_config_errors(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from tapetum.cli.app import app
+
+    # raised before anything is exported; the console entry point prints it as one
+    # "error:" line with exit code 2
+    result = CliRunner().invoke(app, ["export", *args, "-o", str(tmp_path / "m.onnx")])
+    assert isinstance(result.exception, ConfigError), result.output
+    assert message in str(result.exception)
+    assert not (tmp_path / "m.onnx").exists()
