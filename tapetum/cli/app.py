@@ -834,6 +834,11 @@ def _run_with_progress(
     return pipeline.stats()
 
 
+#: A drain (first Ctrl-C or SIGTERM) that moves no frame or result for this long turns
+#: into a stop that drops what is queued (counted), so a stuck sink cannot hang the exit.
+_DRAIN_STALL_S = 10.0
+
+
 def _progress_loop(
     pipeline: Pipeline,
     progress: Progress,
@@ -844,9 +849,13 @@ def _progress_loop(
     reload: Callable[[], None] | None = None,
 ) -> None:
     """Refresh the progress line until the pipeline ends; the first Ctrl-C drains what is
-    queued, a second one drops it; a SIGHUP calls ``reload`` (check the model alias now)."""
+    queued, a second one drops it (as does a drain that moves nothing for
+    ``_DRAIN_STALL_S``: a stuck sink); a SIGHUP calls ``reload`` (check the model alias
+    now)."""
     handled = 0
     reloads = 0
+    moved: tuple[int, ...] = ()
+    moved_s = time.monotonic()
     while True:
         if hangups() > reloads:
             reloads = hangups()
@@ -861,6 +870,21 @@ def _progress_loop(
         if pipeline.join(0.25):
             return
         s = pipeline.stats()
+        if handled == 1:
+            now_moved = (s.frames_read, s.frames_processed, s.frames_dropped,
+                         sum(s.sink_written.values()), sum(s.sink_errors.values()),
+                         sum(s.sink_dropped.values()))  # fmt: skip
+            if now_moved != moved:
+                moved, moved_s = now_moved, time.monotonic()
+            elif time.monotonic() - moved_s >= _DRAIN_STALL_S:
+                console.print(
+                    f"draining moved nothing for {_DRAIN_STALL_S:g} s (a stuck sink?): "
+                    "dropping what is queued",
+                    highlight=False,
+                    markup=False,
+                )
+                handled = 2
+                pipeline.stop(drain=False)
         p99 = pipeline.recent_latency_ms("end_to_end").p99_ms
         progress.update(
             task,

@@ -92,6 +92,9 @@ class PipelineConfig:
             ``BLOCK`` for files and folders.
         sink_policy: policy of sink queues; None = ``DROP_OLDEST`` if any source is live,
             else ``BLOCK`` (offline runs lose nothing, live runs never stall).
+        sink_stall_timeout_s: at shutdown, how long a sink stuck in a write (no result
+            written for that long) is waited for before it is given up, its queued results
+            dropped and counted (:class:`~tapetum.pipeline.sink_worker.SinkWorker`).
         warmup: run one dummy batch before the first frame (keeps it out of the p99).
         inference_workers: threads running inference concurrently on the shared detector;
             0 = the detector's ``recommended_workers`` (1 if it has none). On a CPU, two
@@ -112,6 +115,7 @@ class PipelineConfig:
     result_queue_size: int = 32
     drop_policy: DropPolicy | None = None
     sink_policy: DropPolicy | None = None
+    sink_stall_timeout_s: float = 10.0
     warmup: bool = True
     inference_workers: int = 0
     detect_every: int = 1
@@ -124,6 +128,8 @@ class PipelineConfig:
             raise ConfigError(f"max_wait_ms must be ≥ 0, got {self.max_wait_ms}")
         if self.inference_workers < 0:
             raise ConfigError(f"inference_workers must be ≥ 0, got {self.inference_workers}")
+        if self.sink_stall_timeout_s <= 0:
+            raise ConfigError(f"sink_stall_timeout_s must be > 0, got {self.sink_stall_timeout_s}")
         if self.detect_every < 1:
             raise ConfigError(f"detect_every must be ≥ 1 frame, got {self.detect_every}")
         if self.scheduler is not None and self.detect_every != 1:
@@ -418,7 +424,13 @@ class Pipeline:
             DropPolicy.DROP_OLDEST if any_live else DropPolicy.BLOCK
         )
         self._sinks = [
-            SinkWorker(sink, self.config.sink_queue_size, sink_policy, f"{i}-{type(sink).__name__}")
+            SinkWorker(
+                sink,
+                self.config.sink_queue_size,
+                sink_policy,
+                f"{i}-{type(sink).__name__}",
+                self.config.sink_stall_timeout_s,
+            )
             for i, sink in enumerate(sinks)
         ]
         workers = self.config.inference_workers or int(getattr(detector, "recommended_workers", 1))

@@ -44,6 +44,7 @@ def _serve_tcp(data: bytes, port: int, bytes_per_s: float) -> None:
     print("ready", flush=True)
     while True:
         conn, _ = server.accept()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)  # little kept in flight
         try:
             for chunk in _paced_chunks(data, bytes_per_s, burst_s=1.0):
                 conn.sendall(chunk)

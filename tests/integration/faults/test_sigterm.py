@@ -6,6 +6,7 @@ frame."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -74,3 +75,55 @@ def test_sigterm_mid_run_finishes_the_files_and_the_summary(
     video = out / "crowd_720p.mp4"
     assert readable_frames(video) == sinks["written"]["1-AnnotatedVideoSink"]
     assert "frames in" in stdout
+
+
+@pytest.mark.slow
+def test_sigterm_with_a_stuck_sink_still_exits_with_the_counts(
+    crowd_video: Path, yolox_path: Path, tmp_path: Path
+) -> None:
+    # tracks.jsonl is a named pipe that a reader opened and never reads: the JSONL sink
+    # blocks in a write once the pipe is full, and the file run (which loses nothing, so
+    # it waits for its sinks) stalls once the sink's queue is full too. SIGTERM's drain
+    # then moves nothing: after 10 s it drops what is queued. Either way the stuck sink is
+    # given up after 10 s without progress and the run exits.
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "tracks.jsonl")
+    reader = os.open(out / "tracks.jsonl", os.O_RDONLY | os.O_NONBLOCK)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tapetum", "run", str(crowd_video), "--model", str(yolox_path),
+         "--out", str(out), "--threads", "1", "--no-video", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "COLUMNS": "250"},
+    )  # fmt: skip
+    try:
+
+        def started() -> bool:  # the first byte of tracks reached the pipe
+            with contextlib.suppress(BlockingIOError):
+                return os.read(reader, 1) != b""
+            return proc.poll() is not None
+
+        wait_for(started, 120, "the run to write its first result")
+        time.sleep(3)  # the pipe (64 KiB) fills within the first frames
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        os.close(reader)
+
+    assert proc.returncode == 1, stderr  # an output is incomplete
+    assert "Traceback" not in stderr
+    assert "0-JsonlSink: " in stderr and "stuck in a write for over 10 s" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    (stream,) = summary["streams"]
+    assert stream["frames_read"] == (
+        stream["frames_processed"] + stream["frames_dropped"] + stream["frames_failed"]
+    )
+    assert stream["frames_processed"] < CROWD_FRAMES
+    sinks = summary["sinks"]
+    total = sinks["written"]["0-JsonlSink"] + sinks["dropped"]["0-JsonlSink"]
+    assert total + sinks["errors"]["0-JsonlSink"] == stream["frames_processed"]
+    assert sinks["errors"]["0-JsonlSink"] == 1
