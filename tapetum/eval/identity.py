@@ -264,8 +264,8 @@ def replay(
         The service after the last frame.
 
     Raises:
-        RuntimeError: the service returned a non-positive global id for a tracked row
-            (every row of a tracker's output is a track, so each must get a global id).
+        RuntimeError: a tracked row got no global id in the service (every row of a
+            tracker's output is a track, so each must hold one, shown or not yet).
     """
     service = IdentityService(
         topology if topology is not None else default_two_camera_topology(),
@@ -273,8 +273,10 @@ def replay(
     )
     for i, t in enumerate(recording.timestamps_s):
         for cam in VIEWS:
-            gids = service.observe(cam, t, recording.cameras[cam][i])
-            if not np.all(gids > 0):
+            tracked = recording.cameras[cam][i]
+            service.observe(cam, t, tracked)
+            held = [service.global_id_of(cam, int(k)) for k in tracked.tracker_id]
+            if not all(g is not None and g > 0 for g in held):
                 raise RuntimeError(f"camera {cam} frame {i}: a tracked row got no global id")
     return service
 

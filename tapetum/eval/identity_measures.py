@@ -7,7 +7,8 @@ What an operator can check on their own cameras, from the ``tracks.jsonl`` of a
   people (``--people``): 1.0 is perfect, 6 means each person was split six ways;
 * **local tracks per identity** — how many camera tracks each global id gathered;
 * **identity changes per minute** — how often a local track's global id changed while it
-  was on screen (a merge or a split), per minute of footage;
+  was on screen (a merge or a split), per minute of footage; rows without a global id
+  (``-1``: the identity service had not confirmed the track's identity yet) are skipped;
 * **simultaneous sightings sharing an id** — on every pair of overlapping cameras (links
   with ``overlap``), at every moment both cameras have a frame, the sightings that are
   the same person should carry the same global id. Which sightings are the same person is
@@ -310,8 +311,10 @@ def identity_measures(
 
 
 def _identity_changes(trace: CameraTrace) -> int:
-    """Changes of global id between consecutive rows of one local track."""
+    """Changes of global id between consecutive rows of one local track that show one
+    (a track's first id, shown once its identity is confirmed, is no change)."""
     order = np.lexsort((trace.time_s, trace.track_id))
+    order = order[trace.global_id[order] >= 0]
     tid, gid = trace.track_id[order], trace.global_id[order]
     same_track = tid[1:] == tid[:-1]
     return int(np.count_nonzero(same_track & (gid[1:] != gid[:-1])))

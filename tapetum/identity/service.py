@@ -28,7 +28,22 @@ and, by appearance (ReID embeddings) under the camera topology's transit-time wi
   reachable);
 * **split** — a track that joined an existing identity but whose recent appearance has
   stayed below ``split_threshold`` against all the identity's other tracks for
-  ``split_patience`` updates is moved to a new global id (the first match was wrong).
+  ``split_patience`` updates, while another box came near it (only there can a tracker
+  swap people: alone, a look changes with light and pose), is moved to a new global id.
+  A track young in its identity moves whole (its first match was wrong); one that held
+  it for more than two seconds is **cut**: its past stays with the identity and only the
+  segment from now on leaves (the tracker switched people), so both identities can
+  still unite with the person's other tracks. The overlapping views cut and move tracks
+  the same way when they see a tracker's switch. The part of a cut segment within a
+  second of the cut is not held against unions (the switch is noticed after it
+  happens), and a segment gathers its overlap votes afresh.
+
+An identity is **shown** only once one of its tracks has lasted ``confirm_s`` and
+``confirm_frames`` (like a tracker's confirmed tracks): until then its tracks read
+``NO_GLOBAL_ID``. So the fresh id a new track holds for its first frames, before a
+re-link, a birth match or the overlapping view gives it the person's identity, is never
+shown, and a track too short to be a person (detector noise, someone glimpsed at the
+frame border) adds no identity.
 
 Per frame the work is array work: a searchsorted lookup of local ids, one vectorised
 gallery update, one batched gallery query and one assignment for the frame's new tracks.
@@ -50,8 +65,10 @@ Example:
     ...     return Detections(
     ...         np.array([[0, 0, 40, 100]]), np.ones(1), np.zeros(1), np.array([track_id]), person
     ...     )
-    >>> svc.observe("a", 0.0, seen(7)).tolist(), svc.observe("b", 3.0, seen(2)).tolist()
-    ([1], [1])
+    >>> [int(svc.observe("a", 0.1 * i, seen(7))[0]) for i in range(7)]  # shown at 0.5 s
+    [-1, -1, -1, -1, -1, 1, 1]
+    >>> svc.observe("b", 3.0, seen(2)).tolist()  # joins a shown identity: at once
+    [1]
     >>> [(s.camera_id, s.local_track_ids) for s in svc.where_seen(1)]
     [('a', (7,)), ('b', (2,))]
 """
@@ -65,6 +82,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from tapetum._types import BoolArray, Float32Array, Float64Array, IntArray
 from tapetum.core.detections import Detections
@@ -89,8 +107,18 @@ NO_GLOBAL_ID = -1
 #: be re-matched to an older identity by appearance.
 _YOUNG_IDENTITY_S = 3.0
 #: After a split or a move, a track's identity is left alone by position evidence for this
-#: many seconds (two people crossing at a border make the evidence flicker).
+#: many seconds (two people crossing at a border make the evidence flicker). A track that
+#: has held its identity longer than this and must leave it is cut: its past stays.
 _SETTLE_S = 2.0
+#: A tracker swaps people only where boxes meet: a track drifts away from its identity
+#: (and is split off) only if another box came near it within this many seconds.
+_CROWD_MEMORY_S = 3.0
+#: A cut is made when a tracker's switch is noticed, up to this long after it happened:
+#: the segment before the cut is only sure to be its person until this long before it.
+_SWITCH_SLACK_S = 1.0
+#: Boxes are near when, widened by this fraction of their width on each side, they
+#: intersect.
+_NEAR_WIDEN = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +144,13 @@ class IdentityConfig:
         relink: re-linking of each camera's dropped tracks; None turns it off.
         overlap: matching of simultaneous sightings on cameras linked with ``overlap``;
             None leaves such links to the appearance matches above.
+        confirm_s: an identity is shown (:meth:`IdentityService.observe` returns it)
+            once one of its tracks has been on screen this long...
+        confirm_frames: ...and in this many frames. Until then its tracks read
+            ``NO_GLOBAL_ID``: a track that joins a shown identity (birth match, re-link,
+            overlapping view) shows it at once, and a track that never lasts this long
+            (detector noise, someone glimpsed at the border) never shows an identity of
+            its own. 0 and 1 show every identity from its first frame.
         history_s: a track gone this long is forgotten (``where_seen`` answers within
             this horizon; bounded memory on a stream that never ends).
         max_events: merges and splits kept for :attr:`IdentityService.events`.
@@ -132,6 +167,8 @@ class IdentityConfig:
     crops: CropFilter = field(default_factory=CropFilter)
     relink: RelinkConfig | None = field(default_factory=RelinkConfig)
     overlap: OverlapConfig | None = field(default_factory=OverlapConfig)
+    confirm_s: float = 0.5
+    confirm_frames: int = 5
     history_s: float = 3600.0
     max_events: int = 10_000
 
@@ -141,7 +178,9 @@ class IdentityConfig:
                 raise ConfigError(f"{name} must be in [-1, 1], got {getattr(self, name)}")
         if self.merge_threshold is not None and not -1.0 <= self.merge_threshold <= 1.0:
             raise ConfigError(f"merge_threshold must be in [-1, 1], got {self.merge_threshold}")
-        for name in ("split_patience", "top_k", "rematch_every", "max_events"):
+        if not (math.isfinite(self.confirm_s) and self.confirm_s >= 0):
+            raise ConfigError(f"confirm_s must be ≥ 0, got {self.confirm_s}")
+        for name in ("split_patience", "top_k", "rematch_every", "max_events", "confirm_frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if not (math.isfinite(self.history_s) and self.history_s > 0):
@@ -206,6 +245,9 @@ class _TrackTable:
         "foot": ((2,), np.float64, 0),
         "velocity": ((2,), np.float64, 0),
         "height": ((), np.float64, 0),
+        "hits": ((), np.int64, 0),
+        "crowded_s": ((), np.float64, -np.inf),
+        "sure_until_s": ((), np.float64, np.inf),
     }
 
     def __init__(self, capacity: int = 256) -> None:
@@ -229,6 +271,9 @@ class _TrackTable:
         self.foot: Float64Array
         self.velocity: Float64Array
         self.height: Float64Array
+        self.hits: IntArray  # frames the local track was seen in (a cut keeps them)
+        self.crowded_s: Float64Array  # when another box was last near it
+        self.sure_until_s: Float64Array  # a segment cut at a switch: sure up to here
 
     @property
     def live(self) -> IntArray:
@@ -296,6 +341,8 @@ class IdentityService:
         self._local_serials: list[IntArray] = [np.empty(0, np.int64) for _ in range(n_cams)]
         self._row_serial = np.full(self.gallery.vectors.shape[0], -1, np.int64)
         self._alias: dict[int, int] = {}
+        # Identities shown: one of their tracks lasted confirm_s and confirm_frames.
+        self._shown: set[int] = set()
         self._next_gid = 1
         self._events: deque[IdentityEvent] = deque(maxlen=cfg.max_events)
         self._latest_s = -np.inf
@@ -341,7 +388,8 @@ class IdentityService:
                 under the camera's mask are then not used for appearance.
 
         Returns:
-            (N,) int64 global ids; ``NO_GLOBAL_ID`` where ``tracker_id`` is ``NO_TRACK``.
+            (N,) int64 global ids; ``NO_GLOBAL_ID`` where ``tracker_id`` is ``NO_TRACK``
+            and where the track's identity is not confirmed yet (``confirm_s``).
 
         Raises:
             ConfigError: unknown camera, or the camera's mask lies outside this frame.
@@ -383,6 +431,7 @@ class IdentityService:
 
         serials, is_new = self._lookup_or_add(cam, local, t)
         self._place(serials, xyxy, t)
+        tt.crowded_s[serials[_near_others(xyxy, detections.xyxy, tracked)]] = t
         tt.last_s[serials] = np.maximum(tt.last_s[serials], t)
         rows = tt.row[serials]
         missing = rows < 0  # new, or forgotten by the gallery after a long absence
@@ -414,10 +463,22 @@ class IdentityService:
         for s in serials[young].tolist():
             self._rematch(int(s), t)
         self._observe_overlap(cam, t, serials)
-        self._check_drift(serials[usable & ~is_new], t)
+        self._check_drift(serials, usable & ~is_new, t)
         self._resolve_duplicates(serials, t)
         self._prune()
-        out[tracked] = tt.gid[serials]
+        out[tracked] = self._shown_ids(serials, t)
+        return out
+
+    def _shown_ids(self, serials: IntArray, t: float) -> IntArray:
+        """(N,) the tracks' global ids where their identity is confirmed (one of its
+        tracks lasted ``confirm_s`` and ``confirm_frames``), else ``NO_GLOBAL_ID``."""
+        tt, cfg = self._tracks, self.config
+        tt.hits[serials] += 1
+        gids = tt.gid[serials]
+        ripe = (t - tt.born_s[serials] >= cfg.confirm_s) & (tt.hits[serials] >= cfg.confirm_frames)
+        self._shown.update(gids[ripe].tolist())
+        shown = np.fromiter((g in self._shown for g in gids.tolist()), np.bool_, gids.shape[0])
+        out: IntArray = np.where(shown, gids, NO_GLOBAL_ID)
         return out
 
     # --- bookkeeping -----------------------------------------------------------------------
@@ -559,10 +620,11 @@ class IdentityService:
         * a pair matched twice that often whose identities cannot unite (each holds a
           track the other's camera saw at the same time: a tracker switched people, or
           an earlier link was wrong) moves one of the two tracks into the other's
-          identity, where it fits; if neither fits, the older track is cut: its past
-          stays with its identity and it goes on, from now, as a new segment in its
-          partner's (a tracker that kept one id while a second person took the first
-          one's place, typically a box stuck at the frame border).
+          identity, where it fits (an established track is cut and only its segment
+          from now moves, see :meth:`_reassign`); if neither fits, the older track is
+          cut: its past stays with its identity and it goes on, from now, as a new
+          segment in its partner's (a tracker that kept one id while a second person
+          took the first one's place, typically a box stuck at the frame border).
 
         ``serials`` is updated in place where a track was cut.
         """
@@ -586,21 +648,21 @@ class IdentityService:
                     self._merge(ga, gb, t)
                 elif votes < cfg.min_votes or not pair.best_partner(sa, sb):
                     continue
-                elif max(tt.moved_s[sa], tt.moved_s[sb]) > t - _SETTLE_S:
-                    continue  # just split or moved: let it settle rather than flip back
                 elif self._can_unite(ga, gb):
                     self._merge(ga, gb, t)
+                elif max(tt.moved_s[sa], tt.moved_s[sb]) > t - _SETTLE_S:
+                    continue  # just split or moved: let it settle rather than flip back
                 elif votes >= 2 * cfg.min_votes:
                     younger, older = (sa, sb) if tt.first_s[sa] >= tt.first_s[sb] else (sb, sa)
                     for mover, host in ((younger, older), (older, younger)):
-                        if self._can_join(mover, int(tt.gid[host])):
-                            self._move_track(mover, int(tt.gid[host]), t)
+                        if self._can_join(mover, int(tt.gid[host]), t):
+                            moved = self._reassign(mover, int(tt.gid[host]), t)
+                            serials[serials == mover] = moved
                             break
                     else:
                         segment = self._cut(older, t)
                         serials[serials == older] = segment
-                        pair.rename(older, segment)
-                        if self._can_join(segment, int(tt.gid[younger])):
+                        if self._can_join(segment, int(tt.gid[younger]), t):
                             self._move_track(segment, int(tt.gid[younger]), t)
 
     def _fresh(self, serial: int, t: float) -> bool:
@@ -609,24 +671,55 @@ class IdentityService:
         tt = self._tracks
         return bool(t - tt.born_s[serial] <= 0.5) and self._members(int(tt.gid[serial])).size == 1
 
-    def _can_join(self, serial: int, gid: int) -> bool:
-        """True when ``gid`` has no track on ``serial``'s camera at overlapping times."""
+    def _established(self, serial: int, t: float) -> bool:
+        """The track has held its identity longer than ``_SETTLE_S``: if it must leave
+        it now, its tracker switched people, and its past stays (see :meth:`_reassign`)."""
+        return bool(t - self._tracks.first_s[serial] > _SETTLE_S)
+
+    def _can_join(self, serial: int, gid: int, t: float) -> bool:
+        """True when ``gid`` has no track on ``serial``'s camera at times that overlap the
+        part of ``serial`` that would join it (from ``t`` on for an established track)."""
         tt = self._tracks
+        start = t if self._established(serial, t) else tt.first_s[serial]
         m = self._members(gid)
         m = m[(m != serial) & (tt.camera[m] == tt.camera[serial])]
-        overlap = (tt.first_s[m] <= tt.last_s[serial]) & (tt.first_s[serial] <= tt.last_s[m])
+        overlap = (tt.first_s[m] <= tt.last_s[serial]) & (start <= self._until(m))
         return not bool(np.any(overlap))
+
+    def _reassign(self, serial: int, gid: int | None, t: float) -> int:
+        """Move a track into identity ``gid`` (a new one when None); returns its serial.
+
+        A young track moves whole (its first match was wrong). An established one was
+        right until its tracker switched people: it is cut, its past stays with its
+        identity and only the segment from ``t`` moves, so that the identity it leaves
+        and the one it joins can each still unite with the person's other tracks."""
+        if self._established(serial, t):
+            serial = self._cut(serial, t)
+        if gid is None:
+            tt = self._tracks
+            old, new = int(tt.gid[serial]), int(self._mint(1)[0])
+            tt.gid[serial] = new
+            tt.joined[serial] = False
+            tt.drift[serial] = 0
+            tt.moved_s[serial] = t
+            key = (self.topology.cameras[int(tt.camera[serial])], int(tt.local[serial]))
+            self._events.append(IdentityEvent("split", t, new, old, key))
+        else:
+            self._move_track(serial, gid, t)
+        return serial
 
     def _cut(self, serial: int, t: float) -> int:
         """End a track's current segment just before ``t``; its local id goes on as a new
         segment (a new serial, same identity until moved) from ``t``. The old segment's
-        appearance, a mix of two people, is dropped."""
+        appearance, a mix of two people, is dropped, and so are its overlap votes: they
+        were cast for the person before the switch."""
         tt, g = self._tracks, self.gallery
         cam, local = int(tt.camera[serial]), int(tt.local[serial])
         segment = int(self._tracks.append(cam, np.array([local]), t)[0])
-        for name in ("gid", "chain", "foot", "velocity", "height", "born_s"):
+        for name in ("gid", "chain", "foot", "velocity", "height", "born_s", "hits"):
             getattr(tt, name)[segment] = getattr(tt, name)[serial]
         tt.last_s[serial] = np.nextafter(t, -np.inf)
+        tt.sure_until_s[serial] = max(tt.first_s[serial], t - _SWITCH_SLACK_S)
         row = int(tt.row[serial])
         if row >= 0:
             g.remove([g.key(row)])
@@ -641,6 +734,8 @@ class IdentityService:
         chains = self._chain_serial[cam]
         for c in [c for c, s in chains.items() if s == serial]:
             chains[c] = segment
+        for pair in self._pairs:  # the segment gathers its own evidence from now
+            pair.forget([serial])
         return segment
 
     def _move_track(self, serial: int, gid: int, t: float) -> None:
@@ -739,13 +834,21 @@ class IdentityService:
             np.int64
         )
 
+    def _until(self, serials: IntArray) -> Float64Array:
+        """(N,) last time each track is sure to have been its identity's person: its last
+        sighting, or for a segment cut at a tracker's switch, ``_SWITCH_SLACK_S`` before
+        the cut (the switch happened before it was noticed)."""
+        tt = self._tracks
+        out: Float64Array = np.minimum(tt.last_s[serials], tt.sure_until_s[serials])
+        return out
+
     def _can_unite(self, a: int, b: int) -> bool:
         """True when no camera has a track of ``a`` and one of ``b`` at overlapping times."""
         tt = self._tracks
         ma, mb = self._members(a), self._members(b)
         same_cam = tt.camera[ma][:, None] == tt.camera[mb][None, :]
-        overlap = (tt.first_s[ma][:, None] <= tt.last_s[mb][None, :]) & (
-            tt.first_s[mb][None, :] <= tt.last_s[ma][:, None]
+        overlap = (tt.first_s[ma][:, None] <= self._until(mb)[None, :]) & (
+            tt.first_s[mb][None, :] <= self._until(ma)[:, None]
         )
         return not bool(np.any(same_cam & overlap))
 
@@ -757,15 +860,21 @@ class IdentityService:
         tt.joined[moved] = True
         tt.drift[moved] = 0
         self._alias[drop] = keep
+        if drop in self._shown:
+            self._shown.add(keep)
         self._events.append(IdentityEvent("merge", t, keep, drop))
 
     # --- split -----------------------------------------------------------------------------
 
-    def _check_drift(self, serials: IntArray, t: float) -> None:
+    def _check_drift(self, serials: IntArray, updated: BoolArray, t: float) -> None:
         """Count consecutive updates where a joined track's recent appearance is far from
-        every other track of its identity; split it off after ``split_patience``."""
+        every other track of its identity while another box came near it (where a
+        tracker can swap people; alone, a look changes with light and pose, not person);
+        split it off after ``split_patience``. ``serials`` is updated in place where a
+        track was cut."""
         tt, g = self._tracks, self.gallery
-        cand = serials[tt.joined[serials]]
+        cand = serials[updated & tt.joined[serials] & (tt.row[serials] >= 0)]
+        cand = cand[g.updates[tt.row[cand]] > 0]
         if cand.size == 0:
             return
         gids = self._row_gids()
@@ -776,26 +885,23 @@ class IdentityService:
         sim[~same_id | (rows[:, None] == others[None, :])] = -np.inf
         best = sim.max(axis=1, initial=-np.inf)
         has_others = np.isfinite(best)
-        drifted = has_others & (best < self.config.split_threshold)
+        crowded = t - tt.crowded_s[cand] <= _CROWD_MEMORY_S
+        drifted = has_others & crowded & (best < self.config.split_threshold)
         tt.drift[cand] = np.where(drifted, tt.drift[cand] + 1, 0)
         for s in cand[tt.drift[cand] >= self.config.split_patience].tolist():
-            self._split(int(s), t)
+            segment = self._split(int(s), t)
+            serials[serials == s] = segment
 
-    def _split(self, serial: int, t: float) -> None:
+    def _split(self, serial: int, t: float) -> int:
+        """A drifted track leaves its identity for a new one; returns its serial (a new
+        segment when the track was established, see :meth:`_reassign`)."""
         tt = self._tracks
-        old = int(tt.gid[serial])
-        members = self._members(old)
+        members = self._members(int(tt.gid[serial]))
         founder = members[np.argmin(tt.first_s[members])]
         if founder == serial:  # the identity's first track keeps it
             tt.drift[serial] = 0
-            return
-        new = int(self._mint(1)[0])
-        tt.gid[serial] = new
-        tt.joined[serial] = False
-        tt.drift[serial] = 0
-        tt.moved_s[serial] = t
-        key = (self.topology.cameras[int(tt.camera[serial])], int(tt.local[serial]))
-        self._events.append(IdentityEvent("split", t, new, old, key))
+            return serial
+        return self._reassign(serial, None, t)
 
     def _resolve_duplicates(self, serials: IntArray, t: float) -> None:
         """One camera frame never shows one global id twice: the later-born track of a
@@ -855,6 +961,7 @@ class IdentityService:
         # Aliases of identities with no track left answer nothing any more.
         live = set(np.unique(tt.gid[tt.live]).tolist())
         self._alias = {k: v for k, v in self._alias.items() if self._final(v) in live}
+        self._shown &= live
 
     def _final(self, gid: int) -> int:
         while gid in self._alias:
@@ -954,3 +1061,21 @@ class IdentityService:
         """Links made by the cameras' re-linkers so far."""
         with self._lock:
             return sum(r.links for r in self._relinkers if r is not None)
+
+
+def _near_others(xyxy: Float64Array, boxes: npt.ArrayLike, rows: IntArray) -> BoolArray:
+    """(N,) True where the box ``xyxy[i]`` (row ``rows[i]`` of ``boxes``) comes near
+    another of the frame's ``boxes`` (both widened by ``_NEAR_WIDEN`` of their width on
+    each side, they intersect)."""
+    other = np.asarray(boxes, np.float64).reshape(-1, 4)
+    pad_a = _NEAR_WIDEN * (xyxy[:, 2] - xyxy[:, 0])
+    pad_b = _NEAR_WIDEN * (other[:, 2] - other[:, 0])
+    ix = np.minimum(xyxy[:, None, 2] + pad_a[:, None], other[None, :, 2] + pad_b[None, :])
+    ix -= np.maximum(xyxy[:, None, 0] - pad_a[:, None], other[None, :, 0] - pad_b[None, :])
+    iy = np.minimum(xyxy[:, None, 3], other[None, :, 3]) - np.maximum(
+        xyxy[:, None, 1], other[None, :, 1]
+    )
+    near = (ix > 0) & (iy > 0)
+    near[np.arange(rows.shape[0]), rows] = False
+    out: BoolArray = np.any(near, axis=1)
+    return out

@@ -88,6 +88,9 @@ def hall() -> CameraTopology:
 
 
 def service(topo: CameraTopology, **kwargs: float | int) -> IdentityService:
+    """A service showing every identity from its first frame (unless the test asks for
+    confirmation): these tests follow the linking itself."""
+    kwargs = {"confirm_s": 0.0, "confirm_frames": 1, **kwargs}
     cfg = IdentityConfig(gallery=GalleryConfig(dim=DIM, initial_capacity=4), **kwargs)  # type: ignore[arg-type]
     return IdentityService(topo, cfg)
 
@@ -313,6 +316,40 @@ def test_untracked_rows_and_bad_input(hall: CameraTopology, people: np.ndarray) 
     assert svc.global_id_of("a", 1) == 1 and svc.global_id_of("a", 42) is None
 
 
+# --- service: confirmation --------------------------------------------------------------
+
+
+def test_an_identity_is_shown_once_a_track_lasts_and_a_glimpse_shows_none(
+    hall: CameraTopology, people: np.ndarray
+) -> None:
+    svc = service(hall, confirm_s=0.5, confirm_frames=5)
+    ids = walk(svc, "a", 1, many(people[0], 10, 1), t0=0.0)  # 0.0-0.9 s
+    assert ids[:5] == [NO_GLOBAL_ID] * 5 and set(ids[5:]) == {1}
+    # someone on d for three frames: held as id 2, never shown
+    assert set(walk(svc, "d", 2, many(people[1], 3, 2), t0=1.0)) == {NO_GLOBAL_ID}
+    assert svc.global_id_of("d", 2) == 2
+    # person 0 reaches b: joins a shown identity, so shows it from the first frame
+    assert set(walk(svc, "b", 5, many(people[0], 3, 3), t0=5.0)) == {1}
+
+
+def test_a_fresh_id_merged_away_before_confirmation_is_never_shown(
+    hall: CameraTopology, people: np.ndarray
+) -> None:
+    svc = service(hall, confirm_s=0.5, confirm_frames=5)
+    walk(svc, "a", 1, many(people[0], 30, 1), t0=0.0)
+    truncated = unit(people[0] + 1.2 * people[3])  # first crop: no match, fresh id 2
+    ids = walk(svc, "c", 4, np.vstack([truncated[None], many(people[0], 10, 2)]), t0=2.9)
+    assert svc.resolve(2) == 1
+    assert 2 not in ids and ids[-1] == 1
+
+
+def test_confirmation_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="confirm_s"):
+        IdentityConfig(confirm_s=-1.0)
+    with pytest.raises(ConfigError, match="confirm_frames"):
+        IdentityConfig(confirm_frames=0)
+
+
 # --- service: merge and split -----------------------------------------------------------
 
 
@@ -351,12 +388,29 @@ def test_merge_refuses_to_put_one_id_on_two_overlapping_tracks_of_a_camera(
     assert svc.events == []
 
 
+def walk_beside_someone(
+    svc: IdentityService, camera: str, track_id: int, embeddings: np.ndarray, *, t0: float
+) -> list[int]:
+    """Like :func:`walk`, with an untracked detection right beside the track (where a
+    tracker can swap people); returns the track's global id per frame."""
+    boxes = np.array([[0, 0, 40, 100], [35, 5, 75, 105]], np.float32)
+    out = []
+    for i, e in enumerate(embeddings):
+        seen = Detections(
+            boxes, np.ones(2), np.zeros(2), np.array([track_id, NO_TRACK]), np.stack([e, e])
+        )
+        out.append(int(svc.observe(camera, t0 + i * 0.1, seen)[0]))
+    return out
+
+
 def test_drifting_track_is_split_off(hall: CameraTopology, people: np.ndarray) -> None:
-    """Track 5 on b starts looking like person 0 (joins id 1) but turns out to be person 1:
-    after ``split_patience`` drifted updates it gets a new id; id 1 keeps only a's track."""
+    """Track 5 on b starts looking like person 0 (joins id 1) but, walking beside someone,
+    turns out to be person 1: after ``split_patience`` drifted updates it gets a new id;
+    id 1 keeps only a's track (young, it moves whole)."""
     svc = service(hall, split_patience=3)
     walk(svc, "a", 1, many(people[0], 10, 1), t0=0.0)
-    ids = walk(svc, "b", 5, np.vstack([many(people[0], 3, 2), many(people[1], 8, 3)]), t0=5.0)
+    looks = np.vstack([many(people[0], 3, 2), many(people[1], 8, 3)])
+    ids = walk_beside_someone(svc, "b", 5, looks, t0=5.0)
     assert ids[:3] == [1, 1, 1]
     # the short-memory EMA needs a step to turn, then three drifted updates split it
     switch = ids.index(2)
@@ -370,6 +424,36 @@ def test_drifting_track_is_split_off(hall: CameraTopology, people: np.ndarray) -
     )
     assert [s.camera_id for s in svc.where_seen(1)] == ["a"]
     assert [s.camera_id for s in svc.where_seen(2)] == ["b"]
+
+
+def test_a_lone_track_whose_look_changes_is_not_split(
+    hall: CameraTopology, people: np.ndarray
+) -> None:
+    """No one near it: the tracker cannot have swapped people (light or pose changed)."""
+    svc = service(hall, split_patience=3)
+    walk(svc, "a", 1, many(people[0], 10, 1), t0=0.0)
+    ids = walk(svc, "b", 5, np.vstack([many(people[0], 3, 2), many(people[1], 8, 3)]), t0=5.0)
+    assert set(ids) == {1} and svc.events == []
+
+
+def test_an_established_track_that_switches_people_is_cut_and_its_past_stays(
+    hall: CameraTopology, people: np.ndarray
+) -> None:
+    """Track 5 on b is person 0 for 3 s, then its tracker follows person 1: only the
+    segment from the switch on leaves id 1."""
+    svc = service(hall, split_patience=3)
+    walk(svc, "a", 1, many(people[0], 10, 1), t0=0.0)
+    looks = np.vstack([many(people[0], 30, 2), many(people[1], 10, 3)])
+    ids = walk_beside_someone(svc, "b", 5, looks, t0=5.0)
+    assert set(ids[:30]) == {1} and ids[-1] == 2
+    (event,) = svc.events
+    assert (event.kind, event.global_id, event.absorbed_id) == ("split", 2, 1)
+    (in_a, b) = svc.where_seen(1)
+    assert in_a.camera_id == "a"
+    assert (b.camera_id, b.local_track_ids, b.first_s) == ("b", (5,), 5.0)
+    assert 7.9 < b.last_s < 5.0 + 0.1 * len(looks)
+    (cut,) = svc.where_seen(2)
+    assert cut.local_track_ids == (5,) and cut.first_s > b.last_s
 
 
 def test_steady_noise_never_splits(hall: CameraTopology, people: np.ndarray) -> None:

@@ -105,6 +105,9 @@ def overlapping(*, homographies: bool) -> CameraTopology:
 
 
 def service(topo: CameraTopology, **kwargs: object) -> IdentityService:
+    """A service showing every identity from its first frame (unless the test asks for
+    confirmation): these tests follow the linking itself."""
+    kwargs = {"confirm_s": 0.0, "confirm_frames": 1, **kwargs}
     cfg = IdentityConfig(gallery=GalleryConfig(dim=DIM, initial_capacity=8), **kwargs)  # type: ignore[arg-type]
     return IdentityService(topo, cfg)
 
