@@ -387,6 +387,15 @@ def forecast(  # noqa: PLR0917 - typer maps parameters to options
         "tmp/cache/forecast"
     ),
     epochs: Annotated[int, typer.Option(help="With --loso: training epochs per fold.")] = 20,
+    adapt: Annotated[
+        bool,
+        typer.Option(
+            "--adapt/--no-adapt",
+            help="Learned forecasts blend with constant velocity and recalibrate per sequence "
+            "from forecasts whose horizon has passed (as tapetum run does); off: as the file "
+            "says.",
+        ),
+    ] = True,
     horizons: Annotated[str, typer.Option(help="Horizons scored, seconds, e.g. 1,2.")] = "1,2",
     min_history: Annotated[
         float, typer.Option(help="Score a track once it has been observed this long, s.")
@@ -416,6 +425,7 @@ def forecast(  # noqa: PLR0917 - typer maps parameters to options
 
     from tapetum.eval.forecast import ForecastEvalConfig, default_forecasters, evaluate_forecasts
     from tapetum.eval.mot import find_sequences, load_sequence
+    from tapetum.track.forecast_blend import OnlineBlendConfig
     from tapetum.track.forecast_model import ForecastCounts
 
     config = ForecastEvalConfig(
@@ -434,7 +444,9 @@ def forecast(  # noqa: PLR0917 - typer maps parameters to options
     counts: dict[str, dict[str, ForecastCounts]] = {}
     result: dict[str, Any] = {"data": [str(d) for d in data], "config": dataclasses.asdict(config)}
     if forecaster is not None:
-        factories["file"], counts["file"] = _file_forecaster(forecaster, sequences, config, err)
+        factories["file"], counts["file"] = _file_forecaster(
+            forecaster, sequences, config, err, adapt
+        )
         result["forecaster"] = str(forecaster)
     report = evaluate_forecasts(sequences, factories, config)
     folds: dict[str, Path] = {}
@@ -448,6 +460,7 @@ def forecast(  # noqa: PLR0917 - typer maps parameters to options
             eval_config=config,
             train_only=extra,
             baselines={},
+            adapt=OnlineBlendConfig() if adapt else None,
             log=lambda line: err.print(line, highlight=False),
         )
         report = dataclasses.replace(report, scores=report.scores + held.report.scores)
@@ -459,8 +472,9 @@ def forecast(  # noqa: PLR0917 - typer maps parameters to options
         for c in per_seq.values():
             total.add(c)
         Console().print(
-            f"{name}: {total.model} forecasts by the model, {total.fallback_short_history} by "
-            "constant velocity (track observed < the model's min history)",
+            f"{name}: {total.model} forecasts by the model ({total.leaning_cv} of them blended "
+            f"mostly with constant velocity), {total.fallback_short_history} by constant "
+            "velocity (track observed < the model's min history)",
             highlight=False,
         )
     if json_out is not None:
@@ -491,8 +505,10 @@ def _file_forecaster(
     sequences: list[MotSequence],
     config: ForecastEvalConfig,
     err: Console,
+    adapt: bool = True,
 ) -> tuple[ForecasterFactory, dict[str, ForecastCounts]]:
     """A factory of the file's forecaster (checked against every sequence) and its counts."""
+    from tapetum.track.forecast_blend import OnlineBlendConfig
     from tapetum.track.forecast_model import ForecastCounts, LearnedForecaster, load_forecast_model
 
     model = load_forecast_model(path)
@@ -510,8 +526,10 @@ def _file_forecaster(
     total = ForecastCounts()
     counts["all"] = total
 
+    blend = OnlineBlendConfig() if adapt else None
+
     def make() -> LearnedForecaster:
-        forecaster = LearnedForecaster(model)
+        forecaster = LearnedForecaster(model, adapt=blend)  # one stream per sequence
         forecaster.counts = total  # one tally over every sequence
         return forecaster
 

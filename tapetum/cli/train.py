@@ -7,6 +7,7 @@ and the files it writes run with ONNX Runtime alone.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -60,6 +61,28 @@ def forecast(  # noqa: PLR0917 - typer maps parameters to options
             help="Also read the neighbour context (median motion of the frame's tracks).",
         ),
     ] = False,
+    neighbours: Annotated[
+        int,
+        typer.Option(
+            help="Networks that read the context also pool the motion of this many nearest "
+            "other tracks."
+        ),
+    ] = 0,
+    drift: Annotated[
+        float,
+        typer.Option(
+            help="Camera-pan augmentation: std of the added image velocity, box heights/s (0: off)."
+        ),
+    ] = 1.0,
+    ensemble: Annotated[
+        bool,
+        typer.Option(
+            "--ensemble/--no-ensemble",
+            help="Also train a second network that reads the neighbour context without the "
+            "camera-pan augmentation (the default recipe); streams weigh the two and constant "
+            "velocity by how well each did on them.",
+        ),
+    ] = True,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and shuffling.")] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 1,
 ) -> None:
@@ -80,9 +103,13 @@ def forecast(  # noqa: PLR0917 - typer maps parameters to options
         hidden=hidden,
         epochs=epochs,
         context=context,
+        context_neighbours=neighbours,
+        drift_std_hps=drift,
         seed=seed,
         threads=threads,
     )
+    if not ensemble:
+        config = dataclasses.replace(config, extra_members=())
     skip = set(exclude or ())
     sequences = [
         load_sequence(p) for folder in data for p in find_sequences(folder) if p.name not in skip

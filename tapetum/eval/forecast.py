@@ -49,6 +49,7 @@ from tapetum.track.forecast import (
     ConstantVelocityForecaster,
     Forecaster,
 )
+from tapetum.track.forecast_blend import fit_coverage_scale
 
 #: Name of the pooled row in a :class:`ForecastReport`.
 COMBINED = "COMBINED"
@@ -118,12 +119,15 @@ class ForecastScores:
         ade_norm: ADE in box heights.
         fde_norm: FDE in box heights.
         miss_rate: share of samples with FDE above the config's ``miss_threshold_norm``.
-        coverage_1sigma: share of true final positions inside the 1-sigma ellipse
-            (calibrated: 0.393).
+        coverage_1sigma: share of true final positions inside the forecaster's 39 % region
+            (calibrated: 0.393): the 1-sigma ellipse, unless the forecaster reports its own
+            radius (``Forecast.inner_sigma``).
         coverage_2sigma: the same for the 2-sigma ellipse (calibrated: 0.865).
         nll: mean negative log-likelihood of the true final position under the forecast's
             Gaussian, in box-height units (nats; inf when a covariance is singular).
         samples: number of (track, frame) forecasts scored.
+        coverage_1sigma_ellipse: share inside the plain 1-sigma ellipse (equals
+            ``coverage_1sigma`` for forecasters that report no 39 % radius).
     """
 
     forecaster: str
@@ -138,9 +142,11 @@ class ForecastScores:
     coverage_2sigma: float
     nll: float
     samples: int
+    coverage_1sigma_ellipse: float = float("nan")
 
     def as_dict(self) -> dict[str, float | int | str]:
         return {
+            "coverage_1sigma_ellipse": self.coverage_1sigma_ellipse,
             "ade_px": self.ade_px,
             "fde_px": self.fde_px,
             "ade_norm": self.ade_norm,
@@ -234,13 +240,9 @@ def ellipse_coverage(d2: Float64Array, n_sigma: float) -> float:
 
 
 def fit_covariance_scale(d2: Float64Array) -> float:
-    """The standard-deviation multiplier that best calibrates a set of forecasts.
-
-    Scaling every covariance by ``s²`` divides every squared Mahalanobis distance by ``s²``.
-    The scale chosen minimises the squared gaps between the 1- and 2-sigma coverages and
-    their Gaussian values (39.3 %, 86.5 %), searched on a fine log grid: errors of real
-    motion are heavier-tailed than a Gaussian, and the likelihood-optimal scale
-    (``mean(d²) / 2``) would be set by the few worst forecasts and widen every ellipse.
+    """The standard-deviation multiplier that best calibrates a set of forecasts: the one
+    that brings their 1- and 2-sigma coverage closest to a 2-D Gaussian's (39.3 %, 86.5 %);
+    see :func:`tapetum.track.forecast_blend.fit_coverage_scale`, which streams use online.
 
     Args:
         d2: (M,) squared Mahalanobis distances of validation forecasts (inf allowed).
@@ -248,17 +250,7 @@ def fit_covariance_scale(d2: Float64Array) -> float:
     Returns:
         The multiplier ``s`` (1.0 when ``d2`` is empty).
     """
-    values = np.sort(d2[~np.isnan(d2)])
-    if values.size == 0:
-        return 1.0
-    scales = np.exp(np.linspace(math.log(0.05), math.log(20.0), 2001))
-    s2 = np.square(scales)
-    inside_1 = np.searchsorted(values, 1.0 * s2, side="right") / values.size
-    inside_2 = np.searchsorted(values, 4.0 * s2, side="right") / values.size
-    gap = np.square(inside_1 - EXPECTED_COVERAGE_1SIGMA) + np.square(
-        inside_2 - EXPECTED_COVERAGE_2SIGMA
-    )
-    return float(scales[int(np.argmin(gap))])
+    return fit_coverage_scale(d2)
 
 
 @dataclass(slots=True)
@@ -274,6 +266,7 @@ class _Sums:
     inside_2sigma: int = 0
     nll: float = 0.0
     samples: int = 0
+    inside_1sigma_ellipse: int = 0
 
     def add(self, other: _Sums) -> None:
         self.ade_px += other.ade_px
@@ -285,6 +278,7 @@ class _Sums:
         self.inside_2sigma += other.inside_2sigma
         self.nll += other.nll
         self.samples += other.samples
+        self.inside_1sigma_ellipse += other.inside_1sigma_ellipse
 
     def scores(self, forecaster: str, sequence: str, horizon_s: float) -> ForecastScores:
         n = self.samples
@@ -305,6 +299,7 @@ class _Sums:
             mean(self.inside_2sigma),
             mean(self.nll),
             n,
+            mean(self.inside_1sigma_ellipse),
         )
 
 
@@ -369,6 +364,7 @@ def _evaluate_sequence(
             window = err[:, :k]
             full = ~np.isnan(window).any(axis=1)
             if full.any():
+                inner = None if forecast.inner_sigma is None else forecast.inner_sigma[full, k - 1]
                 acc.add(
                     _score(
                         window[full],
@@ -376,6 +372,7 @@ def _evaluate_sequence(
                         forecast.cov_px2[full, k - 1],
                         h_now[full],
                         config.miss_threshold_norm,
+                        inner,
                     )
                 )
             if calibration is not None and full.any():
@@ -433,15 +430,17 @@ def rescale_evidence(samples: Float64Array, scale: float) -> Float64Array:
     return out
 
 
-def _score(
+def _score(  # noqa: PLR0917 - the columns of one batch of samples
     err_px: Float64Array,
     final_diff_px: Float64Array,
     final_cov_px2: Float64Array,
     height_px: Float64Array,
     miss_threshold_norm: float,
+    inner_sigma: Float64Array | None = None,
 ) -> _Sums:
     """Sums over M samples: displacement errors (M, k) px, the final error (M, 2) px, its
-    forecast covariance (M, 2, 2) px² and the origin box heights (M,) px."""
+    forecast covariance (M, 2, 2) px², the origin box heights (M,) px and the radius of the
+    forecaster's 39 % region (M,) (None: 1)."""
     ade = err_px.mean(axis=1)
     fde = err_px[:, -1]
     fde_norm = fde / height_px
@@ -454,7 +453,8 @@ def _score(
         ade_norm=float((ade / height_px).sum()),
         fde_norm=float(fde_norm.sum()),
         misses=int((fde_norm > miss_threshold_norm).sum()),
-        inside_1sigma=int((d2 <= 1.0).sum()),
+        inside_1sigma=int((d2 <= (1.0 if inner_sigma is None else inner_sigma**2)).sum()),
+        inside_1sigma_ellipse=int((d2 <= 1.0).sum()),
         inside_2sigma=int((d2 <= 4.0).sum()),
         nll=float(nll.sum()),
         samples=int(err_px.shape[0]),

@@ -43,7 +43,7 @@ import time
 import warnings
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ from tapetum.eval.forecast import (
 )
 from tapetum.eval.mot import MotSequence
 from tapetum.track.forecast import Forecaster
+from tapetum.track.forecast_blend import OnlineBlendConfig
 from tapetum.track.forecast_model import (
     CONTEXT_FEATURES,
     CONTEXT_NAME,
@@ -70,10 +71,12 @@ from tapetum.track.forecast_model import (
     FORECAST_METADATA_KEY,
     HISTORY_FEATURES,
     INPUT_NAME,
+    LOCAL_CONTEXT_FEATURES,
     MEAN_NAME,
     ForecastCounts,
     ForecastModelSpec,
     history_features,
+    mixture,
     neighbour_context,
 )
 
@@ -83,13 +86,14 @@ __all__ = [
     "TrainResult",
     "TrajectorySamples",
     "build_samples",
+    "combine_forecasters",
     "evaluate_held_out",
     "leave_one_sequence_out",
     "train_forecaster",
 ]
 
 #: Bump when the network, features or training change: cached fold models are retrained.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 Log = Callable[[str], None]
 
@@ -121,7 +125,16 @@ class ForecastTrainConfig:
         buffer_length: observations per track window (as the online forecaster keeps).
         seed: initialisation, shuffling and flips.
         threads: torch CPU threads (1 leaves the other cores to the rest of the machine).
-        context: also feed the neighbour context (camera motion, crowd flow).
+        context: the first network also reads the neighbour context (camera motion,
+            crowd flow).
+        context_neighbours: with a context, also pool the motion of this many nearest
+            other tracks (0: the frame's median only).
+        extra_members: more networks in the same file, each ``(context, drift_std_hps)``:
+            an ensemble whose members a stream weighs by how well each did on it
+            (:mod:`tapetum.track.forecast_blend`). The default adds a network that reads
+            the context and is trained without the camera-pan augmentation: held out, it
+            forecasts moving cameras best (it tells the camera's motion, which the
+            context shows, from the person's) and still cameras worse than the first.
         drift_std_hps: standard deviation of the camera-pan augmentation, box heights per
             second (0: off); see ``_add_drift``.
     """
@@ -142,9 +155,20 @@ class ForecastTrainConfig:
     seed: int = 0
     threads: int = 1
     context: bool = False
+    context_neighbours: int = 0
     drift_std_hps: float = 1.0
+    extra_members: tuple[tuple[bool, float], ...] = ((True, 0.0),)
 
     def __post_init__(self) -> None:
+        if self.context_neighbours < 0 or (self.context_neighbours and not self.uses_context):
+            raise ConfigError("context_neighbours must be >= 0 and needs a context")
+        for member in self.extra_members:
+            if len(member) != 2 or not (math.isfinite(member[1]) and member[1] >= 0):
+                raise ConfigError(
+                    f"extra_members are (context, drift_std_hps >= 0) pairs, got {member}"
+                )
+        if not (math.isfinite(self.drift_std_hps) and self.drift_std_hps >= 0):
+            raise ConfigError(f"drift_std_hps must be >= 0, got {self.drift_std_hps}")
         ints = {
             "history_steps": (self.history_steps, 2),
             "horizon_steps": (self.horizon_steps, 1),
@@ -170,9 +194,32 @@ class ForecastTrainConfig:
         if self.buffer_length * 0.5 * self.dt_s < (self.history_steps - 1) * self.dt_s:
             raise ConfigError("buffer_length is too short to hold the history window")
 
+    @property
+    def uses_context(self) -> bool:
+        """Whether any member reads the neighbour context (the file then takes it)."""
+        return self.context or any(bool(c) for c, _ in self.extra_members)
+
+    def members(self) -> list[ForecastTrainConfig]:
+        """One single-network recipe per member: the first, then ``extra_members`` (same
+        seed and data: a member trained alone with its recipe is the same network)."""
+        out = [replace(self, extra_members=())]
+        for context, drift in self.extra_members:
+            out.append(
+                replace(
+                    self,
+                    context=bool(context),
+                    context_neighbours=self.context_neighbours if context else 0,
+                    drift_std_hps=float(drift),
+                    extra_members=(),
+                )
+            )
+        return out
+
     def recipe(self) -> dict[str, Any]:
         """Everything that shapes a trained model (for cache keys and the file's metadata)."""
-        return {"recipe_version": RECIPE_VERSION, **asdict(self)}
+        recipe = asdict(self)
+        recipe["extra_members"] = [list(m) for m in self.extra_members]
+        return {"recipe_version": RECIPE_VERSION, **recipe}
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +228,7 @@ class TrajectorySamples:
 
     Attributes:
         features: (N, T, 4) float32 model input (see ``history_features``).
-        context: (N, T, 3) float32 neighbour context (see ``neighbour_context``; zeros
+        context: (N, T, C) float32 neighbour context (see ``neighbour_context``; zeros
             when the recipe has none).
         targets: (N, K, 2) float32 future offsets from the origin centre, box heights.
         target_valid: (N, K) bool, False where the ground truth does not say.
@@ -317,7 +364,7 @@ def _sequence_samples(
         return None
     t_w, xy_w, h_w = (np.concatenate([w[i] for w in windows]) for i in range(3))
     # The context pools every row of a frame; without it only the samples need features.
-    wanted = np.arange(len(t_w)) if config.context else rows
+    wanted = np.arange(len(t_w)) if config.uses_context else rows
     chunks = [wanted[lo : lo + 16384] for lo in range(0, len(wanted), 16384)]
     computed = np.concatenate(
         [
@@ -325,9 +372,9 @@ def _sequence_samples(
             for c in chunks
         ]
     )
-    if config.context:
+    if config.uses_context:
         features = computed[rows]
-        context = _frame_context(computed, heights, frame, rows)
+        context = _frame_context(computed, heights, centers, frame, rows, config.context_neighbours)
     else:
         features = computed
         context = np.zeros((len(rows), config.history_steps, CONTEXT_FEATURES), np.float32)
@@ -342,11 +389,17 @@ def _sequence_samples(
     )
 
 
-def _frame_context(
-    population: Float32Array, heights: Float64Array, frame: IntArray, rows: IntArray
+def _frame_context(  # noqa: PLR0917 - the columns of one table
+    population: Float32Array,
+    heights: Float64Array,
+    centers: Float64Array,
+    frame: IntArray,
+    rows: IntArray,
+    neighbours: int,
 ) -> Float32Array:
     """The neighbour context of each sample row, pooled over every row of its frame."""
-    out = np.empty((len(rows), population.shape[1], CONTEXT_FEATURES), np.float32)
+    width = CONTEXT_FEATURES + (LOCAL_CONTEXT_FEATURES if neighbours else 0)
+    out = np.zeros((len(rows), population.shape[1], width), np.float32)
     by_frame = np.argsort(frame, kind="stable")
     bounds = np.searchsorted(frame[by_frame], np.unique(frame))
     bounds = np.r_[bounds, len(frame)]
@@ -359,7 +412,15 @@ def _frame_context(
         if s_hi == s_lo:
             continue
         mine = sample_order[s_lo:s_hi]
-        out[mine] = neighbour_context(population[members], heights[members], heights[rows[mine]])
+        out[mine] = neighbour_context(
+            population[members],
+            heights[members],
+            heights[rows[mine]],
+            neighbours,
+            centers[members],
+            centers[rows[mine]],
+            np.searchsorted(members, rows[mine]),  # members ascend: by_frame is stable
+        )
     return out
 
 
@@ -371,7 +432,12 @@ def _network(torch: Any, config: ForecastTrainConfig) -> Any:
     log a, b, log c (N, K) (the context is ignored when the recipe has none)."""
     nn = torch.nn
     k = config.horizon_steps
-    width = config.history_steps * (HISTORY_FEATURES + (CONTEXT_FEATURES if config.context else 0))
+    context_width = 0
+    if config.context:
+        context_width = CONTEXT_FEATURES + (
+            LOCAL_CONTEXT_FEATURES if config.context_neighbours else 0
+        )
+    width = config.history_steps * (HISTORY_FEATURES + context_width)
     use_context = config.context
 
     class ForecastNet(torch.nn.Module):  # type: ignore[misc]
@@ -402,19 +468,25 @@ def _network(torch: Any, config: ForecastTrainConfig) -> Any:
     return ForecastNet()
 
 
-def _exportable(torch: Any, net: Any, context: bool) -> Any:
-    """Wrap the network to output the file's contract: mean (N, K, 2), cov (N, K, 3)."""
+def _exportable(torch: Any, nets: list[Any], context: bool) -> Any:
+    """Wrap the members to output the file's contract: mean (N, K, 2) and cov (N, K, 3),
+    with a member axis after N where there are several."""
 
     class Exported(torch.nn.Module):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__()
-            self.net = net
+            self.nets = torch.nn.ModuleList(nets)
 
         def forward(self, history: Any, *extra: Any) -> tuple[Any, Any]:
-            mean, log_a, b, log_c = self.net(history, extra[0] if context else None)
-            a, c = torch.exp(log_a), torch.exp(log_c)
-            cov = torch.stack((a * a, b * b + c * c, a * b), dim=-1)
-            return mean, cov
+            means, covs = [], []
+            for net in self.nets:
+                mean, log_a, b, log_c = net(history, extra[0] if context else None)
+                a, c = torch.exp(log_a), torch.exp(log_c)
+                means.append(mean)
+                covs.append(torch.stack((a * a, b * b + c * c, a * b), dim=-1))
+            if len(means) == 1:
+                return means[0], covs[0]
+            return torch.stack(means, dim=1), torch.stack(covs, dim=1)
 
     return Exported()
 
@@ -492,8 +564,19 @@ def train_forecaster(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        net, best_epoch, best_nll, history = _fit(torch, train, val, config, log)
-        scales = _calibrate(torch, net, val, config)
+        members = config.members()
+        nets, fits = [], []
+        for i, member in enumerate(members, start=1):
+            if len(members) > 1:
+                log(
+                    f"member {i}/{len(members)}: context {member.context}, camera-pan "
+                    f"augmentation {member.drift_std_hps:g} box heights/s"
+                )
+            net, best_epoch, best_nll, history = _fit(torch, train, val, member, log)
+            nets.append(net)
+            fits.append({"best_epoch": best_epoch, "validation_nll": round(best_nll, 4)})
+        best_epoch, best_nll = int(fits[0]["best_epoch"]), float(fits[0]["validation_nll"])
+        scales = _calibrate(torch, nets, val, config)
         log("covariance scale per step: " + " ".join(f"{s:.2f}" for s in scales))
         spec = ForecastModelSpec(
             dt_s=config.dt_s,
@@ -504,7 +587,9 @@ def train_forecaster(
             # (1 / dt) or faster always has an observation per grid step.
             min_frame_rate_fps=min(*samples.frame_rates_fps, 1.0 / config.dt_s),
             covariance_scale=tuple(round(s, 4) for s in scales),
-            context=config.context,
+            context=config.uses_context,
+            context_neighbours=config.context_neighbours,
+            members=len(members),
             info={
                 "trained_on": [s.name for s in sequences],
                 "recipe": config.recipe(),
@@ -512,10 +597,11 @@ def train_forecaster(
                 "validation_samples": len(val),
                 "best_epoch": best_epoch,
                 "validation_nll": round(best_nll, 4),
+                "members": fits,
                 "train_seconds": round(time.perf_counter() - started, 1),
             },
         )
-        path = _export(torch, net, spec, Path(out), val.subset(np.arange(len(val)) < 64))
+        path = _export(torch, nets, spec, Path(out), val.subset(np.arange(len(val)) < 64))
     finally:
         torch.set_num_threads(previous_threads)
     seconds = time.perf_counter() - started
@@ -559,6 +645,8 @@ def _fit(
             flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
             for tensor in (xb, cb, yb):
                 tensor[flip, :, 0] = -tensor[flip, :, 0]
+            if cb.shape[2] > CONTEXT_FEATURES:  # the local context's dx
+                cb[flip, :, 3] = -cb[flip, :, 3]
             if config.drift_std_hps > 0:
                 _add_drift(torch, (xb, cb, yb), rng, config)
             loss = _nll(torch, net(xb, cb), yb, m[idx])
@@ -602,7 +690,10 @@ def _add_drift(
     lag_used = torch.where(observed, lag, oldest)
     history[..., :2] -= u * lag_used[..., None]
     seen = context[..., 2:3] > 0  # steps where some track was observed
-    context[..., :2] -= u * lag[None, :, None] * seen
+    shift = u * lag[None, :, None] * seen
+    context[..., :2] -= shift
+    if context.shape[2] > CONTEXT_FEATURES:  # the nearest tracks moved with the camera too
+        context[..., 3:5] -= shift
     ahead = config.dt_s * torch.arange(1, config.horizon_steps + 1, dtype=torch.float32)
     target += u * ahead[None, :, None]
 
@@ -621,15 +712,20 @@ def _validation_nll(torch: Any, net: Any, val: TrajectorySamples) -> float:
 
 
 def _calibrate(
-    torch: Any, net: Any, val: TrajectorySamples, config: ForecastTrainConfig
+    torch: Any, nets: list[Any], val: TrajectorySamples, config: ForecastTrainConfig
 ) -> list[float]:
-    """Per-step covariance scale fitted on the validation tracks (1.0 where no sample)."""
-    mean, log_a, b, log_c = (t.numpy().astype(np.float64) for t in _predict(torch, net, val))
-    a, c = np.exp(log_a), np.exp(log_c)
-    cov = np.empty((*a.shape, 2, 2))
-    cov[..., 0, 0] = a * a
-    cov[..., 1, 1] = b * b + c * c
-    cov[..., 0, 1] = cov[..., 1, 0] = a * b
+    """Per-step covariance scale of the members' mixture fitted on the validation tracks
+    (1.0 where no sample)."""
+    means, covs = [], []
+    for net in nets:
+        mean, log_a, b, log_c = (t.numpy().astype(np.float64) for t in _predict(torch, net, val))
+        a, c = np.exp(log_a), np.exp(log_c)
+        means.append(mean)
+        covs.append(np.stack((a * a, b * b + c * c, a * b), axis=-1))
+    mean, flat = mixture(np.stack(means, axis=1), np.stack(covs, axis=1))
+    cov = np.empty((*flat.shape[:-1], 2, 2))
+    cov[..., 0, 0], cov[..., 1, 1] = flat[..., 0], flat[..., 1]
+    cov[..., 0, 1] = cov[..., 1, 0] = flat[..., 2]
     d2: Float64Array = mahalanobis_sq(val.targets.astype(np.float64) - mean, cov)
     return [
         fit_covariance_scale(d2[val.target_valid[:, k], k]) for k in range(config.horizon_steps)
@@ -637,7 +733,7 @@ def _calibrate(
 
 
 def _export(
-    torch: Any, net: Any, spec: ForecastModelSpec, out: Path, probe: TrajectorySamples
+    torch: Any, nets: list[Any], spec: ForecastModelSpec, out: Path, probe: TrajectorySamples
 ) -> Path:
     """Write the ONNX file with Tapetum's metadata and check it against torch on ``probe``."""
     import onnx
@@ -645,7 +741,7 @@ def _export(
     from tapetum.track.forecast_model import load_forecast_model
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    exported = _exportable(torch, net, spec.context).eval()
+    exported = _exportable(torch, nets, spec.context).eval()
     inputs: tuple[Any, ...] = (torch.from_numpy(probe.features),)
     names = [INPUT_NAME]
     if spec.context:
@@ -673,11 +769,16 @@ def _export(
     loaded = load_forecast_model(tmp)
     with torch.no_grad():
         want_mean, want_cov = (t.numpy() for t in exported(*inputs))
-    got_mean, got_cov = loaded.run(probe.features, probe.context if spec.context else None)
+    got_means, _, got_cov = loaded.run_members(
+        probe.features, probe.context if spec.context else None
+    )
     got_cov = got_cov / np.square(spec.scales)[None, :, None]
+    if spec.members == 1:
+        want_mean, want_cov = want_mean[:, None], want_cov[:, None]
+    _, want_mixed = mixture(want_mean.astype(np.float64), want_cov.astype(np.float64))
     if not (
-        np.allclose(got_mean, want_mean, atol=1e-4, rtol=1e-4)
-        and np.allclose(got_cov, want_cov, atol=1e-5, rtol=1e-3)
+        np.allclose(got_means, want_mean, atol=1e-4, rtol=1e-4)
+        and np.allclose(got_cov, want_mixed, atol=1e-5, rtol=1e-3)
     ):
         tmp.unlink(missing_ok=True)
         raise ModelLoadError(
@@ -686,6 +787,144 @@ def _export(
         )
     tmp.replace(out)
     return out
+
+
+def combine_forecasters(
+    members: Sequence[str | Path],
+    out: str | Path,
+    sequences: Sequence[MotSequence],
+    config: ForecastTrainConfig | None = None,
+) -> ForecastModelSpec:
+    """One ensemble file from forecaster files trained separately, each on ``sequences``
+    with one of ``config.members()`` (e.g. in parallel on another machine): the same file
+    :func:`train_forecaster` writes for ``config``, whose covariance scale is fitted on the
+    members' mixture over the same validation tracks.
+
+    Raises:
+        ModelLoadError: the files do not share one grid, or are not ``config``'s members.
+    """
+    import onnx
+
+    from tapetum.track.forecast_model import load_forecast_model
+
+    config = config or ForecastTrainConfig()
+    loaded = [load_forecast_model(path) for path in members]
+    recipes = config.members()
+    if len(loaded) != len(recipes):
+        raise ModelLoadError(f"the recipe has {len(recipes)} members; got {len(loaded)} files")
+    for model, recipe in zip(loaded, recipes, strict=True):
+        spec, wanted = model.spec, recipe.recipe()
+        got = dict(spec.info.get("recipe") or {})
+        if spec.members != 1 or any(
+            got.get(k) != v for k, v in wanted.items() if k != "extra_members"
+        ):
+            raise ModelLoadError(f"{model.path.name} was not trained with member recipe {wanted}")
+    samples = build_samples(sequences, config)
+    val = samples.subset(samples.validation)
+    raw = [_raw_outputs(model, val) for model in loaded]
+    mean, flat = mixture(np.stack([r[0] for r in raw], 1), np.stack([r[1] for r in raw], 1))
+    cov = np.empty((*flat.shape[:-1], 2, 2))
+    cov[..., 0, 0], cov[..., 1, 1] = flat[..., 0], flat[..., 1]
+    cov[..., 0, 1] = cov[..., 1, 0] = flat[..., 2]
+    d2 = mahalanobis_sq(val.targets.astype(np.float64) - mean, cov)
+    scales = [fit_covariance_scale(d2[val.target_valid[:, k], k]) for k in range(d2.shape[1])]
+    first = loaded[0].spec
+    spec = ForecastModelSpec(
+        dt_s=first.dt_s,
+        history_steps=first.history_steps,
+        horizon_steps=first.horizon_steps,
+        min_history_s=first.min_history_s,
+        min_frame_rate_fps=min(m.spec.min_frame_rate_fps for m in loaded),
+        covariance_scale=tuple(round(x, 4) for x in scales),
+        context=config.uses_context,
+        context_neighbours=config.context_neighbours,
+        members=len(loaded),
+        info={
+            "trained_on": [s.name for s in sequences],
+            "recipe": config.recipe(),
+            "train_samples": int((~samples.validation).sum()),
+            "validation_samples": len(val),
+            "best_epoch": first.info.get("best_epoch"),
+            "validation_nll": first.info.get("validation_nll"),
+            "members": [
+                {k: m.spec.info.get(k) for k in ("best_epoch", "validation_nll")} for m in loaded
+            ],
+            "train_seconds": round(
+                sum(float(m.spec.info.get("train_seconds", 0)) for m in loaded), 1
+            ),
+            "combined_from": [Path(m.path).name for m in loaded],
+        },
+    )
+    graphs = [onnx.load(str(m.path)) for m in loaded]
+    combined = _stack_graphs(graphs, spec)
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    onnx.save(combined, str(tmp))
+    check = load_forecast_model(tmp)
+    got_means, _, _ = check.run_members(
+        val.features[:64], val.context[:64] if spec.context else None
+    )
+    want = np.stack([r[0][:64] for r in raw], axis=1)
+    if not np.allclose(got_means, want, atol=1e-4, rtol=1e-4):
+        tmp.unlink(missing_ok=True)
+        raise ModelLoadError(f"the combined forecaster disagrees with its members ({target.name})")
+    tmp.replace(target)
+    return spec
+
+
+def _raw_outputs(model: Any, samples: TrajectorySamples) -> tuple[Float64Array, Float64Array]:
+    """A one-network file's mean (N, K, 2) and covariance (N, K, 3) before its own scale."""
+    mean, cov = model.run(samples.features, samples.context if model.spec.context else None)
+    return mean, cov / np.square(model.spec.scales)[None, :, None]
+
+
+def _stack_graphs(graphs: list[Any], spec: ForecastModelSpec) -> Any:
+    """One ONNX graph running every member on the shared inputs, outputs stacked on axis 1."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    nodes: list[Any] = []
+    inits: list[Any] = [numpy_helper.from_array(np.array([1], np.int64), "member_axis")]
+    inputs: dict[str, Any] = {}
+    stacked: dict[str, list[str]] = {MEAN_NAME: [], COV_NAME: []}
+    for i, model in enumerate(graphs):
+        prefix = f"m{i}_"
+        graph = onnx.compose.add_prefix_graph(
+            model.graph, prefix, rename_inputs=False, rename_outputs=True
+        )
+        nodes.extend(graph.node)
+        inits.extend(graph.initializer)
+        for value in graph.input:
+            inputs.setdefault(value.name, value)
+        for name in (MEAN_NAME, COV_NAME):
+            out = f"{prefix}{name}_member"
+            nodes.append(helper.make_node("Unsqueeze", [prefix + name, "member_axis"], [out]))
+            stacked[name].append(out)
+    for name, parts in stacked.items():
+        nodes.append(helper.make_node("Concat", parts, [name], axis=1))
+    outputs = [
+        helper.make_tensor_value_info(
+            MEAN_NAME, onnx.TensorProto.FLOAT, ["tracks", spec.members, spec.horizon_steps, 2]
+        ),
+        helper.make_tensor_value_info(
+            COV_NAME, onnx.TensorProto.FLOAT, ["tracks", spec.members, spec.horizon_steps, 3]
+        ),
+    ]
+    order = [INPUT_NAME, CONTEXT_NAME]
+    graph = helper.make_graph(
+        nodes,
+        "tapetum_forecast_ensemble",
+        [inputs[n] for n in order if n in inputs],
+        outputs,
+        inits,
+    )
+    combined = helper.make_model(graph, opset_imports=list(graphs[0].opset_import))
+    combined.ir_version = graphs[0].ir_version
+    combined.doc_string = "Tapetum learned trajectory forecaster (an ensemble of members)"
+    entry = combined.metadata_props.add()
+    entry.key, entry.value = FORECAST_METADATA_KEY, spec.to_json()
+    return combined
 
 
 # --------------------------------------------------------------------- leave one out
@@ -767,10 +1006,13 @@ def evaluate_held_out(
     train_only: Sequence[MotSequence] = (),
     baselines: Mapping[str, ForecasterFactory] | None = None,
     name: str = "learned",
+    adapt: OnlineBlendConfig | None = OnlineBlendConfig(),  # noqa: B008 - frozen
     log: Log = _quiet,
 ) -> HeldOutResult:
     """Train (or reuse) one fold model per sequence and score it on that sequence only,
-    beside the baselines (default: constant velocity and constant acceleration).
+    beside the baselines (default: constant velocity and constant acceleration); each
+    sequence is one stream, with its own online blend and calibration (``adapt``; None:
+    the fold model's forecasts as they are).
 
     Raises:
         ConfigError: a held-out sequence's frame rate is below what its fold model saw.
@@ -784,7 +1026,7 @@ def evaluate_held_out(
     counts: dict[str, ForecastCounts] = {}
 
     def fold_forecaster(seq: MotSequence) -> Forecaster:
-        forecaster = LearnedForecaster(models[seq.name])
+        forecaster = LearnedForecaster(models[seq.name], adapt=adapt)
         counts[seq.name] = forecaster.counts
         return forecaster
 

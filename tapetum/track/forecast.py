@@ -170,6 +170,12 @@ class Forecast:
             valid.
         valid: (N,) bool, False for ids the forecaster does not know (never seen, or dropped
             after ``max_age_s``).
+        inner_sigma: (N, H) float64 or None: the Mahalanobis radius of the forecaster's 39 %
+            prediction region under ``cov_px2``, where it is not the 1-sigma ellipse. Motion
+            errors are heavier-tailed than a Gaussian: a covariance whose 2-sigma ellipse
+            holds 86 % of outcomes has a 1-sigma ellipse holding more than 39 %; a
+            forecaster that calibrates both regions (the learned one does, per stream) says
+            here how far its 39 % region reaches. None: 1 (the Gaussian's).
     """
 
     track_ids: IntArray
@@ -178,6 +184,7 @@ class Forecast:
     mean_px: Float64Array
     cov_px2: Float64Array
     valid: BoolArray
+    inner_sigma: Float64Array | None = None
 
     def __len__(self) -> int:
         return int(self.track_ids.shape[0])

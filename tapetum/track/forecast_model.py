@@ -62,6 +62,7 @@ from tapetum.track.forecast import (
     lookup_sorted,
     validate_update,
 )
+from tapetum.track.forecast_blend import OnlineBlend, OnlineBlendConfig
 
 __all__ = [
     "FORECAST_METADATA_KEY",
@@ -73,6 +74,7 @@ __all__ = [
     "StreamForecasters",
     "history_features",
     "load_forecast_model",
+    "mixture",
     "neighbour_context",
 ]
 
@@ -84,8 +86,14 @@ FORECAST_TASK = "forecast"
 FORECAST_SCHEMA = 1
 #: Features per history step: dx/h0, dy/h0, log(h/h0), observed.
 HISTORY_FEATURES = 4
-#: Features per history step of the neighbour context: median dx, median dy, log(1 + count).
+#: Features per history step of the neighbour context: median dx, median dy, log(1 + count)
+#: over the frame's tracks.
 CONTEXT_FEATURES = 3
+#: Features added by a local context: median dx, dy of the nearest other tracks.
+LOCAL_CONTEXT_FEATURES = 2
+#: A stream whose blend gives the model less than this weight counts as leaning on constant
+#: velocity (:attr:`ForecastCounts.leaning_cv`).
+LEANING_CV_WEIGHT = 0.25
 #: Input and output names of the ONNX graph.
 INPUT_NAME, CONTEXT_NAME, MEAN_NAME, COV_NAME = "history", "context", "mean", "cov"
 
@@ -107,7 +115,13 @@ class ForecastModelSpec:
         covariance_scale: (K,) standard-deviation multiplier per horizon step fitted on
             validation tracks (1.0: uncalibrated).
         context: the model also reads the neighbour context (:func:`neighbour_context`), a
-            second input ``context`` (N, T, 3).
+            second input ``context`` (N, T, C).
+        context_neighbours: with ``context``, the context also pools the motion of this many
+            nearest other tracks (0: the frame's median only; ``C`` is 3, else 5).
+        members: ``E``, networks in the file (an ensemble trained with different recipes);
+            with more than one the outputs carry a member axis: ``mean`` (N, E, K, 2) and
+            ``cov`` (N, E, K, 3), and the forecast is their mixture (see :func:`mixture`)
+            unless a stream blends them itself (:mod:`tapetum.track.forecast_blend`).
         info: free-form provenance: training sequences, epochs, validation scores.
     """
 
@@ -118,9 +132,18 @@ class ForecastModelSpec:
     min_frame_rate_fps: float = 10.0
     covariance_scale: tuple[float, ...] = ()
     context: bool = False
+    context_neighbours: int = 0
+    members: int = 1
     info: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.members < 1:
+            raise ModelLoadError(f"forecaster members must be >= 1, got {self.members}")
+        if self.context_neighbours < 0 or (self.context_neighbours and not self.context):
+            raise ModelLoadError(
+                f"forecaster context_neighbours must be >= 0 and needs the context, got "
+                f"{self.context_neighbours}"
+            )
         if not (math.isfinite(self.dt_s) and self.dt_s > 0):
             raise ModelLoadError(f"forecaster dt_s must be positive seconds, got {self.dt_s}")
         if self.history_steps < 2 or self.horizon_steps < 1:
@@ -142,6 +165,13 @@ class ForecastModelSpec:
                 f"forecaster covariance_scale needs {self.horizon_steps} positive numbers, "
                 f"got {len(scale)}"
             )
+
+    @property
+    def context_features(self) -> int:
+        """Features per history step of the ``context`` input (0: the model reads none)."""
+        if not self.context:
+            return 0
+        return CONTEXT_FEATURES + (LOCAL_CONTEXT_FEATURES if self.context_neighbours else 0)
 
     @property
     def max_horizon_s(self) -> float:
@@ -192,6 +222,8 @@ class ForecastModelSpec:
                 "min_frame_rate_fps": self.min_frame_rate_fps,
                 "covariance_scale": list(self.covariance_scale),
                 "context": self.context,
+                "context_neighbours": self.context_neighbours,
+                "members": self.members,
                 "normalisation": (
                     "history (x-x0)/h0, (y-y0)/h0, log(h/h0), observed at t0-k*dt_s; "
                     "outputs mean offsets in h0 and cov in h0^2 at (k+1)*dt_s"
@@ -225,6 +257,8 @@ class ForecastModelSpec:
                 min_frame_rate_fps=float(data["min_frame_rate_fps"]),
                 covariance_scale=tuple(float(s) for s in data.get("covariance_scale") or ()),
                 context=bool(data.get("context", False)),
+                context_neighbours=int(data.get("context_neighbours", 0)),
+                members=int(data.get("members", 1)),
                 info=dict(data.get("info") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -275,42 +309,76 @@ def _resample(
     return out
 
 
-def neighbour_context(
-    population: Float32Array, population_h0_px: Float64Array, h0_px: Float64Array
+def neighbour_context(  # noqa: PLR0917 - the columns of one frame's table
+    population: Float32Array,
+    population_h0_px: Float64Array,
+    h0_px: Float64Array,
+    neighbours: int = 0,
+    population_xy_px: Float64Array | None = None,
+    xy_px: Float64Array | None = None,
+    own: IntArray | None = None,
 ) -> Float32Array:
     """What the other tracks of the frame did: a cue for camera motion and crowd flow.
 
     At every history step, the median displacement (pixels) of the tracks observed then,
     divided by each forecast track's own box height, and how many tracks that median pools.
     When the camera pans, every track shifts by about the same pixels; the median keeps that
-    and ignores a few people walking against the flow.
+    and ignores a few people walking against the flow. With ``neighbours``, also the median
+    displacement of the ``neighbours`` tracks nearest to each forecast track (by current
+    centre; itself left out): when the camera moves forward, the scene flows outwards from
+    the point it heads to, and nearby tracks flow alike.
 
     Args:
         population: (P, T, 4) history features of every track in the frame (the forecast
             tracks among them).
         population_h0_px: (P,) their latest box heights.
         h0_px: (M,) latest box heights of the tracks to forecast.
+        neighbours: nearest tracks pooled per forecast track (0: no local part).
+        population_xy_px: (P, 2) latest centres of the population (needed with neighbours).
+        xy_px: (M, 2) latest centres of the tracks to forecast (likewise).
+        own: (M,) each forecast track's row in the population, -1 where absent (likewise).
 
     Returns:
-        (M, T, 3) float32: median ``dx / h0``, median ``dy / h0``, ``log(1 + count)``.
+        (M, T, 3) float32: median ``dx / h0``, median ``dy / h0``, ``log(1 + count)``; with
+        ``neighbours`` (M, T, 5): then the nearest tracks' median ``dx / h0, dy / h0``.
     """
-    out = np.zeros((h0_px.shape[0], population.shape[1], CONTEXT_FEATURES), np.float32)
+    width = CONTEXT_FEATURES + (LOCAL_CONTEXT_FEATURES if neighbours else 0)
+    out = np.zeros((h0_px.shape[0], population.shape[1], width), np.float32)
     if population.shape[0] == 0:
         return out
     observed = population[..., 3] > 0.5  # (P, T)
     disp = population[..., :2].astype(np.float64) * population_h0_px[:, None, None]
     count = observed.sum(axis=0)  # (T,)
-    # Median over the observed rows of each step: NaN sorts last, so the observed values of
-    # a step are its first ``count`` sorted rows (np.nanmedian is ~50x slower here).
     disp[~observed] = np.nan
-    ordered = np.sort(disp, axis=0)  # (P, T, 2)
-    step = np.arange(disp.shape[1])
-    lo, hi = np.maximum(count - 1, 0) // 2, count // 2
-    median = 0.5 * (ordered[lo, step] + ordered[np.minimum(hi, len(disp) - 1), step])
-    median[count == 0] = 0.0
+    median = _nan_median(disp)  # (T, 2)
     out[..., :2] = median[None] / h0_px[:, None, None]
     out[..., 2] = np.log1p(count)[None]
+    if neighbours and population.shape[0] > 1:
+        if population_xy_px is None or xy_px is None or own is None:
+            raise ValueError("a local context needs the centres and each track's own row")
+        gap = np.linalg.norm(xy_px[:, None, :] - population_xy_px[None, :, :], axis=2)
+        present = own >= 0
+        gap[np.flatnonzero(present), own[present]] = np.inf  # not its own neighbour
+        k = min(neighbours, population.shape[0] - 1)
+        nearest = np.argpartition(gap, k - 1, axis=1)[:, :k]  # (M, k)
+        local = _nan_median(disp[nearest].transpose(1, 0, 2, 3))  # (M, T, 2)
+        out[..., 3:5] = local / h0_px[:, None, None]
     return out
+
+
+def _nan_median(values: Float64Array) -> Float64Array:
+    """Median over axis 0 ignoring NaN (0 where all are NaN), by one sort: NaN sorts last,
+    so the finite values of a column are its first ``count`` rows (np.nanmedian is ~50x
+    slower on these small arrays)."""
+    count = (~np.isnan(values[..., 0])).sum(axis=0)  # (...)
+    ordered = np.sort(values, axis=0)
+    lo = np.maximum(count - 1, 0) // 2
+    hi = np.minimum(count // 2, values.shape[0] - 1)
+    low = np.take_along_axis(ordered, lo[None, ..., None], axis=0)[0]
+    high = np.take_along_axis(ordered, hi[None, ..., None], axis=0)[0]
+    median: Float64Array = 0.5 * (low + high)
+    median[count == 0] = 0.0
+    return median
 
 
 # ----------------------------------------------------------------------------- the model
@@ -363,36 +431,65 @@ class ForecastModel:
         spec = self.spec
         want = {INPUT_NAME: [spec.history_steps, HISTORY_FEATURES]}
         if spec.context:
-            want[CONTEXT_NAME] = [spec.history_steps, CONTEXT_FEATURES]
+            want[CONTEXT_NAME] = [spec.history_steps, spec.context_features]
         if set(inputs) != set(want) or any(list(inputs[k][1:]) != v for k, v in want.items()):
             raise ModelLoadError(
                 f"{self.path}: expected inputs {want} (after the batch axis) as its metadata "
                 f"says; the graph has {inputs}"
             )
+        member_axis = [spec.members] if spec.members > 1 else []
         for name, width in ((MEAN_NAME, 2), (COV_NAME, 3)):
-            if name not in outputs or list(outputs[name][1:]) != [spec.horizon_steps, width]:
+            want_shape = [*member_axis, spec.horizon_steps, width]
+            if name not in outputs or list(outputs[name][1:]) != want_shape:
                 raise ModelLoadError(
-                    f"{self.path}: expected output {name!r} (N, {spec.horizon_steps}, {width}) "
+                    f"{self.path}: expected output {name!r} (N, {', '.join(map(str, want_shape))}) "
                     f"as its metadata says; the graph has {outputs}"
                 )
 
     def run(
         self, features: Float32Array, context: Float32Array | None = None
     ) -> tuple[Float64Array, Float64Array]:
-        """Forecast from (N, T, 4) history features (and (N, T, 3) context if the model
+        """Forecast from (N, T, 4) history features (and the (N, T, C) context if the model
         reads it).
 
         Returns:
             ``mean`` (N, K, 2) offsets in box heights and ``cov`` (N, K, 3)
-            ``var_x, var_y, cov_xy`` in square box heights, calibration scale applied.
+            ``var_x, var_y, cov_xy`` in square box heights, calibration scale applied (the
+            members' mixture where the file holds several).
         """
+        _, mean, cov = self.run_members(features, context)
+        return mean, cov
+
+    def run_members(
+        self, features: Float32Array, context: Float32Array | None = None
+    ) -> tuple[Float64Array, Float64Array, Float64Array]:
+        """:meth:`run`, and each member's mean (N, E, K, 2) before the mixture."""
         feeds = {INPUT_NAME: features}
         if self.spec.context:
             if context is None:
                 raise ValueError(f"{self.path.name} needs the neighbour context")
             feeds[CONTEXT_NAME] = context
         mean, cov = self.session.run([MEAN_NAME, COV_NAME], feeds)
-        return np.asarray(mean, np.float64), np.asarray(cov, np.float64) * self._scale2
+        means, covs = np.asarray(mean, np.float64), np.asarray(cov, np.float64)
+        if self.spec.members == 1:
+            means, covs = means[:, None], covs[:, None]
+        mixed_mean, mixed_cov = mixture(means, covs)
+        return means, mixed_mean, mixed_cov * self._scale2
+
+
+def mixture(means: Float64Array, covs: Float64Array) -> tuple[Float64Array, Float64Array]:
+    """The mean and covariance of an equal-weight mixture of Gaussians: members' means
+    (N, E, K, 2) and covariances (N, E, K, 3) ``var_x, var_y, cov_xy`` → (N, K, 2), (N, K, 3)
+    (the average covariance plus the spread of the means)."""
+    if means.shape[1] == 1:
+        return means[:, 0], covs[:, 0]
+    mean = means.mean(axis=1)
+    dev = means - mean[:, None]
+    cov = covs.mean(axis=1)
+    cov[..., 0] += np.square(dev[..., 0]).mean(axis=1)
+    cov[..., 1] += np.square(dev[..., 1]).mean(axis=1)
+    cov[..., 2] += (dev[..., 0] * dev[..., 1]).mean(axis=1)
+    return mean, cov
 
 
 def load_forecast_model(path: str | Path, threads: int = 1) -> ForecastModel:
@@ -414,23 +511,30 @@ class ForecastCounts:
             included).
         beyond_horizon: rows of tracks last seen so long ago that ``age + horizon`` passes
             the model's longest horizon; returned invalid (NaN).
+        leaning_cv: of the ``model`` rows, those forecast while the stream's online blend
+            (:mod:`tapetum.track.forecast_blend`) gave the model less than a quarter of the
+            weight on average over the horizon: mostly constant velocity, which has done
+            better on this camera.
     """
 
     model: int = 0
     fallback_short_history: int = 0
     beyond_horizon: int = 0
+    leaning_cv: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
             "model": self.model,
             "fallback_short_history": self.fallback_short_history,
             "beyond_horizon": self.beyond_horizon,
+            "leaning_cv": self.leaning_cv,
         }
 
     def add(self, other: ForecastCounts) -> None:
         self.model += other.model
         self.fallback_short_history += other.fallback_short_history
         self.beyond_horizon += other.beyond_horizon
+        self.leaning_cv += other.leaning_cv
 
 
 class LearnedForecaster:
@@ -444,6 +548,9 @@ class LearnedForecaster:
         buffer_length: observations kept per track. Observations closer than ``dt/2`` to
             the one before the latest replace the latest, so the buffer spans the history
             window at any frame rate (44 slots cover 1.1 s at the densest spacing).
+        adapt: the stream's online blend with constant velocity and covariance scale
+            (:class:`~tapetum.track.forecast_blend.OnlineBlendConfig`); None: the model's
+            forecasts as they are.
     """
 
     def __init__(
@@ -451,9 +558,11 @@ class LearnedForecaster:
         model: ForecastModel,
         fallback: ConstantVelocityConfig | None = None,
         buffer_length: int = 48,
+        adapt: OnlineBlendConfig | None = OnlineBlendConfig(),  # noqa: B008 - frozen
     ) -> None:
         self.model = model
         self.spec = model.spec
+        self.adapt = adapt
         self.fallback = fallback or ConstantVelocityConfig()
         self._max_age_s = self.fallback.max_age_s
         self._length = buffer_length
@@ -468,6 +577,11 @@ class LearnedForecaster:
         self._obs: Float64Array = np.empty((0, length, 3), np.float64)  # x, y, h
         self._start_s: Float64Array = np.empty(0, np.float64)  # first observation
         self._now_s: float | None = None
+        self.blend = (
+            None
+            if self.adapt is None
+            else OnlineBlend(self.adapt, self.spec.dt_s, self.spec.horizon_steps, self.spec.members)
+        )
 
     @property
     def track_ids(self) -> IntArray:
@@ -532,6 +646,8 @@ class LearnedForecaster:
             self._t = np.concatenate((self._t, t_new))[order]
             self._obs = np.concatenate((self._obs, obs_new))[order]
             self._start_s = np.concatenate((self._start_s, np.full(m, t)))[order]
+        if self.blend is not None:
+            self.blend.score(t, self._ids, self._t, self._obs)
 
     def predict(
         self,
@@ -548,6 +664,7 @@ class LearnedForecaster:
         n, nh = ids.shape[0], horizons.shape[0]
         mean_px = np.full((n, nh, 2), np.nan)
         cov_px2 = np.full((n, nh, 2, 2), np.nan)
+        inner = np.ones((n, nh)) if self.blend is not None else None
         valid = np.zeros(n, np.bool_)
         rows, found = self._lookup(ids)
         if origin is not None and found.any():
@@ -567,7 +684,12 @@ class LearnedForecaster:
             self.counts.beyond_horizon += int(beyond.sum())
             ready &= ~beyond
             if ready.any():
-                mean_px[ready], cov_px2[ready] = self._forecast(rows[ready], age[ready], horizons)
+                mean_px[ready], cov_px2[ready] = self._forecast(
+                    ids[ready], rows[ready], age[ready], horizons
+                )
+                if inner is not None and self.blend is not None:
+                    ahead = (age[ready, None] + horizons[None, :]) / self.spec.dt_s
+                    inner[ready] = self.blend.inner_sigma(ahead)
                 valid[ready] = True
                 self.counts.model += int(ready.sum())
         return Forecast(
@@ -577,6 +699,7 @@ class LearnedForecaster:
             mean_px=mean_px,
             cov_px2=cov_px2,
             valid=valid,
+            inner_sigma=inner,
         )
 
     def _constant_velocity(
@@ -607,30 +730,84 @@ class LearnedForecaster:
 
     def _inputs(self, rows: IntArray) -> tuple[Float32Array, Float32Array | None]:
         """The model's inputs for ``rows``: history (M, T, 4) and, if it reads one, the
-        neighbour context (M, T, 3) pooled over every track seen at the latest update."""
+        neighbour context (M, T, C) pooled over every track seen at the latest update."""
         if not self.spec.context:
             return self._features(rows), None
         current = np.flatnonzero(self._t[:, -1] == self._now_s)
         union = np.union1d(current, rows)
         feats = self._features(union)
         pop = np.searchsorted(union, current)
-        context = neighbour_context(feats[pop], self._obs[current, -1, 2], self._obs[rows, -1, 2])
+        own = np.searchsorted(current, rows)
+        own_ok = own < len(current)
+        own_ok[own_ok] = current[own[own_ok]] == rows[own_ok]
+        context = neighbour_context(
+            feats[pop],
+            self._obs[current, -1, 2],
+            self._obs[rows, -1, 2],
+            self.spec.context_neighbours,
+            self._obs[current, -1, :2],
+            self._obs[rows, -1, :2],
+            np.where(own_ok, own, -1),
+        )
         return feats[np.searchsorted(union, rows)], context
 
     def _forecast(
-        self, rows: IntArray, age_s: Float64Array, horizons_s: Float64Array
+        self, ids: IntArray, rows: IntArray, age_s: Float64Array, horizons_s: Float64Array
     ) -> tuple[Float64Array, Float64Array]:
         """Model forecasts of ``rows`` at ``age + horizons`` after their latest observation:
         means (M, H, 2) px and covariances (M, H, 2, 2) px²."""
         from tapetum.track.kernels.forecast import grid_to_pixels
 
-        mean, cov = self.model.run(*self._inputs(rows))
+        members, mean, cov = self.model.run_members(*self._inputs(rows))
+        if self.blend is not None:
+            mean, cov = self._adapt(self.blend, ids, rows, age_s, members, cov)
         times = age_s[:, None] + horizons_s[None, :]
         mean_px = np.empty((*times.shape, 2))
         cov_px2 = np.empty((*times.shape, 2, 2))
         grid = np.concatenate((mean, cov), axis=2)
         grid_to_pixels(grid, times, self.spec.dt_s, self._obs[rows, -1], mean_px, cov_px2)
         return mean_px, cov_px2
+
+    def _adapt(  # noqa: PLR0917 - the columns of one table
+        self,
+        blend: OnlineBlend,
+        ids: IntArray,
+        rows: IntArray,
+        age_s: Float64Array,
+        members: Float64Array,
+        cov: Float64Array,
+    ) -> tuple[Float64Array, Float64Array]:
+        """The stream's blend of the members' grid forecasts (M, E, K, 2) with constant
+        velocity's, and its scale of the covariance (M, K, 3); records this frame's forecasts
+        to score later."""
+        cv = self._cv_grid(rows)
+        blended = blend.blend(members, cv)
+        if float(blend.weights().sum(axis=1).mean()) < LEANING_CV_WEIGHT:
+            self.counts.leaning_cv += int(rows.shape[0])
+        now = self._now_s
+        if now is not None and blend.wants_record(now):
+            fresh = age_s <= 0.0
+            if fresh.any():
+                blend.record(
+                    ids[fresh],
+                    now,
+                    self._obs[rows[fresh], -1],
+                    members[fresh],
+                    cv[fresh],
+                    blended[fresh],
+                    cov[fresh],
+                )
+        scaled: Float64Array = cov * np.square(blend.scales())[None, :, None]
+        return blended, scaled
+
+    def _cv_grid(self, rows: IntArray) -> Float64Array:
+        """Constant velocity's forecasts on the model's grid (M, K, 2): offsets from each
+        row's latest observation in its box height."""
+        steps = self.spec.dt_s * np.arange(1, self.spec.horizon_steps + 1, dtype=np.float64)
+        mean_px, _ = self._constant_velocity(rows, np.zeros(rows.shape[0]), steps)
+        origin = self._obs[rows, -1]
+        grid: Float64Array = (mean_px - origin[:, None, :2]) / origin[:, None, 2:3]
+        return grid
 
 
 class StreamForecasters:
@@ -641,6 +818,7 @@ class StreamForecasters:
         horizons_s: the horizons every stream will ask for (checked against the file now).
         model_path: a forecaster file, or None for constant velocity.
         fallback: constant-velocity settings (the fallback of the learned forecaster).
+        adapt: each stream's online blend and calibration (None: off).
 
     Raises:
         ModelLoadError: the file cannot be opened or is not a forecaster.
@@ -652,8 +830,10 @@ class StreamForecasters:
         horizons_s: npt.ArrayLike,
         model_path: str | Path | None = None,
         fallback: ConstantVelocityConfig | None = None,
+        adapt: OnlineBlendConfig | None = OnlineBlendConfig(),  # noqa: B008 - frozen
     ) -> None:
         self.fallback = fallback
+        self.adapt = adapt
         self.model = load_forecast_model(model_path) if model_path is not None else None
         if self.model is not None:
             self.model.spec.check_horizons(horizons_s, f"forecaster {self.model.path.name}")
@@ -670,7 +850,7 @@ class StreamForecasters:
         if self.model is None:
             return ConstantVelocityForecaster(self.fallback)
         self.model.spec.check_frame_rate(frame_rate_fps, f"source {source!r}")
-        forecaster = LearnedForecaster(self.model, self.fallback)
+        forecaster = LearnedForecaster(self.model, self.fallback, adapt=self.adapt)
         self._learned.append(forecaster)
         return forecaster
 

@@ -74,6 +74,8 @@ def test_trained_file_carries_its_contract_and_runs_without_torch(tiny_model: Pa
     assert spec["min_frame_rate_fps"] == 10.0  # trained at 30 fps; the 0.1 s grid allows 10
     assert len(spec["covariance_scale"]) == spec["horizon_steps"]
     assert all(0.1 < s < 10 for s in spec["covariance_scale"])
+    # the default recipe: a second network that reads the neighbour context
+    assert spec["members"] == 2 and spec["context"]
 
 
 def test_run_forecasts_every_track_with_the_model_or_counted_fallback(
@@ -97,6 +99,7 @@ def test_run_forecasts_every_track_with_the_model_or_counted_fallback(
     assert counts["model"] + counts["fallback_short_history"] == len(tracks)
     assert counts["model"] > counts["fallback_short_history"] > 0
     assert counts["beyond_horizon"] == 0
+    assert 0 <= counts["leaning_cv"] <= counts["model"]
     assert f"forecasts: {counts['model']} by the model" in proc.stdout
 
 

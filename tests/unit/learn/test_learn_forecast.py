@@ -44,11 +44,14 @@ def synthetic_sequence(n_tracks: int = 6, frames: int = 60, name: str = "SYN-01"
     return MotSequence(SequenceInfo(name, FPS, frames, 1920, 1080), gt)
 
 
-def test_training_features_are_what_the_online_forecaster_builds(tmp_path: Path) -> None:
+@pytest.mark.parametrize("neighbours", [0, 2])
+def test_training_features_are_what_the_online_forecaster_builds(
+    tmp_path: Path, neighbours: int
+) -> None:
     seq = synthetic_sequence()
-    config = ForecastTrainConfig(context=True)
+    config = ForecastTrainConfig(context=True, context_neighbours=neighbours)
     samples = build_samples([seq], config)
-    spec = ForecastModelSpec(context=True)
+    spec = ForecastModelSpec(context=True, context_neighbours=neighbours)
     fc = LearnedForecaster(load_forecast_model(write_cv_model(tmp_path / "cv.onnx", spec)))
     gt = seq.gt
     assert gt is not None

@@ -21,6 +21,7 @@ from tapetum.track.forecast_model import (
     StreamForecasters,
     history_features,
     load_forecast_model,
+    mixture,
     neighbour_context,
 )
 
@@ -62,7 +63,11 @@ def write_cv_model(path: Path, spec: ForecastModelSpec | None = None, *, meta: b
         [
             helper.make_tensor_value_info("history", TensorProto.FLOAT, ["n", t, 4]),
             *(
-                [helper.make_tensor_value_info("context", TensorProto.FLOAT, ["n", t, 3])]
+                [
+                    helper.make_tensor_value_info(
+                        "context", TensorProto.FLOAT, ["n", t, spec.context_features]
+                    )
+                ]
                 if spec.context
                 else []
             ),
@@ -188,6 +193,27 @@ def test_neighbour_context_is_the_median_motion_in_each_tracks_own_heights() -> 
     np.testing.assert_allclose(ctx[:, :, 2], np.log(5.0), atol=1e-6)
 
 
+def test_local_context_is_the_median_motion_of_the_nearest_other_tracks() -> None:
+    # Two groups far apart: on the left tracks flow left 5 px per step, on the right they
+    # flow right 8 px per step (a camera moving forward: the scene flows outwards).
+    pop = np.zeros((6, 3, 4), np.float32)
+    h0 = np.full(6, 100.0)
+    xy = np.array([[0, 0], [10, 0], [20, 0], [1000, 0], [1010, 0], [1020, 0]], np.float64)
+    lag = np.arange(3)
+    pop[:3, :, 0] = 5.0 * lag / 100.0  # in the past it was further right: moving left
+    pop[3:, :, 0] = -8.0 * lag / 100.0
+    pop[0, :, 0] = 50.0 * lag / 100.0  # track 0 itself races left: not its own neighbour
+    pop[..., 3] = 1
+    own = np.array([0, 4])
+    ctx = neighbour_context(pop, h0, np.array([50.0, 50.0]), 2, xy, xy[own], own)
+    assert ctx.shape == (2, 3, 5)
+    np.testing.assert_allclose(ctx[0, :, 3], 5.0 * lag / 50.0, atol=1e-6)
+    np.testing.assert_allclose(ctx[1, :, 3], -8.0 * lag / 50.0, atol=1e-6)
+    np.testing.assert_allclose(ctx[..., 4], 0.0)
+    without = neighbour_context(pop, h0, np.array([50.0, 50.0]))
+    np.testing.assert_array_equal(without, ctx[..., :3])
+
+
 # ---------------------------------------------------------------------- the ONNX contract
 
 
@@ -206,7 +232,7 @@ def test_spec_round_trips_through_json_and_refuses_other_files() -> None:
 def test_a_steady_walker_is_forecast_exactly_with_the_files_covariance(
     cv_model_path: Path,
 ) -> None:
-    fc = LearnedForecaster(load_forecast_model(cv_model_path))
+    fc = LearnedForecaster(load_forecast_model(cv_model_path), adapt=None)
     walk(fc, [4], fps=30.0, seconds=1.0)
     out = fc.predict([4], [0.5, 1.0, 2.0])
     assert out.valid.all()
@@ -220,8 +246,10 @@ def test_a_steady_walker_is_forecast_exactly_with_the_files_covariance(
 
 def test_calibration_scale_in_the_file_widens_the_covariance(tmp_path: Path) -> None:
     spec = ForecastModelSpec(dt_s=DT, history_steps=T, horizon_steps=K, covariance_scale=(2.0,) * K)
-    plain = LearnedForecaster(load_forecast_model(write_cv_model(tmp_path / "a.onnx")))
-    scaled = LearnedForecaster(load_forecast_model(write_cv_model(tmp_path / "b.onnx", spec)))
+    plain = LearnedForecaster(load_forecast_model(write_cv_model(tmp_path / "a.onnx")), adapt=None)
+    scaled = LearnedForecaster(
+        load_forecast_model(write_cv_model(tmp_path / "b.onnx", spec)), adapt=None
+    )
     for fc in (plain, scaled):
         walk(fc, [1], fps=25.0, seconds=0.8)
     a, b = plain.predict([1], [1.0]), scaled.predict([1], [1.0])
@@ -278,6 +306,7 @@ def test_young_tracks_fall_back_to_constant_velocity_and_are_counted(
         "model": 0,
         "fallback_short_history": 2 * len(times),
         "beyond_horizon": 0,
+        "leaning_cv": 0,
     }
 
     fc.reset()
@@ -341,3 +370,25 @@ def test_files_that_are_not_forecasters_are_refused(tmp_path: Path) -> None:
     onnx.save(model, str(path))
     with pytest.raises(ModelLoadError, match="expected inputs"):
         load_forecast_model(path)
+    # an ensemble's metadata on a one-network graph (no member axis)
+    model.metadata_props[0].value = ForecastModelSpec(members=2).to_json()
+    onnx.save(model, str(path))
+    with pytest.raises(ModelLoadError, match=r"expected output 'mean' \(N, 2, 20, 2\)"):
+        load_forecast_model(path)
+
+
+def test_an_ensembles_forecast_is_the_mixture_of_its_members() -> None:
+    means = np.zeros((1, 2, K, 2))
+    means[0, 0, :, 0], means[0, 1, :, 0] = 1.0, 3.0  # members 2 box heights apart in x
+    covs = np.zeros((1, 2, K, 3))
+    covs[..., 0] = covs[..., 1] = 0.5
+    mean, cov = mixture(means, covs)
+    np.testing.assert_allclose(mean[0, :, 0], 2.0)
+    np.testing.assert_allclose(cov[0, :, 0], 0.5 + 1.0)  # the spread of the means adds
+    np.testing.assert_allclose(cov[0, :, 1], 0.5)
+    np.testing.assert_allclose(cov[0, :, 2], 0.0)
+    spec = ForecastModelSpec(context=True, context_neighbours=4, members=2)
+    assert ForecastModelSpec.from_json(spec.to_json()) == spec
+    assert spec.context_features == 5
+    with pytest.raises(ModelLoadError, match="needs the context"):
+        ForecastModelSpec(context_neighbours=4)
