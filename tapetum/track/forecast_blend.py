@@ -87,7 +87,8 @@ class OnlineBlendConfig:
         check_steps: grid steps (1-based; step ``k`` is ``k·dt`` ahead) at which recorded
             forecasts are scored; the weight and scale interpolate between them and hold
             before the first and after the last.
-        record_every_s: a stream records its tracks' forecasts at most this often, seconds.
+        record_every_s: a stream records its tracks' forecasts, and scores those come due,
+            at most this often, seconds.
         memory: forgetting horizon of the blend, in scored forecasts per checked step (an
             estimate made of ``n`` forecasts counts each with weight ``(1 - 1/memory)^age``).
         prior_samples: pseudo-forecasts at ``prior_weight`` and at scale 1: how much
@@ -182,18 +183,31 @@ class OnlineBlend:
         self._weight = np.tile(self._prior, (s, 1))  # (S, E)
         self._scale = np.ones(s)
         self.scored = 0
+        self._next_due_s = math.inf  # when the earliest unscored check comes due
+        self._last_score_s = -math.inf
+        self._cached: tuple[Float64Array, Float64Array] | None = None
 
     # ------------------------------------------------------------------ what it says now
 
     def weights(self) -> Float64Array:
         """(K, E) each member's weight per grid step (``k·dt``, k = 1 … K)."""
-        columns = [self._per_step(self._weight[:, e]) for e in range(self.members)]
-        out: Float64Array = np.stack(columns, axis=1)
-        return out
+        return self._per_grid()[0]
 
     def scales(self) -> Float64Array:
         """(K,) the standard-deviation multiplier per grid step."""
-        return self._per_step(self._scale)
+        return self._per_grid()[1]
+
+    def model_weight(self) -> float:
+        """The members' total weight, averaged over the checked steps (0: constant
+        velocity alone)."""
+        return float(self._weight.sum(axis=1).mean())
+
+    def _per_grid(self) -> tuple[Float64Array, Float64Array]:
+        """Weights (K, E) and scales (K,) on the grid, recomputed only after they change."""
+        if self._cached is None:
+            columns = [self._per_step(self._weight[:, e]) for e in range(self.members)]
+            self._cached = (np.stack(columns, axis=1), self._per_step(self._scale))
+        return self._cached
 
     def inner_sigma(self, steps: Float64Array) -> Float64Array:
         """The 39.3 % region's radius in sigmas of the scaled covariance at fractional grid
@@ -205,8 +219,8 @@ class OnlineBlend:
     def blend(self, members: Float64Array, cv: Float64Array) -> Float64Array:
         """The blended grid forecasts (M, K, 2) of members (M, E, K, 2) and constant
         velocity (M, K, 2), with the weights of now."""
-        weights = self.weights().T  # (E, K)
-        out: Float64Array = cv + np.einsum("ek,mekc->mkc", weights, members - cv[:, None])
+        weights = self.weights().T[None, :, :, None]  # (1, E, K, 1)
+        out: Float64Array = cv + ((members - cv[:, None]) * weights).sum(axis=1)
         return out
 
     def _per_step(self, values: Float64Array) -> Float64Array:
@@ -262,6 +276,7 @@ class OnlineBlend:
         self._head += m
         # Records overwritten before their horizon passed are lost, not scored.
         np.maximum(self._done, self._head - cap, out=self._done)
+        self._next_due_s = min(self._next_due_s, now_s + float(self.steps[0]) * self.dt_s)
 
     # --------------------------------------------------------------------------- scoring
 
@@ -283,6 +298,12 @@ class OnlineBlend:
         """
         from tapetum.track.forecast import lookup_sorted
 
+        # Score in batches, at most every record_every_s: the per-frame cost stays small.
+        if now_s < self._next_due_s - 1e-9 or now_s - self._last_score_s < (
+            self.config.record_every_s - 1e-9
+        ):
+            return
+        self._last_score_s = now_s
         cap = self.config.capacity
         for s_i, step in enumerate(self.steps.tolist()):
             lo, hi = int(self._done[s_i]), self._head
@@ -305,16 +326,24 @@ class OnlineBlend:
             origin = self._origin[slots]
             target = (truth - origin[:, :2]) / origin[:, 2:3]
             self._learn(s_i, slots, target)
+        self._cached = None
+        pending = [
+            float(self._t[int(done) % cap]) + step * self.dt_s
+            for done, step in zip(self._done.tolist(), self.steps.tolist(), strict=True)
+            if done < self._head
+        ]
+        self._next_due_s = min(pending, default=math.inf)
 
     def _learn(self, s_i: int, slots: IntArray, target: Float64Array) -> None:
         cfg = self.config
         n = slots.shape[0]
         self.scored += n
         cv, model = self._cv[slots, s_i], self._model[slots, s_i]  # (n, 2), (n, E, 2)
-        d, r = model - cv[:, None], target - cv
+        d = (model - cv[:, None]).transpose(1, 0, 2).reshape(self.members, -1)  # (E, 2n)
+        r = (target - cv).reshape(-1)
         forget = (1.0 - 1.0 / cfg.memory) ** n
-        self._gram[s_i] = forget * self._gram[s_i] + np.einsum("nec,nfc->ef", d, d)
-        self._cross[s_i] = forget * self._cross[s_i] + np.einsum("nec,nc->e", d, r)
+        self._gram[s_i] = forget * self._gram[s_i] + d @ d.T
+        self._cross[s_i] = forget * self._cross[s_i] + d @ r
         self._count[s_i] = forget * self._count[s_i] + n
         self._weight[s_i] = self._solve(s_i)
         if not cfg.calibrate:

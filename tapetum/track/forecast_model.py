@@ -782,7 +782,7 @@ class LearnedForecaster:
         to score later."""
         cv = self._cv_grid(rows)
         blended = blend.blend(members, cv)
-        if float(blend.weights().sum(axis=1).mean()) < LEANING_CV_WEIGHT:
+        if blend.model_weight() < LEANING_CV_WEIGHT:
             self.counts.leaning_cv += int(rows.shape[0])
         now = self._now_s
         if now is not None and blend.wants_record(now):
