@@ -9,12 +9,13 @@ tracks into global identities by appearance, and answers where a person was seen
 
 Example::
 
-    from tapetum.identity import IdentityService, load_topology
+    from tapetum.identity import NO_GLOBAL_ID, IdentityService, load_topology
 
     service = IdentityService(load_topology("site.yaml"))
     for camera_id, frame, tracked in streams:          # tracked: Detections + embeddings
         global_ids = service.observe(camera_id, frame.timestamp_s, tracked)
-    service.where_seen(int(global_ids[0]))
+    shown = global_ids[global_ids != NO_GLOBAL_ID]     # -1: not confirmed yet
+    service.where_seen(int(shown[0]))
 """
 
 from __future__ import annotations
