@@ -149,6 +149,10 @@ class ClassificationEnricher:
         self._pending: set[CropJob] = set()
         self._frame_index = 0
 
+    def state_sizes(self) -> dict[str, int]:
+        """Tracks whose votes are kept (forgotten ``max_age_frames`` after last seen)."""
+        return {"label_tracks": len(self.state)}
+
     def __call__(self, frame: Frame, detections: Detections) -> Detections:
         cfg = self.config
         self._frame_index = frame.index

@@ -34,6 +34,8 @@ failed,corrupt}_total``, ``..._reconnects_total``
                                                     saturated
 ``tapetum_queue_depth{source,queue}``               frames waiting (``source``, ``post``)
 ``tapetum_sink_queue_depth``, ``..._dropped_total``  per sink
+``tapetum_state_entries{source,structure}``         per-track state held (tracker tracks,
+``tapetum_sink_state_entries{sink,structure}``      forecasts, votes; trail points)
 ``tapetum_stage_latency_seconds{source,stage}``     histogram; buckets every 10 ms up to
                                                     the 100 ms SLO, then coarser
 ``tapetum_detections_per_frame``                    histogram per ``source``
@@ -352,7 +354,24 @@ def _queue_families(pipeline: Pipeline) -> Iterator[Any]:
     )
     for name, n in pipeline.sink_queue_depths().items():
         sinks.add_metric([name], n)
-    yield from (queue, sinks)
+    state = GaugeMetricFamily(
+        "tapetum_state_entries",
+        "Per-track state held now by a stream's tracker and enrichers; level on a long "
+        "run, as the state of ended tracks is dropped.",
+        labels=["source", "structure"],
+    )
+    for sid, held in pipeline.state_sizes().items():
+        for structure, n in held.items():
+            state.add_metric([sid, structure], n)
+    sink_state = GaugeMetricFamily(
+        "tapetum_sink_state_entries",
+        "Per-track state held now by a sink (the annotated video's trail points).",
+        labels=["sink", "structure"],
+    )
+    for name, held in pipeline.sink_state_sizes().items():
+        for structure, n in held.items():
+            sink_state.add_metric([name, structure], n)
+    yield from (queue, sinks, state, sink_state)
 
 
 def _histogram(

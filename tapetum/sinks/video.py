@@ -134,6 +134,10 @@ class AnnotatedVideoSink:
         scene = self._label.annotate(scene, sv_det, labels=labels)
         return draw_forecasts(scene, det)
 
+    def state_sizes(self) -> dict[str, int]:
+        """Trail points held (the last ``trail_length`` frames' track centres)."""
+        return {"trail_points": len(self._trace.trace.xy) if self._trace is not None else 0}
+
     def write(self, result: FrameResult) -> None:
         import av
 

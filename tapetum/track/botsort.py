@@ -243,6 +243,10 @@ class BoTSortTracker:
         if self._cmc is not None:
             self._cmc.reset()
 
+    def state_sizes(self) -> dict[str, int]:
+        """Tracks held now, each with its embedding (ended tracks are deleted)."""
+        return {"tracker_tracks": int(self._core.state.n)}
+
     @property
     def frame_id(self) -> int:
         """Number of frames seen since construction or the last ``reset``."""

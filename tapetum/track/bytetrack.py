@@ -164,6 +164,10 @@ class ByteTracker:
         self._frame_id = 0
         self._last = Detections.empty()
 
+    def state_sizes(self) -> dict[str, int]:
+        """Tracks held now (tracked, lost and unconfirmed; ended ones are deleted)."""
+        return {"tracker_tracks": int(self._core.state.n)}
+
     @property
     def frame_id(self) -> int:
         """Number of frames seen since construction or the last ``reset``."""

@@ -660,6 +660,10 @@ class ForecastEnricher:
     def __call__(self, frame: Frame, detections: Detections) -> Detections:
         return forecast_detections(self.forecaster, detections, frame.timestamp_s, self.horizons_s)
 
+    def state_sizes(self) -> dict[str, int]:
+        """Tracks the forecaster holds (dropped ``max_age_s`` after their last update)."""
+        return {"forecast_tracks": int(self.forecaster.track_ids.shape[0])}
+
 
 #: Forecaster settings for detector boxes (noisier than ground truth): measured in
 #: ``tapetum.eval.forecast`` with box jitter 0.05 h, they tie CA on accuracy and keep CV's

@@ -213,6 +213,10 @@ class OCSortTracker:
         self._coasted = 0
         self._last = Detections.empty()
 
+    def state_sizes(self) -> dict[str, int]:
+        """Tracks held now (tracked, lost and unconfirmed; ended ones are deleted)."""
+        return {"tracker_tracks": int(self._n_tracks)}
+
     @property
     def frame_id(self) -> int:
         """Number of frames seen since construction or the last ``reset``."""

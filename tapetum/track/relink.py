@@ -496,6 +496,13 @@ class RelinkingTracker:
         self.relinker.reset()
         self._frames = 0
 
+    def state_sizes(self) -> dict[str, int]:
+        """The wrapped tracker's state (when it reports it) and the tracklets the re-linker
+        remembers."""
+        inner = getattr(self.tracker, "state_sizes", None)
+        sizes: dict[str, int] = dict(inner()) if callable(inner) else {}
+        return {**sizes, "relink_tracklets": len(self.relinker)}
+
 
 def _centres(boxes: Float64Array) -> Float64Array:
     out: Float64Array = np.stack(

@@ -93,7 +93,9 @@ def test_bucket_counts_by_row_grow_on_demand() -> None:
 # ------------------------------------------------------------------------ names and labels
 
 #: Labels a tapetum_ series may carry; anything else (track id, frame, request) is a leak.
-ALLOWED_LABELS = {"source", "class", "stage", "queue", "state", "sink", "signal", "gpu", "le"}
+ALLOWED_LABELS = {
+    "source", "class", "stage", "queue", "state", "sink", "signal", "gpu", "structure", "le",
+}  # fmt: skip
 
 
 def test_metric_names_follow_prometheus_conventions() -> None:
