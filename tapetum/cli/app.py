@@ -143,6 +143,15 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
     realtime: Annotated[
         bool, typer.Option("--realtime", help="Pace files at their native frame rate.")
     ] = False,
+    loop: Annotated[
+        bool,
+        typer.Option(
+            "--loop",
+            help="Replay files and image folders from the start when they end, until "
+            "Ctrl-C (frame indexes and timestamps keep counting up). Live streams reconnect "
+            "instead.",
+        ),
+    ] = False,
     video: Annotated[
         bool, typer.Option("--video/--no-video", help="Write annotated video.")
     ] = True,
@@ -306,6 +315,7 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         imgsz=imgsz,
         arch=arch,
         realtime=realtime,
+        loop=loop,
         video=video,
         trail=trail,
         forecast=forecast,
@@ -455,6 +465,7 @@ class RunOptions:
 
 def _monitoring(
     *,
+    loop: bool = False
     model_path: Path,
     resolved: ResolvedModel | None,
     port: int | None,
@@ -500,7 +511,7 @@ def _is_live(opts: RunOptions) -> bool:
     """Sources that run until stopped, or files paced like cameras: worth following."""
     from tapetum.sources.video import is_live_url
 
-    return opts.realtime or any(is_live_url(s) for s in opts.sources)
+    return opts.realtime or opts.loop or any(is_live_url(s) for s in opts.sources)
 
 
 def _follow_alias(
@@ -615,11 +626,13 @@ def _build(
     opened: list[Source] = []
     seen: dict[str, int] = {}
     for uri in opts.sources:
-        src = open_source(uri, realtime=opts.realtime)
+        src = open_source(uri, realtime=opts.realtime, loop=opts.loop)
         n = seen.get(src.source_id, 0)
         seen[src.source_id] = n + 1
         if n:  # two sources with one name (a.mp4 in two folders): number the later ones
-            src = open_source(uri, realtime=opts.realtime, source_id=f"{src.source_id}-{n}")
+            src = open_source(
+                uri, realtime=opts.realtime, loop=opts.loop, source_id=f"{src.source_id}-{n}"
+            )
         opened.append(src)
     detector = experiment.detector if experiment is not None else _make_detector(opts, opts.model)
     if scheduler is not None:

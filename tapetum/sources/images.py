@@ -48,6 +48,8 @@ class ImageFolderSource(SourceBase):
             iteration started plus ``index / fps``; without it, the wall-clock time at which
             the image was decoded (seconds since the epoch in both cases).
         realtime: deliver images at ``fps`` (needs ``fps``).
+        loop: start over from the first image after the last, until ``stop`` is set;
+            indexes (and timestamps) keep counting up across the passes.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class ImageFolderSource(SourceBase):
         source_id: str | None = None,
         fps: float | None = None,
         realtime: bool = False,
+        loop: bool = False,
     ) -> None:
         self._folder = Path(folder)
         if not self._folder.is_dir():
@@ -84,6 +87,7 @@ class ImageFolderSource(SourceBase):
         self._source_id = source_id or sanitise_source_id(self._folder.resolve().name)
         self._fps = fps
         self._realtime = realtime
+        self._loop = loop
         self._stats = SourceStats()
         self._live = False
 
@@ -93,14 +97,31 @@ class ImageFolderSource(SourceBase):
         return list(self._paths)
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
-        """Yield one BGR frame per readable image until the folder ends or ``stop`` is set."""
-        import cv2
-
+        """Yield one BGR frame per readable image until the folder ends (every pass of it,
+        with ``loop``; a pass with no readable image ends it) or ``stop`` is set."""
         start_epoch_s = time.time()
         start_monotonic_s = time.monotonic()
-        for index, path in enumerate(self._paths):
+        first_index = 0
+        while not stop.is_set():
+            decoded_before = self._stats.frames_decoded
+            yield from self._one_pass(stop, first_index, start_epoch_s, start_monotonic_s)
+            first_index += len(self._paths)
+            if not self._loop or self._stats.frames_decoded == decoded_before:
+                return
+
+    def _one_pass(
+        self,
+        stop: threading.Event,
+        first_index: int,
+        start_epoch_s: float,
+        start_monotonic_s: float,
+    ) -> Iterator[Frame]:
+        import cv2
+
+        for position, path in enumerate(self._paths):
             if stop.is_set():
                 return
+            index = first_index + position
             decoded = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if decoded is None:
                 self._stats.frames_corrupt += 1

@@ -214,6 +214,9 @@ class VideoSource(SourceBase):
             Default None keeps FFmpeg's: damaged pictures are concealed and flagged corrupt,
             which this source counts and skips. ``"explode"`` drops whole packets on the
             first bitstream error instead, losing every frame until the next keyframe.
+        loop: a file starts over when it ends, until ``stop`` is set (soak tests, a demo
+            screen): frame indexes and timestamps keep counting up across the passes, as
+            a camera's would. Ignored for live streams, which reconnect instead.
         decoder_threads: FFmpeg decoder threads; 0 lets FFmpeg pick one per core. The
             default 1 suits the pipeline, which already runs streams and stages in
             parallel: frame threading adds a frame of delay per extra thread and, with
@@ -235,6 +238,7 @@ class VideoSource(SourceBase):
         read_timeout_s: float = 5.0,
         rtsp_transport: str = "tcp",
         err_detect: str | None = None,
+        loop: bool = False,
         decoder_threads: int = 1,
         ffmpeg_options: Mapping[str, str] | None = None,
     ) -> None:
@@ -259,6 +263,7 @@ class VideoSource(SourceBase):
             )
         self._source_id = source_id or default_source_id(self._uri)
         self._realtime = realtime and not self._live
+        self._loop = loop and not self._live
         self._reconnect_initial_delay_s = reconnect_initial_delay_s
         self._reconnect_max_delay_s = reconnect_max_delay_s
         self._reconnect_max_attempts = reconnect_max_attempts
@@ -300,10 +305,12 @@ class VideoSource(SourceBase):
         ``stats.frames_corrupt`` and skipped (a flagged frame keeps its index, leaving a gap).
         A live stream that errors or ends is reopened with backoff; after
         ``reconnect_max_attempts`` consecutive failures it is given up with a warning and
-        the generator ends normally.
+        the generator ends normally. A looped file is reopened at its end; a pass that
+        yields no frame ends it (nothing to loop over).
 
         Raises:
-            SourceError: only when the source cannot be opened at all.
+            SourceError: when the source cannot be opened at all (or a looped file has
+                gone when it is reopened).
         """
         current: InputContainer | None = (
             self._container if self._container is not None else self._open()
@@ -319,8 +326,14 @@ class VideoSource(SourceBase):
                 next_index = yield from self._decode(current, stop, clock, next_index)
                 current.close()
                 current = None
-                if not self._live or stop.is_set():
+                if stop.is_set():
                     return
+                if not self._live:
+                    if not self._loop or next_index == first_index:
+                        return
+                    current = self._open()
+                    clock.new_connection()  # pts restart at 0: the clock carries on
+                    continue
                 # A connection that yielded no frame counts as a failed attempt, so a server
                 # that accepts and hangs up at once cannot keep the source alive forever.
                 failed_attempts = 0 if next_index > first_index else failed_attempts + 1
