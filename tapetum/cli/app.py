@@ -361,9 +361,13 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
     watcher = None
     if resolved is not None and resolved.alias and model_poll > 0 and _is_live(options):
         watcher = _follow_alias(pipeline, options, resolved, model_poll, registry)
+    from tapetum.core.memory import MemoryTrimmer
+
+    trimmer = MemoryTrimmer().start()  # freed frames back to the OS (tapetum.core.memory)
     try:
         stats = _run_with_progress(pipeline, quiet, watcher)
     finally:
+        trimmer.stop()
         if watcher is not None:
             watcher.stop()
         if monitoring is not None:

@@ -387,9 +387,14 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
         access_log=False,
         **(tls.uvicorn_options() if tls is not None else {}),
     )
+    from tapetum.core.memory import MemoryTrimmer
+
+    # freed frames of ended streams and requests back to the OS (tapetum.core.memory)
+    trimmer = MemoryTrimmer().start()
     try:
         _Server(config).run()
     finally:
+        trimmer.stop()
         if follower is not None:
             follower.stop()
         if grpc_server is not None:

@@ -29,10 +29,16 @@ class LatencySummary:
 
 
 class LatencyRecorder:
-    """Keeps the most recent ``capacity`` samples of one stage (a ring buffer)."""
+    """Keeps the most recent ``capacity`` samples of one stage (a ring buffer).
+
+    Samples are float32 milliseconds (7 significant digits). The buffer is written through
+    once when created (``np.full``, not ``np.zeros``, whose pages the OS maps only when
+    first written): its memory is resident from the start and stays level, instead of
+    growing by 4 bytes a sample until the ring wraps, which on a long run reads as a leak.
+    """
 
     def __init__(self, capacity: int = 200_000) -> None:
-        self._buf = np.zeros(capacity, np.float64)
+        self._buf = np.full(capacity, 0.0, np.float32)
         self._n = 0
         self._lock = threading.Lock()
 
@@ -61,10 +67,17 @@ class LatencyRecorder:
         return LatencySummary(total, float(p50), float(p95), float(p99), float(values.max()))
 
 
-class StageTimers:
-    """One :class:`LatencyRecorder` per named stage, created on first use."""
+#: Samples kept per stage of a pipeline: the most recent 65,536 frames (44 min at 25 FPS),
+#: 256 KB a stage, resident from the pipeline's start.
+STAGE_SAMPLES = 65_536
 
-    def __init__(self) -> None:
+
+class StageTimers:
+    """One :class:`LatencyRecorder` of ``capacity`` samples per named stage, created on
+    first use."""
+
+    def __init__(self, capacity: int = STAGE_SAMPLES) -> None:
+        self._capacity = capacity
         self._recorders: dict[str, LatencyRecorder] = {}
         self._lock = threading.Lock()
 
@@ -72,7 +85,9 @@ class StageTimers:
         rec = self._recorders.get(stage)
         if rec is None:
             with self._lock:
-                rec = self._recorders.setdefault(stage, LatencyRecorder())
+                rec = self._recorders.get(stage)
+                if rec is None:
+                    rec = self._recorders[stage] = LatencyRecorder(self._capacity)
         return rec
 
     def add_ms(self, stage: str, value_ms: float) -> None:
