@@ -36,10 +36,14 @@ __all__ = [
     "top1_agreement",
 ]
 
-#: Kept in float by default (measured on EfficientNet-Lite0, see the README's
-#: Classification section): nothing at the stem, only the ops after the last conv.
-DEFAULT_FLOAT_STEM = 0
-DEFAULT_FLOAT_HEAD = "tail"
+#: Kept in float by default, as for the detectors: the first 3 convolutions and the head's
+#: last conv onwards. Measured on EfficientNet-Lite0 at 224 (841 coco128 val2017 box crops,
+#: MinMax on 256 train2017 crops): top-1 agreement with FP32 0.78 with nothing kept float,
+#: 0.85 with this, 0.89 with 8 stem convs float, at 2.1x, 2.0x and 1.7x FP32's speed on one
+#: thread. Crops FP32 is sure of (p >= 0.5) agree in every setting; the disagreements are
+#: near-ties among 1000 ImageNet classes on crops ImageNet has no class for.
+DEFAULT_FLOAT_STEM = 3
+DEFAULT_FLOAT_HEAD = "head"
 
 
 @dataclass(frozen=True, slots=True)

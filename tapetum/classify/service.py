@@ -175,8 +175,11 @@ class ClassifierService:
     Args:
         classifier: the model (its ``spec`` says how to cut crops).
         label_map: classes → labels; None keeps the classifier's own classes.
-        max_batch: most crops in one model call.
-        queue_crops: most crops waiting before asynchronous jobs are dropped (oldest first).
+        max_batch: most crops in one model call (on one CPU thread a crop costs the same in
+            a batch of 8 as of 32: bigger calls only delay answers).
+        queue_crops: most crops waiting (the policy applies beyond): it bounds how late an
+            asynchronous label can be when the classifier falls behind (about
+            ``queue_crops`` / crops per frame frames).
         max_wait_ms: how long the worker waits after the first job for more crops to join
             its call (0: take what is queued; jobs that arrive during a call join the next).
         policy: what a full queue does with an asynchronous job (see the module docstring).
@@ -190,8 +193,8 @@ class ClassifierService:
         classifier: CropClassifier,
         label_map: LabelMap | None = None,
         *,
-        max_batch: int = 32,
-        queue_crops: int = 128,
+        max_batch: int = 16,
+        queue_crops: int = 32,
         max_wait_ms: float = 0.0,
         policy: DropPolicy = DropPolicy.DROP_OLDEST,
     ) -> None:
