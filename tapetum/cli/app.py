@@ -465,11 +465,11 @@ class RunOptions:
     max_interval: int = 4
     priorities: tuple[str, ...] = ()
     relink: bool | None = None
+    loop: bool = False
 
 
 def _monitoring(
     *,
-    loop: bool = False
     model_path: Path,
     resolved: ResolvedModel | None,
     port: int | None,
