@@ -196,7 +196,11 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         ),
     ] = None,
     max_batch: Annotated[
-        int | None, typer.Option(help="Frames per inference (default: one per source).")
+        int | None,
+        typer.Option(
+            help="Frames per inference (default: 1 on a CPU, where batches buy no speed; on a "
+            "GPU the streams shared out over the inference workers)."
+        ),
     ] = None,
     max_wait_ms: Annotated[float, typer.Option(help="Max wait of a frame for a batch.")] = 5.0,
     drop_policy: Annotated[
