@@ -166,7 +166,7 @@ def test_series_carry_only_bounded_labels(stack: Stack) -> None:
     allowed = {
         "__name__", "job", "instance", "source", "class", "stage", "queue", "state", "sink",
         "signal", "gpu", "le", "model", "version", "route", "method", "status", "endpoint",
-        "name", "to",
+        "name", "to", "policy", "structure",
     }  # fmt: skip
     for name in ours:
         for series in stack.prometheus.api("series", **{"match[]": name}):
