@@ -15,3 +15,10 @@ def test_auto_plan_shares_cores_between_workers() -> None:
 def test_single_core_gets_one_worker() -> None:
     assert plan_cpu_workers(cores=1) == (1, 1)
     assert plan_cpu_workers(threads=2, cores=2) == (1, 2)
+
+
+def test_sessions_run_without_the_cpu_arena_unless_asked() -> None:
+    from tapetum.detect.runtime import RuntimeOptions, make_session_options
+
+    assert make_session_options(RuntimeOptions(), 1).enable_cpu_mem_arena is False
+    assert make_session_options(RuntimeOptions(cpu_mem_arena=True), 1).enable_cpu_mem_arena
