@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -152,6 +152,16 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
             "instead.",
         ),
     ] = False,
+    reconnect_attempts: Annotated[
+        int,
+        typer.Option(
+            "--reconnect-attempts",
+            min=0,
+            help="Live streams: failed reconnect attempts in a row (backing off to 10 s "
+            "apart) after which a stream is given up, ending the run with exit code 1 "
+            "once the other streams end; 0 keeps trying for as long as the run lasts.",
+        ),
+    ] = 10,
     video: Annotated[
         bool, typer.Option("--video/--no-video", help="Write annotated video.")
     ] = True,
@@ -320,6 +330,7 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
         arch=arch,
         realtime=realtime,
         loop=loop,
+        reconnect_attempts=reconnect_attempts,
         video=video,
         trail=trail,
         forecast=forecast,
@@ -404,6 +415,9 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
     if len(failed) == len(stats.streams):
         raise _fail("; ".join(s.error or "" for s in failed))
     _check_outputs(stats, summary, summary_error)
+    ended = [f"{s.source_id}: {s.error}" for s in stats.streams if s.error]
+    if ended:  # e.g. a camera given up after its reconnect attempts: a supervisor must know
+        raise _fail("stream ended early: " + "; ".join(ended), code=1)
 
 
 def _write_summary(path: Path, summary: dict[str, object]) -> str | None:
@@ -470,6 +484,7 @@ class RunOptions:
     priorities: tuple[str, ...] = ()
     relink: bool | None = None
     loop: bool = False
+    reconnect_attempts: int = 10
 
 
 def _monitoring(
@@ -610,6 +625,7 @@ def _build(
     from tapetum.pipeline import DropPolicy, Enricher, Pipeline, PipelineConfig
     from tapetum.sinks import AnnotatedVideoSink, JsonlSink, Sink
     from tapetum.sources import Source, open_source
+    from tapetum.sources.video import LIVE_SCHEMES, url_scheme
     from tapetum.track import Tracker, make_tracker
     from tapetum.track.forecast import DETECTOR_CV_CONFIG, ForecastEnricher
     from tapetum.track.forecast_model import StreamForecasters
@@ -634,12 +650,21 @@ def _build(
     opened: list[Source] = []
     seen: dict[str, int] = {}
     for uri in opts.sources:
-        src = open_source(uri, realtime=opts.realtime, loop=opts.loop)
+        live: dict[str, Any] = (
+            {"reconnect_max_attempts": opts.reconnect_attempts or None}
+            if url_scheme(uri) in LIVE_SCHEMES
+            else {}
+        )
+        src = open_source(uri, realtime=opts.realtime, loop=opts.loop, **live)
         n = seen.get(src.source_id, 0)
         seen[src.source_id] = n + 1
         if n:  # two sources with one name (a.mp4 in two folders): number the later ones
             src = open_source(
-                uri, realtime=opts.realtime, loop=opts.loop, source_id=f"{src.source_id}-{n}"
+                uri,
+                realtime=opts.realtime,
+                loop=opts.loop,
+                source_id=f"{src.source_id}-{n}",
+                **live,
             )
         opened.append(src)
     detector = experiment.detector if experiment is not None else _make_detector(opts, opts.model)

@@ -205,7 +205,10 @@ class VideoSource(SourceBase):
             doubles with each failed attempt.
         reconnect_max_delay_s: cap on the wait between reconnect attempts.
         reconnect_max_attempts: consecutive failed attempts (open failures or connections
-            that yield no frame) after which a live stream is given up and ``frames`` ends.
+            that yield no frame) after which a live stream is given up: ``frames`` raises
+            ``SourceError`` saying so (a pipeline records it as the stream's error). None
+            never gives up (a camera that must be back whenever it comes back), retrying
+            every ``reconnect_max_delay_s`` once the backoff has grown to it.
         open_timeout_s: longest wait for a stream to open (connect, handshake, probe).
         read_timeout_s: longest wait for data from an open stream before it counts as
             dropped. Also bounds how long ``stop`` can take to act during a blocked read.
@@ -233,7 +236,7 @@ class VideoSource(SourceBase):
         realtime: bool = False,
         reconnect_initial_delay_s: float = 0.5,
         reconnect_max_delay_s: float = 10.0,
-        reconnect_max_attempts: int = 10,
+        reconnect_max_attempts: int | None = 10,
         open_timeout_s: float = 10.0,
         read_timeout_s: float = 5.0,
         rtsp_transport: str = "tcp",
@@ -256,9 +259,10 @@ class VideoSource(SourceBase):
                 "reconnect delays must be > 0, got reconnect_initial_delay_s="
                 f"{reconnect_initial_delay_s}, reconnect_max_delay_s={reconnect_max_delay_s}"
             )
-        if reconnect_max_attempts < 0 or open_timeout_s <= 0 or read_timeout_s <= 0:
+        attempts = 0 if reconnect_max_attempts is None else reconnect_max_attempts
+        if attempts < 0 or open_timeout_s <= 0 or read_timeout_s <= 0:
             raise ConfigError(
-                "reconnect_max_attempts must be >= 0 and timeouts > 0, got "
+                "reconnect_max_attempts must be >= 0 (or None) and timeouts > 0, got "
                 f"{reconnect_max_attempts}, {open_timeout_s} s, {read_timeout_s} s"
             )
         self._source_id = source_id or default_source_id(self._uri)
@@ -267,6 +271,7 @@ class VideoSource(SourceBase):
         self._reconnect_initial_delay_s = reconnect_initial_delay_s
         self._reconnect_max_delay_s = reconnect_max_delay_s
         self._reconnect_max_attempts = reconnect_max_attempts
+        self._last_failure: str | None = None  # why the latest reconnect attempt failed
         self._open_timeout_s = open_timeout_s
         self._read_timeout_s = read_timeout_s
         self._rtsp_transport = rtsp_transport
@@ -304,13 +309,13 @@ class VideoSource(SourceBase):
         Frames the decoder flags corrupt, and packets it rejects, are counted in
         ``stats.frames_corrupt`` and skipped (a flagged frame keeps its index, leaving a gap).
         A live stream that errors or ends is reopened with backoff; after
-        ``reconnect_max_attempts`` consecutive failures it is given up with a warning and
-        the generator ends normally. A looped file is reopened at its end; a pass that
-        yields no frame ends it (nothing to loop over).
+        ``reconnect_max_attempts`` consecutive failures it is given up: ``SourceError``
+        says so, after every frame read before it was yielded. A looped file is reopened
+        at its end; a pass that yields no frame ends it (nothing to loop over).
 
         Raises:
-            SourceError: when the source cannot be opened at all (or a looped file has
-                gone when it is reopened).
+            SourceError: when the source cannot be opened at all, a looped file has gone
+                when it is reopened, or a live stream is given up.
         """
         current: InputContainer | None = (
             self._container if self._container is not None else self._open()
@@ -336,8 +341,18 @@ class VideoSource(SourceBase):
                     continue
                 # A connection that yielded no frame counts as a failed attempt, so a server
                 # that accepts and hangs up at once cannot keep the source alive forever.
-                failed_attempts = 0 if next_index > first_index else failed_attempts + 1
+                if next_index > first_index:
+                    failed_attempts = 0
+                else:
+                    failed_attempts += 1
+                    self._last_failure = "the connection ended before a frame arrived"
                 current, failed_attempts = self._reopen(stop, failed_attempts)
+                if current is None and not stop.is_set():
+                    raise SourceError(
+                        f"{self._describe()}: gave up after {failed_attempts} failed "
+                        "reconnect attempts in a row"
+                        + (f" (last: {self._last_failure})" if self._last_failure else "")
+                    )
                 clock.new_connection()
         finally:
             if current is not None:
@@ -425,7 +440,8 @@ class VideoSource(SourceBase):
         ``failed_attempts`` counts failures since a connection last yielded a frame. Returns
         the open container (None when given up or stopped) and the updated count.
         """
-        while failed_attempts < self._reconnect_max_attempts:
+        limit = self._reconnect_max_attempts
+        while limit is None or failed_attempts < limit:
             delay_s = min(
                 self._reconnect_initial_delay_s * 2**failed_attempts, self._reconnect_max_delay_s
             )
@@ -436,21 +452,17 @@ class VideoSource(SourceBase):
             except SourceError as exc:
                 self._stats.errors += 1
                 failed_attempts += 1
+                self._last_failure = str(exc)
                 logger.info(
-                    "reconnect %d/%d failed: %s",
+                    "reconnect %d/%s failed: %s",
                     failed_attempts,
-                    self._reconnect_max_attempts,
+                    "inf" if limit is None else limit,
                     exc,
                 )
                 continue
             self._stats.reconnects += 1
             logger.info("%s: reconnected", self._describe())
             return container, failed_attempts
-        logger.warning(
-            "%s: giving up after %d failed reconnect attempts",
-            self._describe(),
-            self._reconnect_max_attempts,
-        )
         return None, failed_attempts
 
     def _open(self) -> InputContainer:

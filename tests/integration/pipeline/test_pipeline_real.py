@@ -360,7 +360,9 @@ def test_live_stream_that_drops_is_resumed_through_the_pipeline(
     (stream,) = stats.streams
     assert stream.is_live
     assert stream.reconnects >= 1
-    assert stream.error is None  # giving up on a dead stream ends it quietly
+    # giving up on a dead stream ends it, with the reason as its error
+    assert stream.error is not None
+    assert "gave up after 2 failed reconnect attempts" in stream.error
     assert stats.frames_processed > frames_before_cut
     assert stats.frames_processed == stats.frames_read
     # Indexes run on across the reconnect, and frames after it went through the pipeline;

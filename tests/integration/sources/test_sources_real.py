@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tapetum.core.frame import Frame
+from tapetum.errors import SourceError
 from tapetum.sources import VideoSource, open_source
 from tests.helpers import (
     CROWD_FPS,
@@ -125,7 +126,9 @@ def test_live_stream_reconnects_after_a_drop_then_gives_up(
         read_timeout_s=2.0,
     )
     started = time.monotonic()
-    frames = list(source.frames(threading.Event()))
+    frames: list[Frame] = []
+    with pytest.raises(SourceError, match="gave up after 3 failed reconnect attempts"):
+        frames.extend(source.frames(threading.Event()))
     elapsed_s = time.monotonic() - started
 
     assert source.is_live
@@ -138,7 +141,7 @@ def test_live_stream_reconnects_after_a_drop_then_gives_up(
     assert indexes == sorted(set(indexes))
     assert indexes[-1] + 1 == len(frames) + source.stats.frames_corrupt
     assert np.all(np.diff([f.timestamp_s for f in frames]) > 0)
-    # cut + 3 failed reopens (404) are all counted; then it gives up on its own, quickly.
+    # cut + 3 failed reopens (404) are all counted; then it gives up, quickly, saying so.
     assert source.stats.errors >= 4
     assert flaky_stream.requests == 5
     assert elapsed_s < 5.0

@@ -109,7 +109,9 @@ def test_the_worker_joins_the_crops_of_many_frames_and_streams_in_one_call() -> 
 
 def test_a_drain_at_the_end_answers_every_crop_and_counts_add_up() -> None:
     clf = ScriptedClassifier()
-    with ClassifierService(clf, max_batch=4) as service:
+    # A queue for every crop the frames ask for (at most 4 a frame): nothing is dropped
+    # however far the worker falls behind on a busy machine (drops have a test of their own).
+    with ClassifierService(clf, max_batch=4, queue_crops=240) as service:
         enrich = ClassificationEnricher(service, ClassifyConfig(min_box_px=0, every=3))
         for i in range(60):
             tracks = [t for t in range(4) if (i // (10 * (t + 1))) % 2 == 0]  # come and go
