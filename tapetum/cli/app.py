@@ -294,6 +294,9 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
     ] = None,
 ) -> None:
     """Detect and track objects in SOURCES; write tracks (JSONL), annotated video and a summary."""
+    from tapetum.core.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any thread starts (tapetum.core.memory)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if model_poll < 0:
         raise _fail(f"--model-poll must be ≥ 0 seconds, got {model_poll}")

@@ -250,7 +250,9 @@ def serve_command(  # noqa: PLR0917 - typer maps parameters to options
     Both listen on --host; an address other than loopback needs --tls-cert/--tls-key (or
     --insecure)."""
     from tapetum._optional import import_optional
+    from tapetum.core.memory import limit_malloc_arenas
 
+    limit_malloc_arenas()  # before any thread starts (tapetum.core.memory)
     uvicorn = import_optional("uvicorn", "serve", "tapetum serve")
     import_optional("fastapi", "serve", "tapetum serve")
     from tapetum.detect.providers import parse_provider_list

@@ -10,7 +10,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tapetum.core.memory import MemoryTrimmer, release_free_memory
+from tapetum.core.memory import MemoryTrimmer, limit_malloc_arenas, release_free_memory
 
 glibc = pytest.mark.skipif(not release_free_memory(), reason="needs glibc's malloc_trim")
 
@@ -55,3 +55,18 @@ def test_the_trimmer_trims_on_its_interval_until_stopped() -> None:
 def test_an_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="interval_s"):
         MemoryTrimmer(interval_s=0)
+
+
+@glibc
+def test_the_arena_cap_is_left_to_a_user_who_set_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert not limit_malloc_arenas(2)
+
+
+@glibc
+def test_the_arena_cap_is_set_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert limit_malloc_arenas(16)  # glibc's own default on two cores: changes nothing here
+    with pytest.raises(ValueError, match="arenas"):
+        limit_malloc_arenas(0)
