@@ -40,18 +40,23 @@ log = logging.getLogger(__name__)
 
 
 @cache
-def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    """glibc's ``malloc_trim``, or None where the C library has none."""
+def _glibc() -> ctypes.CDLL | None:
+    """The C library if it is glibc (it has ``malloc_trim``; musl has a ``mallopt`` that
+    ignores every parameter), else None."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
+        libc = ctypes.CDLL(name)
+    except OSError:
         return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
+    if not hasattr(libc, "malloc_trim") or not hasattr(libc, "mallopt"):
+        return None
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.malloc_trim.restype = ctypes.c_int
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.mallopt.restype = ctypes.c_int
+    return libc
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:
@@ -72,25 +77,8 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         raise ValueError(f"arenas must be >= 1, got {arenas}")
     if any(name in os.environ for name in _ARENA_ENV):
         return False
-    mallopt = _mallopt()
-    return mallopt is not None and bool(mallopt(_M_ARENA_MAX, arenas))
-
-
-@cache
-def _mallopt() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    """glibc's ``mallopt``, or None where the C library has no ``malloc_trim`` (not glibc:
-    musl has a ``mallopt`` that ignores every parameter)."""
-    if _malloc_trim() is None:
-        return None
-    name = ctypes.util.find_library("c")
-    assert name is not None  # found for malloc_trim
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except AttributeError:
-        return None
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return mallopt
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(_M_ARENA_MAX, arenas))
 
 
 def release_free_memory() -> bool:
@@ -99,10 +87,10 @@ def release_free_memory() -> bool:
     Returns:
         True if the C library has it (whether or not anything was released).
     """
-    trim = _malloc_trim()
-    if trim is None:
+    libc = _glibc()
+    if libc is None:
         return False
-    trim(0)
+    libc.malloc_trim(0)
     return True
 
 
@@ -128,7 +116,7 @@ class MemoryTrimmer:
 
     def start(self) -> MemoryTrimmer:
         """Start trimming (no thread where the C library cannot trim); returns self."""
-        if self._thread is None and _malloc_trim() is not None:
+        if self._thread is None and _glibc() is not None:
             self._thread = threading.Thread(target=self._run, name="memory-trim", daemon=True)
             self._thread.start()
         return self
