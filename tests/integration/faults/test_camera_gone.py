@@ -25,6 +25,18 @@ from tests.integration.serve_harness import free_port
 pytestmark = pytest.mark.integration
 
 
+def _quick_to_retry(camera: Camera, attempts: int | None) -> VideoSource:
+    """A reader of ``camera`` that retries every 20-50 ms, ``attempts`` times in a row."""
+    return VideoSource(
+        camera.url,
+        reconnect_initial_delay_s=0.02,
+        reconnect_max_delay_s=0.05,
+        reconnect_max_attempts=attempts,
+        open_timeout_s=2.0,
+        read_timeout_s=1.0,
+    )
+
+
 def test_a_camera_gone_for_good_ends_the_run_with_an_error_and_whole_files(
     camera_clip: Path, yolox_path: Path, tmp_path: Path
 ) -> None:
@@ -77,14 +89,7 @@ def test_without_a_limit_the_source_keeps_trying_until_the_camera_is_back(
 ) -> None:
     camera = Camera(camera_clip, "tcp", free_port(), CLIP_S)
     camera.start()
-    source = VideoSource(
-        camera.url,
-        reconnect_initial_delay_s=0.02,
-        reconnect_max_delay_s=0.05,
-        reconnect_max_attempts=None,
-        open_timeout_s=2.0,
-        read_timeout_s=1.0,
-    )
+    source = _quick_to_retry(camera, attempts=None)
     stop = threading.Event()
     frames: list[int] = []
     failure: list[BaseException] = []
@@ -120,13 +125,7 @@ def test_without_a_limit_the_source_keeps_trying_until_the_camera_is_back(
 def test_a_limit_of_attempts_gives_the_stream_up_with_a_reason(camera_clip: Path) -> None:
     camera = Camera(camera_clip, "tcp", free_port(), CLIP_S)
     camera.start()
-    source = VideoSource(
-        camera.url,
-        reconnect_initial_delay_s=0.02,
-        reconnect_max_delay_s=0.05,
-        reconnect_max_attempts=3,
-        read_timeout_s=1.0,
-    )
+    source = _quick_to_retry(camera, attempts=3)
     frames = 0
     started = time.monotonic()
     try:
