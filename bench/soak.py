@@ -434,6 +434,39 @@ def analyse(samples: list[Sample], warmup_s: float) -> dict[str, Any]:
         "rss_target_met": bool(abs(slope_10k) < TARGET_MB_PER_10K_FRAMES),
         "fds_flat": flat([s.fds for s in after]),
         "threads_flat": flat([s.threads for s in after]),
+        **idle_floors(samples, warmup_s),
+    }
+
+
+def idle_floors(samples: list[Sample], warmup_s: float) -> dict[str, Any]:
+    """Serve mode: the resident memory a server keeps between its streams. Each stretch of
+    samples with no stream running (no queue reported) gives its lowest RSS (after the
+    server's periodic trim); the slope of those floors after warm-up is what the server
+    holds on to for good, without the swing of a stream's own working memory that the fit
+    over all samples carries. Empty when the run had fewer than three idle stretches."""
+    floors: list[Sample] = []
+    stretch: list[Sample] = []
+    for s in [*samples, None]:
+        if s is not None and not s.queues:
+            stretch.append(s)
+            continue
+        if stretch:
+            floors.append(min(stretch, key=lambda x: x.rss_mb))
+            stretch = []
+    after = [f for f in floors if f.t_s >= warmup_s]
+    if len(after) < 3:
+        return {}
+    frames = np.array([f.frames for f in after], np.float64)
+    t = np.array([f.t_s for f in after], np.float64)
+    rss = np.array([f.rss_mb for f in after], np.float64)
+    per_frame, per_frame_se = fit_slope(frames, rss)
+    per_s, _ = fit_slope(t, rss)
+    return {
+        "idle_stretches_after_warmup": len(after),
+        "idle_floor_mb": {"first": float(rss[0]), "last": float(rss[-1])},
+        "idle_floor_slope_mb_per_10k_frames": round(per_frame * 1e4, 3),
+        "idle_floor_slope_se_mb_per_10k_frames": round(per_frame_se * 1e4, 3),
+        "idle_floor_slope_mb_per_hour": round(per_s * 3600, 2),
     }
 
 

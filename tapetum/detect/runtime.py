@@ -82,13 +82,17 @@ class RuntimeOptions:
             ``i ≥ 1`` goes to ``cpu_cores[i % len]``; the calling thread, which does a share
             of each run, stays where the OS puts it. With ``intra_op_threads=0`` the session
             gets one thread per listed core.
-        cpu_mem_arena: keep ONNX Runtime's CPU memory arena. Off by default: the arena
-            holds on to the working memory of the largest batch it ever ran (a server whose
-            batch grows to 20 frames after a stall keeps that batch's activations for good),
-            while without it a run's buffers come from malloc and go back to the OS once
-            freed (:mod:`tapetum.core.memory`). At batch 1 the arena saves nothing measurable
-            on a CPU (yolox_nano p50 14.9 ms with it, 14.7 ms without); GPU providers keep
-            their own device arenas either way.
+        cpu_mem_arena: keep ONNX Runtime's CPU memory arena (on by default, as ONNX Runtime
+            has it). The arena reuses its blocks from run to run, so what it holds is
+            bounded by the largest batches the session ran (yolox_nano after batches of
+            16: about 200 MB, and no more however many follow) and the C allocator sees
+            no churn. Without it every tensor of every run is a malloc and a free: batched
+            runs cost more per image (on one thread, yolox_nano at batch 4-8 +13-20 %,
+            EfficientNet-Lite0 FP32 at 8-16 +35-40 %), and runs from several threads at
+            once (a server's request batcher beside its streams' workers) fragment
+            glibc's heaps, which then grow for as long as the load lasts (``bench/soak.py
+            --mode serve``). Off suits a process that runs a rare large batch and must
+            give that memory back.
     """
 
     intra_op_threads: int = 0
@@ -99,7 +103,7 @@ class RuntimeOptions:
     inter_op_threads: int = 1
     execution_mode: str = "sequential"
     cpu_cores: tuple[int, ...] | None = None
-    cpu_mem_arena: bool = False
+    cpu_mem_arena: bool = True
 
     def __post_init__(self) -> None:
         if self.execution_mode not in _EXECUTION_MODES:

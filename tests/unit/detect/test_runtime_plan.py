@@ -17,8 +17,8 @@ def test_single_core_gets_one_worker() -> None:
     assert plan_cpu_workers(threads=2, cores=2) == (1, 2)
 
 
-def test_sessions_run_without_the_cpu_arena_unless_asked() -> None:
+def test_sessions_keep_the_cpu_arena_unless_told_not_to() -> None:
     from tapetum.detect.runtime import RuntimeOptions, make_session_options
 
-    assert make_session_options(RuntimeOptions(), 1).enable_cpu_mem_arena is False
-    assert make_session_options(RuntimeOptions(cpu_mem_arena=True), 1).enable_cpu_mem_arena
+    assert make_session_options(RuntimeOptions(), 1).enable_cpu_mem_arena is True
+    assert not make_session_options(RuntimeOptions(cpu_mem_arena=False), 1).enable_cpu_mem_arena
