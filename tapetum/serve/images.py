@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -222,6 +223,15 @@ def _too_many_pixels_error(size: tuple[int, int] | None, lim: ImageLimits) -> Im
     )
 
 
+#: an object's default repr (``<_io.BytesIO object at 0x7f…>``): a heap address, which a
+#: client has no use for and should not learn.
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
 def _first_line(exc: BaseException) -> str:
+    """The error's first line for the client, without object reprs (Pillow names the
+    buffer it read: "cannot identify image file <_io.BytesIO object at 0x…>")."""
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    return _OBJECT_REPR.sub("the upload", text[0])

@@ -104,3 +104,11 @@ def test_mismatch_and_bomb_checked_before_decoding() -> None:
     with pytest.raises(ImageError) as info:
         decode_image(CASES["jpeg rgb"][0], "image/png")
     assert info.value.status == 415
+
+
+def test_unreadable_bytes_are_refused_without_a_heap_address() -> None:
+    with pytest.raises(ImageError) as info:
+        decode_image(b"GIF89a but not really an image at all", "image/png")
+    assert info.value.status == 422 and info.value.code == "corrupt_image"
+    assert "0x" not in str(info.value) and "BytesIO" not in str(info.value)
+    assert "cannot identify image file the upload" in str(info.value)
