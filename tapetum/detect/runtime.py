@@ -88,11 +88,10 @@ class RuntimeOptions:
             16: about 200 MB, and no more however many follow) and the C allocator sees
             no churn. Without it every tensor of every run is a malloc and a free: batched
             runs cost more per image (on one thread, yolox_nano at batch 4-8 +13-20 %,
-            EfficientNet-Lite0 FP32 at 8-16 +35-40 %), and runs from several threads at
-            once (a server's request batcher beside its streams' workers) fragment
-            glibc's heaps, which then grow for as long as the load lasts (``bench/soak.py
-            --mode serve``). Off suits a process that runs a rare large batch and must
-            give that memory back.
+            EfficientNet-Lite0 FP32 at 8-16 +35-40 %), and a server's memory rose all
+            the same (``bench/soak.py --mode serve``: it still rises with the arena, in
+            steps; see the README's soak table). Off suits a process that runs a rare
+            large batch and must give that memory back.
     """
 
     intra_op_threads: int = 0
