@@ -111,4 +111,11 @@ def test_unreadable_bytes_are_refused_without_a_heap_address() -> None:
         decode_image(b"GIF89a but not really an image at all", "image/png")
     assert info.value.status == 422 and info.value.code == "corrupt_image"
     assert "0x" not in str(info.value) and "BytesIO" not in str(info.value)
-    assert "cannot identify image file the upload" in str(info.value)
+
+
+def test_an_error_naming_the_buffer_reaches_the_client_without_its_address() -> None:
+    from tapetum.serve.images import _first_line
+
+    exc = OSError("cannot identify image file <_io.BytesIO object at 0x7f3a2c1d9e40>\nmore")
+    assert _first_line(exc) == "cannot identify image file the upload"
+    assert _first_line(ValueError("")) == "ValueError"
