@@ -394,6 +394,15 @@ def fit_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(slope), float(se)
 
 
+def rss_slopes(samples: list[Sample]) -> tuple[float, float, float]:
+    """RSS against frames processed (MB per frame, its standard error) and against time
+    (MB per second), by least squares."""
+    rss = np.array([s.rss_mb for s in samples], np.float64)
+    per_frame, per_frame_se = fit_slope(np.array([s.frames for s in samples], np.float64), rss)
+    per_s, _ = fit_slope(np.array([s.t_s for s in samples], np.float64), rss)
+    return per_frame, per_frame_se, per_s
+
+
 def analyse(samples: list[Sample], warmup_s: float) -> dict[str, Any]:
     """RSS slope after warm-up (per 10,000 frames and per hour), fds/threads ranges, and the
     range of every queue and state structure after warm-up."""
@@ -403,8 +412,7 @@ def analyse(samples: list[Sample], warmup_s: float) -> dict[str, Any]:
     frames = np.array([s.frames for s in after], np.float64)
     t = np.array([s.t_s for s in after], np.float64)
     rss = np.array([s.rss_mb for s in after], np.float64)
-    per_frame, per_frame_se = fit_slope(frames, rss)
-    per_s, _ = fit_slope(t, rss)
+    per_frame, per_frame_se, per_s = rss_slopes(after)
     cpu = (after[-1].cpu_s - after[0].cpu_s) / max(t[-1] - t[0], 1e-9)
 
     def span(values: list[float]) -> dict[str, float]:
@@ -456,14 +464,10 @@ def idle_floors(samples: list[Sample], warmup_s: float) -> dict[str, Any]:
     after = [f for f in floors if f.t_s >= warmup_s]
     if len(after) < 3:
         return {}
-    frames = np.array([f.frames for f in after], np.float64)
-    t = np.array([f.t_s for f in after], np.float64)
-    rss = np.array([f.rss_mb for f in after], np.float64)
-    per_frame, per_frame_se = fit_slope(frames, rss)
-    per_s, _ = fit_slope(t, rss)
+    per_frame, per_frame_se, per_s = rss_slopes(after)
     return {
         "idle_stretches_after_warmup": len(after),
-        "idle_floor_mb": {"first": float(rss[0]), "last": float(rss[-1])},
+        "idle_floor_mb": {"first": after[0].rss_mb, "last": after[-1].rss_mb},
         "idle_floor_slope_mb_per_10k_frames": round(per_frame * 1e4, 3),
         "idle_floor_slope_se_mb_per_10k_frames": round(per_frame_se * 1e4, 3),
         "idle_floor_slope_mb_per_hour": round(per_s * 3600, 2),
