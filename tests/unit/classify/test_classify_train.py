@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tapetum.classify.datasets import load_crop_set
+from tapetum.classify.spec import input_size
 from tapetum.classify.train import ClassifyTrainConfig, evaluate_predictions, plot_confusion
 from tapetum.errors import ConfigError, DatasetError
 
@@ -83,7 +84,8 @@ def test_the_confusion_matrix_is_written_as_a_png(tmp_path: Path) -> None:
     ("kwargs", "message"),
     [
         ({"mode": "full"}, "mode must be"),
-        ({"imgsz": 100}, "multiple of 32"),
+        ({"imgsz": 100}, "multiples of 32"),
+        ({"imgsz": (128, 48)}, "multiples of 32"),
         ({"unfreeze_stages": 0}, "unfreeze_stages"),
         ({"max_per_class": 0}, "max_per_class"),
     ],
@@ -91,3 +93,24 @@ def test_the_confusion_matrix_is_written_as_a_png(tmp_path: Path) -> None:
 def test_bad_training_settings(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         ClassifyTrainConfig(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(224, (224, 224)), ("128", (128, 128)), ("128x64", (128, 64)), ((96, 64), (96, 64))],
+)
+def test_input_sizes_are_square_or_height_by_width(
+    value: int | str | tuple[int, int], expected: tuple[int, int]
+) -> None:
+    assert input_size(value) == expected
+
+
+@pytest.mark.parametrize("value", ["", "x64", "128x64x3", "tall", "100", "128x0"])
+def test_bad_input_sizes_name_the_form(value: str) -> None:
+    with pytest.raises(ConfigError, match="input size must be"):
+        input_size(value)
+
+
+def test_a_tall_size_is_kept_as_height_and_width_and_a_square_as_one_side() -> None:
+    assert ClassifyTrainConfig(imgsz=(128, 64)).imgsz == (128, 64)
+    assert ClassifyTrainConfig(imgsz=(128, 128)).imgsz == 128
