@@ -29,7 +29,8 @@ from enum import StrEnum
 from typing import Any
 
 # The Ultralytics metadata parsers (``_parse_names``, ``_parse_imgsz``) are the detector
-# reader's own: one reading of ``names``/``imgsz`` for both tasks.
+# reader's own: one reading of ``names``/``imgsz`` for both tasks; ``input_size`` (a size
+# given by a user) is re-exported here for the classifier commands.
 from tapetum.detect.spec import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -40,8 +41,9 @@ from tapetum.detect.spec import (
     ResizeMode,
     _parse_imgsz,
     _parse_names,
+    input_size,
 )
-from tapetum.errors import ClassifierError, ConfigError
+from tapetum.errors import ClassifierError
 
 log = logging.getLogger(__name__)
 
@@ -58,33 +60,6 @@ __all__ = [
 CLASSIFIER_FAMILY = "classifier"
 #: Letterbox padding of ImageNet models: the mean colour (RGB 0-255), zero once normalised.
 IMAGENET_PAD = (124, 116, 104)
-
-
-def input_size(value: int | tuple[int, int] | str) -> tuple[int, int]:
-    """A classifier input size as ``(height, width)``: ``224`` or ``"224"`` is square,
-    ``"128x64"`` (or ``(128, 64)``) is height × width, e.g. a tall input for person crops
-    (a 1:2 person box letterboxed into a square input is half padding). Each side a
-    multiple of 32.
-
-    Raises:
-        ConfigError: not a size, or a side that is not a multiple of 32 (≥ 32).
-    """
-    if isinstance(value, str):
-        parts = value.lower().replace("×", "x").split("x")
-        try:
-            sides = [int(p) for p in parts]
-        except ValueError:
-            sides = []
-        if len(sides) not in (1, 2):
-            raise ConfigError(f"input size must be N or HxW (e.g. 224 or 128x64), got {value!r}")
-        hw = (sides[0], sides[-1])
-    elif isinstance(value, int):
-        hw = (value, value)
-    else:
-        hw = (int(value[0]), int(value[1]))
-    if min(hw) < 32 or hw[0] % 32 or hw[1] % 32:
-        raise ConfigError(f"input size must be multiples of 32 (≥ 32), got {hw[0]}x{hw[1]}")
-    return hw
 
 
 class CropFit(StrEnum):

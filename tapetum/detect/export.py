@@ -35,7 +35,7 @@ import numpy as np
 from tapetum._optional import import_optional
 from tapetum.detect.classes import COCO80, COCO90
 from tapetum.detect.families import default_preprocess, normalize_arch
-from tapetum.detect.spec import ModelMeta, ultralytics_meta, write_model_meta
+from tapetum.detect.spec import ModelMeta, input_size, ultralytics_meta, write_model_meta
 from tapetum.errors import ConfigError, ModelLoadError
 
 __all__ = ["EXPORT_EXTRA", "ExportResult", "export_model"]
@@ -139,12 +139,7 @@ def export_model(
 
 
 def _parse_imgsz(imgsz: int | tuple[int, int] | None) -> tuple[int, int] | None:
-    if imgsz is None:
-        return None
-    hw = (imgsz, imgsz) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
-    if min(hw) < 32 or hw[0] % 32 or hw[1] % 32:
-        raise ConfigError(f"input size must be a multiple of 32 (≥ 32), got {imgsz}")
-    return hw
+    return None if imgsz is None else input_size(imgsz)
 
 
 def _versions(*dists: str) -> str:

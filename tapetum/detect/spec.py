@@ -26,7 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from tapetum.errors import ModelLoadError
+from tapetum.errors import ConfigError, ModelLoadError
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -36,6 +36,7 @@ __all__ = [
     "ModelMeta",
     "PreprocessSpec",
     "ResizeMode",
+    "input_size",
     "read_onnx_metadata",
     "ultralytics_meta",
     "write_model_meta",
@@ -332,6 +333,35 @@ def _parse_names(text: str) -> tuple[str, ...]:
     if isinstance(value, list | tuple):
         return tuple(str(v) for v in value)
     raise ModelLoadError(f"class names in the model metadata are not a dict or list: {text[:80]}")
+
+
+def input_size(value: int | tuple[int, int] | str) -> tuple[int, int]:
+    """A model input size as ``(height, width)``: ``224`` or ``"224"`` is square,
+    ``"128x64"`` (or ``(128, 64)``) is height × width, e.g. a tall input for person crops
+    (a 1:2 person box letterboxed into a square input is half padding). Each side a
+    multiple of 32.
+
+    Raises:
+        ConfigError: not a size, or a side that is not a multiple of 32 (≥ 32).
+    """
+    if isinstance(value, str):
+        parts = value.lower().replace("×", "x").split("x")
+        try:
+            sides = [int(p) for p in parts]
+        except ValueError:
+            sides = []
+        if len(sides) not in (1, 2):
+            raise ConfigError(f"input size must be N or HxW (e.g. 224 or 128x64), got {value!r}")
+        hw = (sides[0], sides[-1])
+    elif isinstance(value, int):
+        hw = (value, value)
+    else:
+        hw = (int(value[0]), int(value[1]))
+    if min(hw) < 32 or hw[0] % 32 or hw[1] % 32:
+        raise ConfigError(
+            f"input size must be N or HxW, each a multiple of 32 (≥ 32), got {hw[0]}x{hw[1]}"
+        )
+    return hw
 
 
 def _parse_imgsz(text: str) -> tuple[int, int] | None:

@@ -84,8 +84,8 @@ def test_the_confusion_matrix_is_written_as_a_png(tmp_path: Path) -> None:
     ("kwargs", "message"),
     [
         ({"mode": "full"}, "mode must be"),
-        ({"imgsz": 100}, "multiples of 32"),
-        ({"imgsz": (128, 48)}, "multiples of 32"),
+        ({"imgsz": 100}, "multiple of 32"),
+        ({"imgsz": (128, 48)}, "multiple of 32"),
         ({"unfreeze_stages": 0}, "unfreeze_stages"),
         ({"max_per_class": 0}, "max_per_class"),
     ],
