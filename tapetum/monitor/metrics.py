@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -176,6 +177,13 @@ class PipelineMonitor:
             time, ``frame.index / fps``): one for all or per source id; 25 where unknown.
         pipeline: the pipeline to read counters from; or call :meth:`attach` once it
             exists (it takes this monitor among its sinks, so it is built after).
+
+    An attached pipeline is held by a weak reference: the pipeline holds this monitor
+    among its sinks, and a strong reference back made the two a reference cycle that
+    outlived the stream, with the pipeline's latency rings, tracker and source (about
+    2 MB a stream), until Python's full garbage collection, which in a server holding
+    a model and its caches runs rarely: a server's memory rose about 2 MB per stream
+    started and deleted. Whoever runs the pipeline holds it.
     """
 
     def __init__(
@@ -189,11 +197,21 @@ class PipelineMonitor:
         self._fps = fps
         self._streams: dict[str, _StreamMetrics] = {}
         self._lock = threading.Lock()
-        self.pipeline = pipeline
+        self._pipeline: Pipeline | None = pipeline
+        self._attached: weakref.ref[Pipeline] | None = None
+
+    @property
+    def pipeline(self) -> Pipeline | None:
+        """The pipeline read at scrape time (None once an attached one is gone)."""
+        if self._attached is not None:
+            return self._attached()
+        return self._pipeline
 
     def attach(self, pipeline: Pipeline) -> PipelineMonitor:
-        """Read counters from ``pipeline`` from now on; returns self (to register)."""
-        self.pipeline = pipeline
+        """Read counters from ``pipeline`` from now on (held weakly: it holds this
+        monitor among its sinks); returns self (to register)."""
+        self._pipeline = None
+        self._attached = weakref.ref(pipeline)
         return self
 
     def _stream(self, source_id: str) -> _StreamMetrics:
@@ -218,11 +236,12 @@ class PipelineMonitor:
         return []
 
     def collect(self) -> Iterator[Any]:
-        stats = self.pipeline.stats() if self.pipeline is not None else None
+        pipeline = self.pipeline
+        stats = pipeline.stats() if pipeline is not None else None
         if stats is not None:
             yield from _pipeline_families(stats)
-        if self.pipeline is not None:
-            yield from _queue_families(self.pipeline)
+        if pipeline is not None:
+            yield from _queue_families(pipeline)
         with self._lock:
             streams = list(self._streams.items())
         yield from _stream_families(streams)
