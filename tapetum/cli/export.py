@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -35,7 +35,10 @@ def export_command(  # noqa: PLR0917 - typer maps parameters to options
         str | None, typer.Option(help="Family the model must turn out to be (checked).")
     ] = None,
     imgsz: Annotated[
-        int | None, typer.Option(help="Square input size, a multiple of 32 (default: model's).")
+        str | None,
+        typer.Option(
+            help="Input size: N (square) or HxW, multiples of 32 (default: the model's own)."
+        ),
     ] = None,
     weights: Annotated[
         Path | None,
@@ -92,8 +95,10 @@ def export_command(  # noqa: PLR0917 - typer maps parameters to options
 
     from tapetum.classify.export import CLASSIFIER_ARCHS
     from tapetum.detect.export import export_model
+    from tapetum.detect.spec import input_size
 
     target = out or Path(Path(source).stem + ".onnx")
+    size = input_size(imgsz) if imgsz is not None else None  # a bad size fails first
     if source.strip().lower().replace("-", "_") in CLASSIFIER_ARCHS:
         if register:
             raise ConfigError("--register: the registry holds detectors, not classifiers")
@@ -103,12 +108,12 @@ def export_command(  # noqa: PLR0917 - typer maps parameters to options
                 "sequences or a folder per class)"
             )
         if not int8:
-            _export_classifier(source, target, weights, imgsz, names, opset, simplify)
+            _export_classifier(source, target, weights, size, names, opset, simplify)
             return
         assert calib is not None
         with tempfile.TemporaryDirectory(prefix="tapetum-export-") as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
-            _export_classifier(source, fp32, weights, imgsz, names, opset, simplify)
+            _export_classifier(source, fp32, weights, size, names, opset, simplify)
             _quantize_classifier(fp32, target, calib, calib_split, calib_crops)
         return
     if int8:
@@ -124,7 +129,7 @@ def export_command(  # noqa: PLR0917 - typer maps parameters to options
         source,
         target,
         arch=arch,
-        imgsz=imgsz,
+        imgsz=size,
         weights=weights,
         class_names=_read_names(names) if names else None,
         opset=opset,
@@ -142,7 +147,8 @@ def export_command(  # noqa: PLR0917 - typer maps parameters to options
     if reg is not None and register:
         from tapetum.cli.models import register_file
 
-        params = {"source": source, "arch": arch, "imgsz": imgsz, "weights": weights}
+        params: dict[str, Any] = {"source": source, "arch": arch, "imgsz": imgsz}
+        params |= {"weights": weights}
         params |= {"names": names, "opset": opset, "simplify": simplify}
         register_file(result.path, register, registry=reg, arch=meta.family, params=params)
 
@@ -151,7 +157,7 @@ def _export_classifier(  # noqa: PLR0917 - the command's options, passed on
     source: str,
     target: Path,
     weights: Path | None,
-    imgsz: int | None,
+    imgsz: tuple[int, int] | None,
     names: str | None,
     opset: int | None,
     simplify: bool,

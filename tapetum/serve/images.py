@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import io
+import logging
 import re
 import warnings
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ import numpy as np
 import numpy.typing as npt
 
 from tapetum.errors import ImageError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ALLOWED_CONTENT_TYPES",
@@ -125,10 +128,16 @@ def decode_image(
         raise _too_many_pixels_error(None, lim) from exc
     except Exception as exc:
         # UnidentifiedImageError, OSError, ValueError, SyntaxError from Pillow's parsers;
-        # anything else (a third-party plugin or patch failing on hostile bytes) is still
-        # the upload's fault, never a 500.
+        # anything else (a third-party plugin or patch failing on hostile bytes, a plugin
+        # whose module is missing) is still the upload's fault, never a 500, and its text
+        # (module names, internals) stays in the server log.
+        if isinstance(exc, _PARSE_ERRORS):
+            reason = _first_line(exc)
+        else:
+            log.warning("image decoder failed on an upload: %s: %s", type(exc).__name__, exc)
+            reason = "no image decoder recognised it"
         raise ImageError(
-            f"the bytes are not a readable {ctype} image ({_first_line(exc)})",
+            f"the bytes are not a readable {ctype} image ({reason})",
             status=422,
             code="corrupt_image",
         ) from exc
@@ -159,7 +168,7 @@ def decode_image(
                 rgb = img.convert("RGB")
         except Image.DecompressionBombError as exc:
             raise _too_many_pixels_error((width, height), lim) from exc
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        except _PARSE_ERRORS as exc:
             raise ImageError(
                 f"the {ctype} image is corrupt or truncated ({_first_line(exc)})",
                 status=422,
@@ -222,6 +231,9 @@ def _too_many_pixels_error(size: tuple[int, int] | None, lim: ImageLimits) -> Im
         code="image_too_large",
     )
 
+
+#: what Pillow's parsers raise on bad bytes; their first line is the reason a client gets.
+_PARSE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
 
 #: an object's default repr (``<_io.BytesIO object at 0x7f…>``): a heap address, which a
 #: client has no use for and should not learn.

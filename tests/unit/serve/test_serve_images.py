@@ -113,6 +113,21 @@ def test_unreadable_bytes_are_refused_without_a_heap_address() -> None:
     assert "0x" not in str(info.value) and "BytesIO" not in str(info.value)
 
 
+def test_a_failing_decoder_plugin_does_not_reach_the_client(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_plugin(*args: object, **kwargs: object) -> None:
+        raise ModuleNotFoundError("No module named 'pi_heif'")
+
+    monkeypatch.setattr(Image, "open", broken_plugin)
+    with pytest.raises(ImageError) as info:
+        decode_image(CASES["png rgb"][0], "image/png")
+    assert info.value.status == 422 and info.value.code == "corrupt_image"
+    assert "pi_heif" not in str(info.value) and "module" not in str(info.value).lower()
+    assert "no image decoder recognised it" in str(info.value)
+    assert "pi_heif" in caplog.text  # the detail is in the server log
+
+
 def test_an_error_naming_the_buffer_reaches_the_client_without_its_address() -> None:
     from tapetum.serve.images import _first_line
 
