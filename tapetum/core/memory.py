@@ -66,9 +66,9 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     glibc gives threads arenas of their own, up to 8 per core. Frames allocated in one and
     freed in another, and the small blocks beside them, leave each arena fragmented to its
     own high-water mark, which :func:`release_free_memory` cannot return: a server whose
-    streams come and go (new threads each time) spreads over more arenas and its resident
-    size creeps up for its first tens of minutes. Two arenas serve a frame pipeline's few
-    busy threads without contention worth measuring.
+    streams come and go (new threads each time) spreads over more arenas, each holding
+    free memory of its own. Two arenas serve a frame pipeline's few busy threads without
+    contention worth measuring.
 
     Left alone when ``MALLOC_ARENA_MAX`` or ``GLIBC_TUNABLES`` is set (the user's choice),
     and where the C library is not glibc. Returns True when the cap was set.
