@@ -382,45 +382,48 @@ def run(  # noqa: PLR0917 - typer maps parameters to options
     from tapetum.core.memory import MemoryTrimmer
 
     trimmer = MemoryTrimmer().start()  # freed frames back to the OS (tapetum.core.memory)
-    try:
-        stats = _run_with_progress(pipeline, quiet, watcher)
-    finally:
-        trimmer.stop()
-        if watcher is not None:
-            watcher.stop()
-        if monitoring is not None:
-            monitoring.stop()
-    summary = stats.as_dict()
-    if resolved is not None:
-        summary["model"] = _model_summary(model or str(model_path), resolved, watcher)
-    summary.update({name: read() for name, read in extras.items()})
-    if plan is not None and live_exp is not None:
+    # Ctrl-C and SIGTERM stay counted until the command ends: a second SIGTERM that lands
+    # after the drain ended must not kill the run before its summary is written.
+    with _StopSignals(follow_hup=watcher is not None) as signals:
         try:
-            summary["experiment"] = plan.finish(live_exp, stats, out_dir, quiet=quiet)
-        except TapetumError as exc:
-            raise _fail(str(exc)) from None
-    summary_error = _write_summary(out_dir / "summary.json", summary)
-    _print_summary(stats, out_dir)
-    if "classification" in summary:
-        c = summary["classification"]
-        Console().print(
-            f"classification: {c['crops_classified']} crops in {c['calls']} model calls, "
-            f"{c['crops_skipped']} skipped (outside the frame or empty), "
-            f"{c['crops_dropped']} dropped (queue full), {c['failed_crops']} failed"
-        )
-    if "forecast" in summary:
-        f = summary["forecast"]
-        Console().print(
-            f"forecasts: {f['model']} by the model, {f['fallback_short_history']} by constant "
-            f"velocity (tracks seen too briefly), {f['beyond_horizon']} past its horizon"
-        )
-    failed = [s for s in stats.streams if s.error and s.frames_processed == 0]
-    if len(failed) == len(stats.streams):
-        raise _fail("; ".join(s.error or "" for s in failed))
-    _check_outputs(stats, summary, summary_error)
-    ended = [f"{s.source_id}: {s.error}" for s in stats.streams if s.error]
-    if ended:  # e.g. a camera given up after its reconnect attempts: a supervisor must know
-        raise _fail("stream ended early: " + "; ".join(ended), code=1)
+            stats = _run_with_progress(pipeline, quiet, signals, watcher)
+        finally:
+            trimmer.stop()
+            if watcher is not None:
+                watcher.stop()
+            if monitoring is not None:
+                monitoring.stop()
+        summary = stats.as_dict()
+        if resolved is not None:
+            summary["model"] = _model_summary(model or str(model_path), resolved, watcher)
+        summary.update({name: read() for name, read in extras.items()})
+        if plan is not None and live_exp is not None:
+            try:
+                summary["experiment"] = plan.finish(live_exp, stats, out_dir, quiet=quiet)
+            except TapetumError as exc:
+                raise _fail(str(exc)) from None
+        summary_error = _write_summary(out_dir / "summary.json", summary)
+        _print_summary(stats, out_dir)
+        if "classification" in summary:
+            c = summary["classification"]
+            Console().print(
+                f"classification: {c['crops_classified']} crops in {c['calls']} model calls, "
+                f"{c['crops_skipped']} skipped (outside the frame or empty), "
+                f"{c['crops_dropped']} dropped (queue full), {c['failed_crops']} failed"
+            )
+        if "forecast" in summary:
+            f = summary["forecast"]
+            Console().print(
+                f"forecasts: {f['model']} by the model, {f['fallback_short_history']} by constant "
+                f"velocity (tracks seen too briefly), {f['beyond_horizon']} past its horizon"
+            )
+        failed = [s for s in stats.streams if s.error and s.frames_processed == 0]
+        if len(failed) == len(stats.streams):
+            raise _fail("; ".join(s.error or "" for s in failed))
+        _check_outputs(stats, summary, summary_error)
+        ended = [f"{s.source_id}: {s.error}" for s in stats.streams if s.error]
+        if ended:  # e.g. a camera given up after its reconnect attempts: a supervisor must know
+            raise _fail("stream ended early: " + "; ".join(ended), code=1)
 
 
 def _write_summary(path: Path, summary: dict[str, object]) -> str | None:
@@ -828,55 +831,74 @@ def _parse_horizons(text: str) -> tuple[float, ...]:
     return horizons
 
 
+class _StopSignals:
+    """Counts Ctrl-C and SIGTERM (and, with ``follow_hup``, SIGHUP) while in its block, in
+    the main thread; restores the previous handlers on leaving it.
+
+    Ctrl-C is counted by a handler rather than caught as KeyboardInterrupt: the exception
+    would surface wherever the main thread happens to be (a stats call, a progress redraw)
+    and escape the loop; the count is read at one place per iteration. SIGTERM (a service
+    manager, docker stop) counts as a Ctrl-C: the run drains and finishes its files
+    instead of dying with them half written. SIGHUP asks a run following a registry alias
+    to check it now.
+    """
+
+    def __init__(self, follow_hup: bool = False) -> None:
+        self.stops: list[str] = []
+        self.hangups = 0
+        self._in_main = threading.current_thread() is threading.main_thread()
+        self._follow_hup = self._in_main and follow_hup and hasattr(signal, "SIGHUP")
+        self._previous: dict[int, Any] = {}
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stops.append(signal.Signals(signum).name)
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self.hangups += 1
+
+    def __enter__(self) -> _StopSignals:
+        if self._in_main:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._on_stop)
+        if self._follow_hup:
+            self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hup)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
 def _run_with_progress(
-    pipeline: Pipeline, quiet: bool, watcher: AliasWatcher | None = None
+    pipeline: Pipeline,
+    quiet: bool,
+    signals: _StopSignals,
+    watcher: AliasWatcher | None = None,
 ) -> PipelineStats:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    # Ctrl-C is counted by a handler rather than caught as KeyboardInterrupt: the exception
-    # would surface wherever the main thread happens to be (a stats call, a progress
-    # redraw) and escape the loop; the count is read at one place per iteration. SIGTERM
-    # (a service manager, docker stop) counts as a Ctrl-C: the run drains and finishes its
-    # files instead of dying with them half written.
-    stops: list[str] = []
-
-    def on_stop(signum: int, frame: FrameType | None) -> None:
-        stops.append(signal.Signals(signum).name)
-
-    # SIGHUP asks a run following a registry alias to check it now; counted the same way.
-    hangups = 0
-
-    def on_sighup(signum: int, frame: FrameType | None) -> None:
-        nonlocal hangups
-        hangups += 1
-
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_stop) if in_main else None
-    previous_term = signal.signal(signal.SIGTERM, on_stop) if in_main else None
-    follow_hup = in_main and watcher is not None and hasattr(signal, "SIGHUP")
-    previous_hup = signal.signal(signal.SIGHUP, on_sighup) if follow_hup else None
     pipeline.start()
-    try:
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("[bold]{task.description}"),
-            TextColumn("{task.fields[line]}"),
-            TimeElapsedColumn(),
-            console=console,
-            disable=quiet,
-            transient=False,
-        ) as progress:
-            task = progress.add_task("tracking", line="starting…")
-            reload = watcher.trigger if watcher is not None else None
-            _progress_loop(
-                pipeline, progress, task, lambda: len(stops), hangups=lambda: hangups, reload=reload
-            )
-    finally:
-        if in_main:
-            signal.signal(signal.SIGINT, previous)
-            signal.signal(signal.SIGTERM, previous_term)
-        if follow_hup:
-            signal.signal(signal.SIGHUP, previous_hup)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.fields[line]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("tracking", line="starting…")
+        reload = watcher.trigger if watcher is not None else None
+        _progress_loop(
+            pipeline,
+            progress,
+            task,
+            lambda: len(signals.stops),
+            hangups=lambda: signals.hangups,
+            reload=reload,
+        )
+    stops = signals.stops
     if stops:
         how = "queued frames processed" if len(stops) == 1 else "queued frames dropped"
         console.print(f"stopped by {stops[0]} ({how})", highlight=False, markup=False)

@@ -53,3 +53,17 @@ def test_a_drain_that_moves_nothing_drops_what_is_queued_and_the_run_ends(
     )
     assert stats.sink_errors[name] == 1
     assert "stuck in a write" in stats.sink_failures[name]
+
+
+def test_stop_signals_are_counted_until_the_block_ends_then_restored() -> None:
+    """``tapetum run`` counts SIGTERM and Ctrl-C until the command ends: a second SIGTERM
+    that lands after the drain (while the summary is written) must not kill the run."""
+    import os
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with cli_app._StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert signals.stops == ["SIGTERM", "SIGINT"]
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
