@@ -147,9 +147,15 @@ def export_command(  # noqa: PLR0917 - typer maps parameters to options
     if reg is not None and register:
         from tapetum.cli.models import register_file
 
-        params: dict[str, Any] = {"source": source, "arch": arch, "imgsz": imgsz}
-        params |= {"weights": weights}
-        params |= {"names": names, "opset": opset, "simplify": simplify}
+        params: dict[str, Any] = {
+            "source": source,
+            "arch": arch,
+            "imgsz": imgsz,
+            "weights": weights,
+            "names": names,
+            "opset": opset,
+            "simplify": simplify,
+        }
         register_file(result.path, register, registry=reg, arch=meta.family, params=params)
 
 

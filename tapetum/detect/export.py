@@ -90,7 +90,7 @@ def export_model(
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise ConfigError(f"the output file must end in .onnx, got {out}")
-    hw = _parse_imgsz(imgsz)
+    hw = None if imgsz is None else input_size(imgsz)
     wanted = normalize_arch(arch) if arch else None
     names = tuple(class_names) if class_names is not None else None
     if names is not None and not names:
@@ -136,10 +136,6 @@ def export_model(
     onnx.save(model_proto, str(out))
     _check_export(out, meta)
     return ExportResult(out, meta, time.perf_counter() - started)
-
-
-def _parse_imgsz(imgsz: int | tuple[int, int] | None) -> tuple[int, int] | None:
-    return None if imgsz is None else input_size(imgsz)
 
 
 def _versions(*dists: str) -> str:
