@@ -70,6 +70,7 @@ from tapetum.track.forecast_model import (
     COV_NAME,
     FORECAST_METADATA_KEY,
     HISTORY_FEATURES,
+    HISTORY_PADDINGS,
     INPUT_NAME,
     LOCAL_CONTEXT_FEATURES,
     MEAN_NAME,
@@ -93,7 +94,7 @@ __all__ = [
 ]
 
 #: Bump when the network, features or training change: cached fold models are retrained.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 Log = Callable[[str], None]
 
@@ -137,6 +138,11 @@ class ForecastTrainConfig:
             context shows, from the person's) and still cameras worse than the first.
         drift_std_hps: standard deviation of the camera-pan augmentation, box heights per
             second (0: off); see ``_add_drift``.
+        history_padding: how a young track's history is filled before its first
+            observation (``"extrapolate"``: back at its mean velocity; held out, the
+            networks then extrapolate young tracks as they do long-observed ones instead of
+            reading the padded stretch as a standing start; ``"repeat"``: the first
+            observation, as recipes before version 3 did).
     """
 
     dt_s: float = 0.1
@@ -158,8 +164,13 @@ class ForecastTrainConfig:
     context_neighbours: int = 0
     drift_std_hps: float = 1.0
     extra_members: tuple[tuple[bool, float], ...] = ((True, 0.0),)
+    history_padding: str = "extrapolate"
 
     def __post_init__(self) -> None:
+        if self.history_padding not in HISTORY_PADDINGS:
+            raise ConfigError(
+                f"history_padding must be one of {HISTORY_PADDINGS}, got {self.history_padding!r}"
+            )
         if self.context_neighbours < 0 or (self.context_neighbours and not self.uses_context):
             raise ConfigError("context_neighbours must be >= 0 and needs a context")
         for member in self.extra_members:
@@ -368,7 +379,14 @@ def _sequence_samples(
     chunks = [wanted[lo : lo + 16384] for lo in range(0, len(wanted), 16384)]
     computed = np.concatenate(
         [
-            history_features(t_w[c], xy_w[c], h_w[c], config.dt_s, config.history_steps)
+            history_features(
+                t_w[c],
+                xy_w[c],
+                h_w[c],
+                config.dt_s,
+                config.history_steps,
+                padding=config.history_padding,
+            )
             for c in chunks
         ]
     )
@@ -590,6 +608,7 @@ def train_forecaster(
             context=config.uses_context,
             context_neighbours=config.context_neighbours,
             members=len(members),
+            history_padding=config.history_padding,
             info={
                 "trained_on": [s.name for s in sequences],
                 "recipe": config.recipe(),
@@ -684,10 +703,15 @@ def _add_drift(
     drift = rng.normal(0.0, config.drift_std_hps, (n, 2)) * (rng.random((n, 1)) < 0.5)
     u = torch.from_numpy(drift.astype(np.float32))[:, None, :]  # (N, 1, 2) box heights / s
     lag = config.dt_s * torch.arange(config.history_steps, dtype=torch.float32)  # (T,)
-    # Steps before a track's first observation repeat it: they move with its oldest lag.
-    observed = history[..., 3] > 0.5
-    oldest = (observed * lag).amax(dim=1, keepdim=True)  # (N, 1)
-    lag_used = torch.where(observed, lag, oldest)
+    if config.history_padding == "extrapolate":
+        # steps before a track's first observation continue its mean velocity, which the
+        # pan changes like any other: every step moves with its own lag
+        lag_used = lag.expand(n, -1)
+    else:
+        # steps before a track's first observation repeat it: they move with its oldest lag
+        observed = history[..., 3] > 0.5
+        oldest = (observed * lag).amax(dim=1, keepdim=True)  # (N, 1)
+        lag_used = torch.where(observed, lag, oldest)
     history[..., :2] -= u * lag_used[..., None]
     seen = context[..., 2:3] > 0  # steps where some track was observed
     shift = u * lag[None, :, None] * seen
@@ -839,6 +863,7 @@ def combine_forecasters(
         context=config.uses_context,
         context_neighbours=config.context_neighbours,
         members=len(loaded),
+        history_padding=first.history_padding,
         info={
             "trained_on": [s.name for s in sequences],
             "recipe": config.recipe(),

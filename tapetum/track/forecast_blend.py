@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tapetum._types import BoolArray, Float64Array, IntArray
+from tapetum._types import Float32Array, Float64Array, IntArray
 from tapetum.errors import ConfigError
 
 __all__ = ["OnlineBlend", "OnlineBlendConfig", "fit_coverage_scale"]
@@ -240,7 +240,7 @@ class OnlineBlend:
         track_ids: IntArray,
         now_s: float,
         origin_px: Float64Array,
-        model: Float64Array,
+        model: Float32Array | Float64Array,
         cv: Float64Array,
         blended: Float64Array,
         cov: Float64Array,
@@ -297,7 +297,7 @@ class OnlineBlend:
             store_t: (C, L) their observation times (``-inf`` padded on the left).
             store_obs: (C, L, 3) ``x, y, h`` in pixels.
         """
-        from tapetum.track.forecast import lookup_sorted
+        from tapetum.track.kernels.forecast import observed_offsets
 
         # Score in batches, at most every record_every_s: the per-frame cost stays small.
         if now_s < self._next_due_s - 1e-9 or now_s - self._last_score_s < (
@@ -317,16 +317,22 @@ class OnlineBlend:
                 continue
             self._done[s_i] = lo + due
             slots = slots[:due]
-            rows, found = lookup_sorted(store_ids, self._id[slots])
-            query = self._t[slots] + step * self.dt_s
-            truth, ok = _interpolate(store_t, store_obs, rows, query, self.config.max_gap_s)
-            ok &= found
+            target = np.empty((due, 2))
+            ok = np.empty(due, np.bool_)
+            observed_offsets(
+                store_ids,
+                store_t,
+                store_obs,
+                self._id[slots],
+                self._t[slots] + step * self.dt_s,
+                self._origin[slots],
+                self.config.max_gap_s,
+                target,
+                ok,
+            )
             if not ok.any():
                 continue
-            slots, truth = slots[ok], truth[ok]
-            origin = self._origin[slots]
-            target = (truth - origin[:, :2]) / origin[:, 2:3]
-            self._learn(s_i, slots, target)
+            self._learn(s_i, slots[ok], target[ok])
         self._cached = None
         pending = [
             float(self._t[int(done) % cap]) + step * self.dt_s
@@ -336,22 +342,23 @@ class OnlineBlend:
         self._next_due_s = min(pending, default=math.inf)
 
     def _learn(self, s_i: int, slots: IntArray, target: Float64Array) -> None:
+        from tapetum.track.kernels.forecast import blend_evidence
+
         cfg = self.config
         n = slots.shape[0]
         self.scored += n
-        cv, model = self._cv[slots, s_i], self._model[slots, s_i]  # (n, 2), (n, E, 2)
-        d = (model - cv[:, None]).transpose(1, 0, 2).reshape(self.members, -1)  # (E, 2n)
-        r = (target - cv).reshape(-1)
+        e = self.members
+        gram, cross, d2 = np.empty((e, e)), np.empty(e), np.empty(n)
+        blend_evidence(
+            self._model, self._cv, self._blend, self._cov, slots, s_i, target, gram, cross, d2
+        )
         forget = (1.0 - 1.0 / cfg.memory) ** n
-        self._gram[s_i] = forget * self._gram[s_i] + d @ d.T
-        self._cross[s_i] = forget * self._cross[s_i] + d @ r
+        self._gram[s_i] = forget * self._gram[s_i] + gram
+        self._cross[s_i] = forget * self._cross[s_i] + cross
         self._count[s_i] = forget * self._count[s_i] + n
         self._weight[s_i] = self._solve(s_i)
         if not cfg.calibrate:
             return
-        err = target - self._blend[slots, s_i]
-        cov = self._cov[slots, s_i]
-        d2 = _mahalanobis_sq(err, cov)
         window = cfg.calibration_window
         at = (self._d2_next[s_i] + np.arange(n)) % window
         self._d2[s_i, at[-window:]] = d2[-window:]
@@ -369,9 +376,9 @@ class OnlineBlend:
         seen = float(d2.size)
         if cfg.regions:
             # quantiles without interpolation: a singular forecast's distance is inf
-            outer2 = float(np.quantile(d2, COVERAGE_2SIGMA, method="inverted_cdf")) / 4.0
+            inner, outer = _lower_quantiles(d2, (COVERAGE_1SIGMA, COVERAGE_2SIGMA))
+            outer2 = outer / 4.0
             self._scale_fit[s_i] = math.sqrt(max(outer2, 1e-12))
-            inner = float(np.quantile(d2, COVERAGE_1SIGMA, method="inverted_cdf"))
             if not (math.isfinite(outer2) and math.isfinite(inner)):
                 return  # too many singular forecasts to size a region: keep the last fit
             inner2 = inner / max(outer2, 1e-12)
@@ -406,39 +413,10 @@ class OnlineBlend:
         return out
 
 
-def _interpolate(
-    times_s: Float64Array,
-    obs: Float64Array,
-    rows: IntArray,
-    query_s: Float64Array,
-    max_gap_s: float,
-) -> tuple[Float64Array, BoolArray]:
-    """Each row's centre at ``query_s`` by linear interpolation of its buffered observations:
-    (M, 2) pixels, and whether the buffer brackets that time within ``max_gap_s``."""
-    t = times_s[rows]  # (M, L)
-    j = (t <= query_s[:, None] + 1e-9).sum(axis=1) - 1
-    length = t.shape[1]
-    lo = np.clip(j, 0, length - 1)
-    hi = np.minimum(lo + 1, length - 1)
-    m = np.arange(rows.shape[0])
-    t_lo, t_hi = t[m, lo], t[m, hi]
-    exact = np.abs(t_lo - query_s) < 1e-9
-    bracket = (hi > lo) & (t_hi > query_s) & (t_hi - t_lo <= max_gap_s + 1e-9)
-    ok = (j >= 0) & np.isfinite(t_lo) & (exact | bracket)
-    span = np.where(ok & (t_hi > t_lo), t_hi - t_lo, 1.0)
-    w = np.where(ok & ~exact, np.clip((query_s - t_lo) / span, 0.0, 1.0), 0.0)[:, None]
-    xy_lo, xy_hi = obs[rows, lo, :2], obs[rows, hi, :2]
-    out: Float64Array = xy_lo + w * (xy_hi - xy_lo)
-    return out, ok
-
-
-def _mahalanobis_sq(err: Float64Array, cov: Float64Array) -> Float64Array:
-    """(M,) squared Mahalanobis distances of (M, 2) errors under (M, 3) var_x, var_y, cov_xy."""
-    a, b, c = cov[:, 0], cov[:, 1], cov[:, 2]
-    det = a * b - c * c
-    ok = np.isfinite(det) & (det > 0)
-    ex, ey = err[:, 0], err[:, 1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d2 = (b * ex * ex - 2.0 * c * ex * ey + a * ey * ey) / np.where(ok, det, 1.0)
-    out: Float64Array = np.where(ok, d2, np.inf)
-    return out
+def _lower_quantiles(values: Float64Array, levels: tuple[float, ...]) -> list[float]:
+    """The smallest value with at least ``level`` of ``values`` at or below it, per level
+    (numpy's ``inverted_cdf`` quantile) by one partial sort."""
+    n = values.shape[0]
+    ranks = [min(max(math.ceil(level * n) - 1, 0), n - 1) for level in levels]
+    parted = np.partition(values, ranks)
+    return [float(parted[k]) for k in ranks]

@@ -8,7 +8,8 @@ any resolution, any depth and any frame rate it was trained on:
 * history: the track's centre and box height resampled by linear interpolation at
   ``t0, t0 - dt, …, t0 - (T-1)·dt`` (``t0`` its latest observation), each as
   ``((x - x0) / h0, (y - y0) / h0, log(h / h0), observed)``; ``observed`` is 0 for times
-  before the track's first observation (those rows repeat the first observation);
+  before the track's first observation (those rows continue the track back at its mean
+  velocity, or repeat the first observation in older files: ``history_padding``);
 * output: ``mean`` (N, K, 2) offsets from ``(x0, y0)`` in units of ``h0`` at
   ``dt, 2·dt, …, K·dt`` and ``cov`` (N, K, 3) ``var_x, var_y, cov_xy`` in ``h0²``.
 
@@ -24,10 +25,9 @@ it keeps the last observations of every track in a structure of arrays (``(C, L)
 than ``L`` observations), resamples every track's history in one compiled pass
 (:mod:`tapetum.track.kernels.forecast`) and makes one model call per frame for all of them.
 A track observed for less than ``min_history_s`` (one observation included) is forecast by
-the constant-velocity Kalman filter run over its buffered observations instead, and
+the constant-velocity Kalman filter (kept per track as it is updated) instead, and
 counted (:class:`ForecastCounts`). A model may also read a summary of the frame's other
-tracks (:func:`neighbour_context`); the default recipe does not (held-out trials showed no
-overall gain).
+tracks (:func:`neighbour_context`; the default recipe's second network does).
 
 Only numpy and onnxruntime are needed here; torch is used only to train
 (``tapetum train forecast``).
@@ -94,6 +94,9 @@ LOCAL_CONTEXT_FEATURES = 2
 #: A stream whose blend gives the model less than this weight counts as leaning on constant
 #: velocity (:attr:`ForecastCounts.leaning_cv`).
 LEANING_CV_WEIGHT = 0.25
+
+#: How a history is filled before a young track's first observation (``ForecastModelSpec``).
+HISTORY_PADDINGS = ("repeat", "extrapolate")
 #: Input and output names of the ONNX graph.
 INPUT_NAME, CONTEXT_NAME, MEAN_NAME, COV_NAME = "history", "context", "mean", "cov"
 
@@ -118,6 +121,10 @@ class ForecastModelSpec:
             second input ``context`` (N, T, C).
         context_neighbours: with ``context``, the context also pools the motion of this many
             nearest other tracks (0: the frame's median only; ``C`` is 3, else 5).
+        history_padding: how the history is filled before a young track's first
+            observation: ``"repeat"`` the first observation (files written before this
+            field) or ``"extrapolate"`` back at the track's mean velocity (see
+            :func:`history_features`).
         members: ``E``, networks in the file (an ensemble trained with different recipes);
             with more than one the outputs carry a member axis: ``mean`` (N, E, K, 2) and
             ``cov`` (N, E, K, 3), and the forecast is their mixture (see :func:`mixture`)
@@ -134,9 +141,15 @@ class ForecastModelSpec:
     context: bool = False
     context_neighbours: int = 0
     members: int = 1
+    history_padding: str = "repeat"
     info: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.history_padding not in HISTORY_PADDINGS:
+            raise ModelLoadError(
+                f"forecaster history_padding must be one of {HISTORY_PADDINGS}, got "
+                f"{self.history_padding!r}"
+            )
         if self.members < 1:
             raise ModelLoadError(f"forecaster members must be >= 1, got {self.members}")
         if self.context_neighbours < 0 or (self.context_neighbours and not self.context):
@@ -224,6 +237,7 @@ class ForecastModelSpec:
                 "context": self.context,
                 "context_neighbours": self.context_neighbours,
                 "members": self.members,
+                "history_padding": self.history_padding,
                 "normalisation": (
                     "history (x-x0)/h0, (y-y0)/h0, log(h/h0), observed at t0-k*dt_s; "
                     "outputs mean offsets in h0 and cov in h0^2 at (k+1)*dt_s"
@@ -259,6 +273,7 @@ class ForecastModelSpec:
                 context=bool(data.get("context", False)),
                 context_neighbours=int(data.get("context_neighbours", 0)),
                 members=int(data.get("members", 1)),
+                history_padding=str(data.get("history_padding", "repeat")),
                 info=dict(data.get("info") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -274,6 +289,8 @@ def history_features(
     heights_px: Float64Array,
     dt_s: float,
     steps: int,
+    *,
+    padding: str = "repeat",
 ) -> Float32Array:
     """Resample each track's last observations onto the model's history grid.
 
@@ -285,27 +302,38 @@ def history_features(
         heights_px: (N, L) positive box heights in pixels (likewise).
         dt_s: the grid step, seconds.
         steps: ``T``, the number of grid points (``t0`` first, then further into the past).
+        padding: before a track's first observation, ``"repeat"`` it or ``"extrapolate"``
+            its centre back at the track's mean velocity (first to latest observation);
+            the height is held either way.
 
     Returns:
         (N, T, 4) float32: ``(x - x0) / h0, (y - y0) / h0, log(h / h0), observed`` at
         ``t0 - k·dt_s``, where ``t0, x0, y0, h0`` are each row's latest observation, by
-        linear interpolation between the observations around each grid time. Before a
-        track's first observation the first observation is repeated, observed 0.
+        linear interpolation between the observations around each grid time; ``observed``
+        is 0 before a track's first observation (the padded steps).
     """
     obs = np.concatenate((centers_px, heights_px[..., None]), axis=2)
-    return _resample(np.ascontiguousarray(times_s, np.float64), obs, None, dt_s, steps)
+    times = np.ascontiguousarray(times_s, np.float64)
+    return _resample(times, obs, None, dt_s, steps, padding)
 
 
-def _resample(
-    times_s: Float64Array, obs: Float64Array, rows: IntArray | None, dt_s: float, steps: int
+def _resample(  # noqa: PLR0917 - the columns of one store
+    times_s: Float64Array,
+    obs: Float64Array,
+    rows: IntArray | None,
+    dt_s: float,
+    steps: int,
+    padding: str = "repeat",
 ) -> Float32Array:
     """:func:`history_features` on the rows of a store of (C, L) times and (C, L, 3) x, y, h."""
     from tapetum.track.kernels.forecast import resample_history
 
+    if padding not in HISTORY_PADDINGS:
+        raise ValueError(f"padding must be one of {HISTORY_PADDINGS}, got {padding!r}")
     if rows is None:
         rows = np.arange(times_s.shape[0])
     out = np.empty((rows.shape[0], steps, HISTORY_FEATURES), np.float32)
-    resample_history(times_s, obs, rows, dt_s, out)
+    resample_history(times_s, obs, rows, dt_s, out, padding == "extrapolate")
     return out
 
 
@@ -342,18 +370,21 @@ def neighbour_context(  # noqa: PLR0917 - the columns of one frame's table
         (M, T, 3) float32: median ``dx / h0``, median ``dy / h0``, ``log(1 + count)``; with
         ``neighbours`` (M, T, 5): then the nearest tracks' median ``dx / h0, dy / h0``.
     """
+    from tapetum.track.kernels.forecast import motion_median
+
     width = CONTEXT_FEATURES + (LOCAL_CONTEXT_FEATURES if neighbours else 0)
     out = np.zeros((h0_px.shape[0], population.shape[1], width), np.float32)
     if population.shape[0] == 0:
         return out
-    observed = population[..., 3] > 0.5  # (P, T)
-    disp = population[..., :2].astype(np.float64) * population_h0_px[:, None, None]
-    count = observed.sum(axis=0)  # (T,)
-    disp[~observed] = np.nan
-    median = _nan_median(disp)  # (T, 2)
+    steps = population.shape[1]
+    median, count = np.empty((steps, 2)), np.empty(steps)
+    motion_median(population, population_h0_px.astype(np.float64), median, count)
     out[..., :2] = median[None] / h0_px[:, None, None]
     out[..., 2] = np.log1p(count)[None]
     if neighbours and population.shape[0] > 1:
+        observed = population[..., 3] > 0.5  # (P, T)
+        disp = population[..., :2].astype(np.float64) * population_h0_px[:, None, None]
+        disp[~observed] = np.nan
         if population_xy_px is None or xy_px is None or own is None:
             raise ValueError("a local context needs the centres and each track's own row")
         gap = np.linalg.norm(xy_px[:, None, :] - population_xy_px[None, :, :], axis=2)
@@ -423,7 +454,8 @@ class ForecastModel:
             )
         self.spec = ForecastModelSpec.from_json(meta[FORECAST_METADATA_KEY], str(self.path))
         self._check_graph()
-        self._scale2 = np.square(self.spec.scales)[None, :, None]
+        #: (K,) the file's calibration: variance multiplier per grid step
+        self.scale2: Float64Array = np.square(self.spec.scales)
 
     def _check_graph(self) -> None:
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
@@ -464,17 +496,25 @@ class ForecastModel:
         self, features: Float32Array, context: Float32Array | None = None
     ) -> tuple[Float64Array, Float64Array, Float64Array]:
         """:meth:`run`, and each member's mean (N, E, K, 2) before the mixture."""
+        mean, cov = self.outputs(features, context)
+        means, covs = np.asarray(mean, np.float64), np.asarray(cov, np.float64)
+        mixed_mean, mixed_cov = mixture(means, covs)
+        return means, mixed_mean, mixed_cov * self.scale2[None, :, None]
+
+    def outputs(
+        self, features: Float32Array, context: Float32Array | None = None
+    ) -> tuple[Float32Array, Float32Array]:
+        """The graph's outputs as they are, with a member axis: means (N, E, K, 2) and
+        covariances (N, E, K, 3), float32, before the file's calibration scale."""
         feeds = {INPUT_NAME: features}
         if self.spec.context:
             if context is None:
                 raise ValueError(f"{self.path.name} needs the neighbour context")
             feeds[CONTEXT_NAME] = context
         mean, cov = self.session.run([MEAN_NAME, COV_NAME], feeds)
-        means, covs = np.asarray(mean, np.float64), np.asarray(cov, np.float64)
         if self.spec.members == 1:
-            means, covs = means[:, None], covs[:, None]
-        mixed_mean, mixed_cov = mixture(means, covs)
-        return means, mixed_mean, mixed_cov * self._scale2
+            return mean[:, None], cov[:, None]
+        return mean, cov
 
 
 def mixture(means: Float64Array, covs: Float64Array) -> tuple[Float64Array, Float64Array]:
@@ -542,9 +582,9 @@ class LearnedForecaster:
 
     Args:
         model: the opened forecaster file (may be shared by many streams).
-        fallback: the constant-velocity settings for tracks with too little history (the
-            filter runs over their buffered observations when they are forecast); its
-            ``max_age_s`` also drops tracks absent that long.
+        fallback: the constant-velocity settings: of the filter kept per track (the
+            forecast of tracks with too little history, and what the online blend weighs
+            the model against); its ``max_age_s`` also drops tracks absent that long.
         buffer_length: observations kept per track. Observations closer than ``dt/2`` to
             the one before the latest replace the latest, so the buffer spans the history
             window at any frame rate (44 slots cover 1.1 s at the densest spacing).
@@ -576,6 +616,8 @@ class LearnedForecaster:
         self._t: Float64Array = np.empty((0, length), np.float64)
         self._obs: Float64Array = np.empty((0, length, 3), np.float64)  # x, y, h
         self._start_s: Float64Array = np.empty(0, np.float64)  # first observation
+        # each track's constant-velocity filter: px, py, vx, vy, P_pp, P_pv, P_vv
+        self._kalman: Float64Array = np.empty((0, 7), np.float64)
         self._now_s: float | None = None
         self.blend = (
             None
@@ -620,18 +662,27 @@ class LearnedForecaster:
             if not alive.all():
                 self._ids, self._t = self._ids[alive], self._t[alive]
                 self._obs, self._start_s = self._obs[alive], self._start_s[alive]
+                self._kalman = self._kalman[alive]
 
         rows, found = self._lookup(ids)
         if found.any():
-            idx = rows[found]
+            from tapetum.track.kernels.forecast import push_observations
+
             # Keep slot -2 and earlier at least dt/2 apart: a dense stream overwrites the
             # latest observation instead of pushing the history window out of the buffer.
-            shift = (t - self._t[idx, -2]) >= self._min_gap_s
-            moved = idx[shift]
-            self._t[moved, :-1] = self._t[moved, 1:]
-            self._obs[moved, :-1] = self._obs[moved, 1:]
-            self._t[idx, -1] = t
-            self._obs[idx, -1, :2], self._obs[idx, -1, 2] = z[found], h[found]
+            cfg = self.fallback
+            push_observations(
+                self._t,
+                self._obs,
+                self._kalman,
+                rows[found],
+                z[found],
+                h[found],
+                t,
+                self._min_gap_s,
+                cfg.acceleration_std_per_height,
+                cfg.measurement_std_per_height,
+            )
         new = ~found
         if new.any():
             m, length = int(new.sum()), self._length
@@ -646,6 +697,12 @@ class LearnedForecaster:
             self._t = np.concatenate((self._t, t_new))[order]
             self._obs = np.concatenate((self._obs, obs_new))[order]
             self._start_s = np.concatenate((self._start_s, np.full(m, t)))[order]
+            cfg = self.fallback
+            kalman_new = np.zeros((m, 7))
+            kalman_new[:, :2] = z[new]
+            kalman_new[:, 4] = np.square(cfg.measurement_std_per_height * h[new])
+            kalman_new[:, 6] = np.square(cfg.initial_velocity_std_per_height * h[new])
+            self._kalman = np.concatenate((self._kalman, kalman_new))[order]
         if self.blend is not None:
             self.blend.score(t, self._ids, self._t, self._obs)
 
@@ -705,43 +762,43 @@ class LearnedForecaster:
     def _constant_velocity(
         self, rows: IntArray, age_s: Float64Array, horizons_s: Float64Array
     ) -> tuple[Float64Array, Float64Array]:
-        """The constant-velocity Kalman filter over the rows' buffered observations."""
-        from tapetum.track.kernels.forecast import constant_velocity_replay
+        """The rows' constant-velocity Kalman filters at ``age + horizons`` after their
+        latest observation."""
+        from tapetum.track.kernels.forecast import constant_velocity_ahead
 
         ahead = age_s[:, None] + horizons_s[None, :]
         mean_px = np.empty((*ahead.shape, 2))
         cov_px2 = np.empty((*ahead.shape, 2, 2))
-        cfg = self.fallback
-        constant_velocity_replay(
-            self._t,
-            self._obs,
+        constant_velocity_ahead(
+            self._kalman,
             rows,
+            self._obs[rows, -1, 2],
             ahead,
-            cfg.acceleration_std_per_height,
-            cfg.measurement_std_per_height,
-            cfg.initial_velocity_std_per_height,
+            self.fallback.acceleration_std_per_height,
             mean_px,
             cov_px2,
         )
         return mean_px, cov_px2
 
     def _features(self, rows: IntArray) -> Float32Array:
-        return _resample(self._t, self._obs, rows, self.spec.dt_s, self.spec.history_steps)
+        spec = self.spec
+        return _resample(
+            self._t, self._obs, rows, spec.dt_s, spec.history_steps, spec.history_padding
+        )
 
     def _inputs(self, rows: IntArray) -> tuple[Float32Array, Float32Array | None]:
         """The model's inputs for ``rows``: history (M, T, 4) and, if it reads one, the
         neighbour context (M, T, C) pooled over every track seen at the latest update."""
+        feats = self._features(rows)
         if not self.spec.context:
-            return self._features(rows), None
+            return feats, None
         current = np.flatnonzero(self._t[:, -1] == self._now_s)
-        union = np.union1d(current, rows)
-        feats = self._features(union)
-        pop = np.searchsorted(union, current)
         own = np.searchsorted(current, rows)
         own_ok = own < len(current)
         own_ok[own_ok] = current[own[own_ok]] == rows[own_ok]
+        same = current.shape == rows.shape and bool((current == rows).all())
         context = neighbour_context(
-            feats[pop],
+            feats if same else self._features(current),
             self._obs[current, -1, 2],
             self._obs[rows, -1, 2],
             self.spec.context_neighbours,
@@ -749,56 +806,51 @@ class LearnedForecaster:
             self._obs[rows, -1, :2],
             np.where(own_ok, own, -1),
         )
-        return feats[np.searchsorted(union, rows)], context
+        return feats, context
 
     def _forecast(
         self, ids: IntArray, rows: IntArray, age_s: Float64Array, horizons_s: Float64Array
     ) -> tuple[Float64Array, Float64Array]:
         """Model forecasts of ``rows`` at ``age + horizons`` after their latest observation:
-        means (M, H, 2) px and covariances (M, H, 2, 2) px²."""
-        from tapetum.track.kernels.forecast import grid_to_pixels
+        means (M, H, 2) px and covariances (M, H, 2, 2) px²; with a blend, the members are
+        weighed against constant velocity as the stream's blend says now, and the forecasts
+        made from an observation of this frame are recorded for it to score."""
+        from tapetum.track.kernels.forecast import blend_members, grid_to_pixels
 
-        members, mean, cov = self.model.run_members(*self._inputs(rows))
-        if self.blend is not None:
-            mean, cov = self._adapt(self.blend, ids, rows, age_s, members, cov)
-        times = age_s[:, None] + horizons_s[None, :]
-        mean_px = np.empty((*times.shape, 2))
-        cov_px2 = np.empty((*times.shape, 2, 2))
-        grid = np.concatenate((mean, cov), axis=2)
-        grid_to_pixels(grid, times, self.spec.dt_s, self._obs[rows, -1], mean_px, cov_px2)
-        return mean_px, cov_px2
-
-    def _adapt(  # noqa: PLR0917 - the columns of one table
-        self,
-        blend: OnlineBlend,
-        ids: IntArray,
-        rows: IntArray,
-        age_s: Float64Array,
-        members: Float64Array,
-        cov: Float64Array,
-    ) -> tuple[Float64Array, Float64Array]:
-        """The stream's blend of the members' grid forecasts (M, E, K, 2) with constant
-        velocity's, and its scale of the covariance (M, K, 3); records this frame's forecasts
-        to score later."""
-        cv = self._cv_grid(rows)
-        blended = blend.blend(members, cv)
-        if blend.model_weight() < LEANING_CV_WEIGHT:
-            self.counts.leaning_cv += int(rows.shape[0])
+        means, covs = self.model.outputs(*self._inputs(rows))
+        m, k, e = rows.shape[0], self.spec.horizon_steps, self.spec.members
+        blend = self.blend
+        if blend is None:  # the members' mixture as it is
+            cv = np.zeros((m, k, 2))
+            weights = np.full((k, e), 1.0 / e)
+            stream2 = np.ones(k)
+        else:
+            cv = self._cv_grid(rows)
+            weights = blend.weights()
+            stream2 = np.square(blend.scales())
+            if blend.model_weight() < LEANING_CV_WEIGHT:
+                self.counts.leaning_cv += int(m)
+        grid = np.empty((m, k, 5))
+        mixed_cov = np.empty((m, k, 3))
+        blend_members(means, covs, cv, weights, self.model.scale2, stream2, grid, mixed_cov)
         now = self._now_s
-        if now is not None and blend.wants_record(now):
+        if blend is not None and now is not None and blend.wants_record(now):
             fresh = age_s <= 0.0
             if fresh.any():
                 blend.record(
                     ids[fresh],
                     now,
                     self._obs[rows[fresh], -1],
-                    members[fresh],
+                    means[fresh],
                     cv[fresh],
-                    blended[fresh],
-                    cov[fresh],
+                    grid[fresh, :, :2],
+                    mixed_cov[fresh],
                 )
-        scaled: Float64Array = cov * np.square(blend.scales())[None, :, None]
-        return blended, scaled
+        times = age_s[:, None] + horizons_s[None, :]
+        mean_px = np.empty((*times.shape, 2))
+        cov_px2 = np.empty((*times.shape, 2, 2))
+        grid_to_pixels(grid, times, self.spec.dt_s, self._obs[rows, -1], mean_px, cov_px2)
+        return mean_px, cov_px2
 
     def _cv_grid(self, rows: IntArray) -> Float64Array:
         """Constant velocity's forecasts on the model's grid (M, K, 2): offsets from each

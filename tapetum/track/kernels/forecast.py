@@ -10,17 +10,115 @@ from __future__ import annotations
 
 import math
 
-from tapetum._types import Float32Array, Float64Array, IntArray
+import numpy as np
+
+from tapetum._types import BoolArray, Float32Array, Float64Array, IntArray
 from tapetum.track.kernels.jit import njit, njit_step
 
 
 @njit
-def resample_history(
+def push_observations(  # noqa: PLR0917 - a compiled kernel takes flat arguments
+    times_s: Float64Array,
+    obs: Float64Array,
+    kalman: Float64Array,
+    rows: IntArray,
+    centers_px: Float64Array,
+    heights_px: Float64Array,
+    now_s: float,
+    min_gap_s: float,
+    acceleration_std_per_height: float,
+    measurement_std_per_height: float,
+) -> None:
+    """Append one observation to each of ``rows``' right-aligned buffers, and update each
+    row's constant-velocity Kalman filter with it.
+
+    The buffer shifts left by one unless the new observation is closer than ``min_gap_s``
+    to the one before the latest; then it replaces the latest (a dense stream keeps its
+    history window in the buffer). The filter sees every observation.
+
+    The filter is :class:`tapetum.track.forecast.ConstantVelocityForecaster`'s, per row (per
+    axis state ``p, v``; white-noise acceleration with spectral density ``(σ_a h)²``, ``h``
+    the height at the previous observation; measurement variance ``(σ_z h)²``; both axes
+    share one covariance): the same numbers as the baseline forecaster, kept up to date at
+    a few flops per observation instead of replayed over the buffer at every forecast.
+
+    Args:
+        times_s: (C, L) observation times, updated in place.
+        obs: (C, L, 3) ``x, y, h`` pixels, updated in place.
+        kalman: (C, 7) each row's filter ``px, py, vx, vy, P_pp, P_pv, P_vv``, updated.
+        rows: (M,) the rows observed now.
+        centers_px: (M, 2) their centres; heights_px: (M,) their box heights.
+        now_s: the observation time.
+        min_gap_s: see above.
+        acceleration_std_per_height, measurement_std_per_height: the filter's settings.
+    """
+    last = times_s.shape[1] - 1
+    for m in range(rows.shape[0]):
+        r = rows[m]
+        _kalman_step(
+            kalman,
+            r,
+            now_s - times_s[r, last],
+            obs[r, last, 2],
+            centers_px[m, 0],
+            centers_px[m, 1],
+            heights_px[m],
+            acceleration_std_per_height,
+            measurement_std_per_height,
+        )
+        if now_s - times_s[r, last - 1] >= min_gap_s:
+            for j in range(last):
+                times_s[r, j] = times_s[r, j + 1]
+                obs[r, j, 0] = obs[r, j + 1, 0]
+                obs[r, j, 1] = obs[r, j + 1, 1]
+                obs[r, j, 2] = obs[r, j + 1, 2]
+        times_s[r, last] = now_s
+        obs[r, last, 0] = centers_px[m, 0]
+        obs[r, last, 1] = centers_px[m, 1]
+        obs[r, last, 2] = heights_px[m]
+
+
+@njit_step
+def _kalman_step(  # noqa: PLR0917 - a compiled kernel takes flat arguments
+    kalman: Float64Array,
+    r: int,
+    dt: float,
+    h_prev: float,
+    zx: float,
+    zy: float,
+    h: float,
+    acceleration_std_per_height: float,
+    measurement_std_per_height: float,
+) -> None:
+    """Predict row ``r``'s filter ``dt`` ahead and update it with the centre ``zx, zy``."""
+    px, py, vx, vy = kalman[r, 0], kalman[r, 1], kalman[r, 2], kalman[r, 3]
+    p00, p01, p11 = kalman[r, 4], kalman[r, 5], kalman[r, 6]
+    q = (acceleration_std_per_height * h_prev) ** 2
+    # predict: F = [[1, dt], [0, 1]], Q = q [[dt³/3, dt²/2], [dt²/2, dt]]
+    px += vx * dt
+    py += vy * dt
+    n00 = p00 + 2.0 * dt * p01 + dt * dt * p11 + q * dt**3 / 3.0
+    n01 = p01 + dt * p11 + q * dt * dt / 2.0
+    n11 = p11 + q * dt
+    # update with the position measurement, variance (σ_z h)²
+    s = n00 + (measurement_std_per_height * h) ** 2
+    k0, k1 = n00 / s, n01 / s
+    ix, iy = zx - px, zy - py
+    kalman[r, 0], kalman[r, 1] = px + k0 * ix, py + k0 * iy
+    kalman[r, 2], kalman[r, 3] = vx + k1 * ix, vy + k1 * iy
+    kalman[r, 4] = n00 - k0 * k0 * s
+    kalman[r, 5] = n01 - k0 * k1 * s
+    kalman[r, 6] = n11 - k1 * k1 * s
+
+
+@njit
+def resample_history(  # noqa: PLR0917 - a compiled kernel takes flat arguments
     times_s: Float64Array,
     obs: Float64Array,
     rows: IntArray,
     dt_s: float,
     out: Float32Array,
+    extrapolate: bool = False,
 ) -> None:
     """Each row's history on the grid ``t0 - k·dt`` relative to its latest observation.
 
@@ -31,7 +129,9 @@ def resample_history(
         rows: (M,) rows of the store to resample.
         dt_s: grid step, seconds.
         out: (M, T, 4) float32, written: ``(x - x0) / h0, (y - y0) / h0, log(h / h0),
-            observed`` (before the first observation: the first one repeated, observed 0).
+            observed``. Before the first observation (observed 0) the first one is repeated
+            or, with ``extrapolate``, the centre goes back at the track's mean velocity
+            from its first to its latest observation (the height is held).
     """
     length = times_s.shape[1]
     steps = out.shape[1]
@@ -44,6 +144,10 @@ def resample_history(
         while first > 0 and math.isfinite(times_s[r, first - 1]):
             first -= 1
         t_first = times_s[r, first]
+        vx, vy = 0.0, 0.0
+        if extrapolate and t0 > t_first:
+            vx = (x0 - obs[r, first, 0]) / (t0 - t_first)
+            vy = (y0 - obs[r, first, 1]) / (t0 - t_first)
         j = last
         for k in range(steps):
             q = t0 - dt_s * k
@@ -58,10 +162,49 @@ def resample_history(
             x = obs[r, j, 0] + w * (obs[r, hi, 0] - obs[r, j, 0])
             y = obs[r, j, 1] + w * (obs[r, hi, 1] - obs[r, j, 1])
             h = obs[r, j, 2] + w * (obs[r, hi, 2] - obs[r, j, 2])
+            if q < t_first:  # before the first observation (x, y are the first one's)
+                x += vx * (q - t_first)
+                y += vy * (q - t_first)
             out[m, k, 0] = (x - x0) / h0
             out[m, k, 1] = (y - y0) / h0
             out[m, k, 2] = math.log(h / h0)
             out[m, k, 3] = 1.0 if q >= t_first - 1e-9 else 0.0
+
+
+@njit
+def motion_median(
+    population: Float32Array, h0: Float64Array, median: Float64Array, count: Float64Array
+) -> None:
+    """Per history step, the median displacement in pixels of the tracks observed then.
+
+    Args:
+        population: (P, T, 4) history features (see :func:`resample_history`).
+        h0: (P,) each track's latest box height, pixels.
+        median: (T, 2) written: median ``dx, dy`` pixels (0 where no track was observed).
+        count: (T,) written: the tracks pooled.
+    """
+    tracks = population.shape[0]
+    xs = np.empty(tracks)
+    ys = np.empty(tracks)
+    for t in range(population.shape[1]):
+        n = 0
+        for p in range(tracks):
+            if population[p, t, 3] > 0.5:
+                xs[n] = np.float64(population[p, t, 0]) * h0[p]
+                ys[n] = np.float64(population[p, t, 1]) * h0[p]
+                n += 1
+        count[t] = n
+        median[t, 0] = _median(xs, n)
+        median[t, 1] = _median(ys, n)
+
+
+@njit_step
+def _median(values: Float64Array, n: int) -> float:
+    """The median of ``values[:n]`` (0 when empty; numba's quickselect, reorders them)."""
+    if n == 0:
+        return 0.0
+    value: float = np.median(values[:n])
+    return value
 
 
 @njit
@@ -111,67 +254,85 @@ def _lerp(grid: Float64Array, m: int, lo: int, frac: float, c: int) -> float:
 
 
 @njit
-def constant_velocity_replay(  # noqa: PLR0917 - a compiled kernel takes flat arguments
-    times_s: Float64Array,
-    obs: Float64Array,
+def blend_members(  # noqa: PLR0917 - a compiled kernel takes flat arguments
+    means: Float32Array,
+    covs: Float32Array,
+    cv: Float64Array,
+    weights: Float64Array,
+    file_scale2: Float64Array,
+    stream_scale2: Float64Array,
+    grid: Float64Array,
+    mixed_cov: Float64Array,
+) -> None:
+    """A forecaster file's member outputs → the grid forecasts a stream keeps.
+
+    The mean is constant velocity plus each member's weighted correction over it,
+    ``cv + Σ_e w_e (mean_e - cv)`` (weights 1/E and any ``cv``: the members' average); the
+    covariance is the members' equal-weight mixture (their average covariance plus the
+    spread of their means) times the file's and the stream's variance scales.
+
+    Args:
+        means: (M, E, K, 2) the members' mean offsets, box heights.
+        covs: (M, E, K, 3) their ``var_x, var_y, cov_xy``.
+        cv: (M, K, 2) constant velocity's offsets on the grid.
+        weights: (K, E) each member's weight per step.
+        file_scale2, stream_scale2: (K,) variance multipliers per step.
+        grid: (M, K, 5) written: the blended mean and the covariance with both scales.
+        mixed_cov: (M, K, 3) written: the mixture's covariance, the file's scale only.
+    """
+    members = means.shape[1]
+    inv = 1.0 / members
+    for m in range(means.shape[0]):
+        for k in range(means.shape[2]):
+            mx, my = 0.0, 0.0
+            for e in range(members):
+                mx += means[m, e, k, 0]
+                my += means[m, e, k, 1]
+            mx *= inv
+            my *= inv
+            vxx, vyy, vxy = 0.0, 0.0, 0.0
+            bx, by = cv[m, k, 0], cv[m, k, 1]
+            for e in range(members):
+                dx, dy = means[m, e, k, 0] - mx, means[m, e, k, 1] - my
+                vxx += covs[m, e, k, 0] + dx * dx
+                vyy += covs[m, e, k, 1] + dy * dy
+                vxy += covs[m, e, k, 2] + dx * dy
+                bx += weights[k, e] * (means[m, e, k, 0] - cv[m, k, 0])
+                by += weights[k, e] * (means[m, e, k, 1] - cv[m, k, 1])
+            f2 = file_scale2[k]
+            vxx, vyy, vxy = vxx * inv * f2, vyy * inv * f2, vxy * inv * f2
+            mixed_cov[m, k, 0], mixed_cov[m, k, 1], mixed_cov[m, k, 2] = vxx, vyy, vxy
+            s2 = stream_scale2[k]
+            grid[m, k, 0], grid[m, k, 1] = bx, by
+            grid[m, k, 2], grid[m, k, 3], grid[m, k, 4] = vxx * s2, vyy * s2, vxy * s2
+
+
+@njit
+def constant_velocity_ahead(  # noqa: PLR0917 - a compiled kernel takes flat arguments
+    kalman: Float64Array,
     rows: IntArray,
+    heights_px: Float64Array,
     ahead_s: Float64Array,
     acceleration_std_per_height: float,
-    measurement_std_per_height: float,
-    initial_velocity_std_per_height: float,
     mean_px: Float64Array,
     cov_px2: Float64Array,
 ) -> None:
-    """The Kalman filter of ``tapetum.track.forecast.ConstantVelocityForecaster`` run over
-    each row's buffered observations, then extrapolated.
-
-    The same equations as the numpy filter (per axis state ``p, v``; white-noise
-    acceleration with spectral density ``(σ_a h)²``, ``h`` the height at the previous
-    observation; measurement variance ``(σ_z h)²``; both axes share one covariance), for
-    the young tracks the learned model does not serve: a handful of observations each, so
-    replaying them costs less than keeping a filter for every track.
+    """The rows' constant-velocity filters (see :func:`push_observations`) extrapolated.
 
     Args:
-        times_s, obs: the store (see :func:`resample_history`).
+        kalman: (C, 7) the filters.
         rows: (M,) rows to forecast.
+        heights_px: (M,) their latest box heights (they scale the process noise).
         ahead_s: (M, H) seconds after each row's latest observation.
-        acceleration_std_per_height, measurement_std_per_height,
-            initial_velocity_std_per_height: the constant-velocity settings.
+        acceleration_std_per_height: the filter's setting.
         mean_px: (M, H, 2) written.
         cov_px2: (M, H, 2, 2) written (isotropic: the axes share the variance).
     """
-    length = times_s.shape[1]
     for m in range(rows.shape[0]):
         r = rows[m]
-        first = length - 1
-        while first > 0 and math.isfinite(times_s[r, first - 1]):
-            first -= 1
-        h = obs[r, first, 2]
-        px, py = obs[r, first, 0], obs[r, first, 1]
-        vx, vy = 0.0, 0.0
-        p00 = (measurement_std_per_height * h) ** 2
-        p01 = 0.0
-        p11 = (initial_velocity_std_per_height * h) ** 2
-        t = times_s[r, first]
-        for j in range(first + 1, length):
-            dt = times_s[r, j] - t
-            q = (acceleration_std_per_height * h) ** 2
-            # predict: F = [[1, dt], [0, 1]], Q = q [[dt³/3, dt²/2], [dt²/2, dt]]
-            px += vx * dt
-            py += vy * dt
-            n00 = p00 + 2.0 * dt * p01 + dt * dt * p11 + q * dt**3 / 3.0
-            n01 = p01 + dt * p11 + q * dt * dt / 2.0
-            n11 = p11 + q * dt
-            # update with the position measurement, variance (σ_z h_new)²
-            h = obs[r, j, 2]
-            s = n00 + (measurement_std_per_height * h) ** 2
-            k0, k1 = n00 / s, n01 / s
-            ix, iy = obs[r, j, 0] - px, obs[r, j, 1] - py
-            px, py = px + k0 * ix, py + k0 * iy
-            vx, vy = vx + k1 * ix, vy + k1 * iy
-            p00, p01, p11 = n00 - k0 * k0 * s, n01 - k0 * k1 * s, n11 - k1 * k1 * s
-            t = times_s[r, j]
-        q = (acceleration_std_per_height * h) ** 2
+        px, py, vx, vy = kalman[r, 0], kalman[r, 1], kalman[r, 2], kalman[r, 3]
+        p00, p01, p11 = kalman[r, 4], kalman[r, 5], kalman[r, 6]
+        q = (acceleration_std_per_height * heights_px[m]) ** 2
         for i in range(ahead_s.shape[1]):
             tau = ahead_s[m, i]
             var = p00 + 2.0 * tau * p01 + tau * tau * p11 + q * tau**3 / 3.0
@@ -181,3 +342,108 @@ def constant_velocity_replay(  # noqa: PLR0917 - a compiled kernel takes flat ar
             cov_px2[m, i, 1, 1] = var
             cov_px2[m, i, 0, 1] = 0.0
             cov_px2[m, i, 1, 0] = 0.0
+
+
+@njit
+def observed_offsets(  # noqa: PLR0917 - a compiled kernel takes flat arguments
+    store_ids: IntArray,
+    times_s: Float64Array,
+    obs: Float64Array,
+    ids: IntArray,
+    query_s: Float64Array,
+    origin: Float64Array,
+    max_gap_s: float,
+    target: Float64Array,
+    ok: BoolArray,
+) -> None:
+    """Where recorded forecasts' tracks actually were: each track's centre at ``query_s``
+    from its buffered observations (an observation at that time, or linear interpolation
+    between two that bracket it at most ``max_gap_s`` apart), as an offset from the
+    forecast's origin in the origin's box heights.
+
+    Args:
+        store_ids: (C,) sorted track ids of the buffers.
+        times_s, obs: (C, L) times and (C, L, 3) ``x, y, h`` (see :func:`resample_history`).
+        ids: (n,) the recorded forecasts' tracks.
+        query_s: (n,) when each should be scored.
+        origin: (n, 3) each forecast's origin ``x, y, h``, pixels.
+        max_gap_s: see above.
+        target: (n, 2) written where ``ok``: ``(x - x0) / h0, (y - y0) / h0``.
+        ok: (n,) written: whether the track is still buffered and its centre known then.
+    """
+    count = store_ids.shape[0]
+    last = times_s.shape[1] - 1
+    for i in range(ids.shape[0]):
+        ok[i] = False
+        r = np.searchsorted(store_ids, ids[i])
+        if r >= count or store_ids[r] != ids[i]:
+            continue
+        q = query_s[i]
+        j = last
+        while j >= 0 and times_s[r, j] > q + 1e-9:
+            j -= 1
+        if j < 0 or not math.isfinite(times_s[r, j]):
+            continue
+        t_lo = times_s[r, j]
+        w = 0.0
+        if abs(t_lo - q) >= 1e-9:
+            if j == last:
+                continue
+            t_hi = times_s[r, j + 1]
+            if not (t_hi > q and t_hi - t_lo <= max_gap_s + 1e-9):
+                continue
+            w = min(max((q - t_lo) / (t_hi - t_lo), 0.0), 1.0)
+        hi = min(j + 1, last)
+        x = obs[r, j, 0] + w * (obs[r, hi, 0] - obs[r, j, 0])
+        y = obs[r, j, 1] + w * (obs[r, hi, 1] - obs[r, j, 1])
+        target[i, 0] = (x - origin[i, 0]) / origin[i, 2]
+        target[i, 1] = (y - origin[i, 1]) / origin[i, 2]
+        ok[i] = True
+
+
+@njit
+def blend_evidence(  # noqa: PLR0917 - a compiled kernel takes flat arguments
+    model: Float64Array,
+    cv: Float64Array,
+    blended: Float64Array,
+    cov: Float64Array,
+    slots: IntArray,
+    step: int,
+    target: Float64Array,
+    gram: Float64Array,
+    cross: Float64Array,
+    d2: Float64Array,
+) -> None:
+    """What scored forecasts say about a stream's blend, at one checked step.
+
+    Args:
+        model: (R, S, E, 2) the ring of recorded member offsets; cv, blended: (R, S, 2)
+            constant velocity's and the blended offsets; cov: (R, S, 3) the covariances.
+        slots: (n,) the ring slots scored; step: the checked step's column ``S``.
+        target: (n, 2) where each track went, offsets from the origin in its box height.
+        gram: (E, E) written: ``Σ d dᵀ`` of the members' corrections over constant velocity.
+        cross: (E,) written: ``Σ d · (target - cv)``.
+        d2: (n,) written: squared Mahalanobis distance of the blended forecast's error
+            (inf where the covariance is singular).
+    """
+    members = model.shape[2]
+    gram[:, :] = 0.0
+    cross[:] = 0.0
+    for i in range(slots.shape[0]):
+        r = slots[i]
+        for c in range(2):
+            base = cv[r, step, c]
+            rest = target[i, c] - base
+            for e in range(members):
+                de = model[r, step, e, c] - base
+                cross[e] += de * rest
+                for f in range(members):
+                    gram[e, f] += de * (model[r, step, f, c] - base)
+        ex = target[i, 0] - blended[r, step, 0]
+        ey = target[i, 1] - blended[r, step, 1]
+        a, b, cxy = cov[r, step, 0], cov[r, step, 1], cov[r, step, 2]
+        det = a * b - cxy * cxy
+        if math.isfinite(det) and det > 0:
+            d2[i] = (b * ex * ex - 2.0 * cxy * ex * ey + a * ey * ey) / det
+        else:
+            d2[i] = math.inf

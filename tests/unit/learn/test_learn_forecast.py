@@ -44,14 +44,18 @@ def synthetic_sequence(n_tracks: int = 6, frames: int = 60, name: str = "SYN-01"
     return MotSequence(SequenceInfo(name, FPS, frames, 1920, 1080), gt)
 
 
-@pytest.mark.parametrize("neighbours", [0, 2])
+@pytest.mark.parametrize(
+    ("neighbours", "padding"), [(0, "extrapolate"), (2, "extrapolate"), (0, "repeat")]
+)
 def test_training_features_are_what_the_online_forecaster_builds(
-    tmp_path: Path, neighbours: int
+    tmp_path: Path, neighbours: int, padding: str
 ) -> None:
     seq = synthetic_sequence()
-    config = ForecastTrainConfig(context=True, context_neighbours=neighbours)
+    config = ForecastTrainConfig(
+        context=True, context_neighbours=neighbours, history_padding=padding
+    )
     samples = build_samples([seq], config)
-    spec = ForecastModelSpec(context=True, context_neighbours=neighbours)
+    spec = ForecastModelSpec(context=True, context_neighbours=neighbours, history_padding=padding)
     fc = LearnedForecaster(load_forecast_model(write_cv_model(tmp_path / "cv.onnx", spec)))
     gt = seq.gt
     assert gt is not None
@@ -75,7 +79,9 @@ def test_training_features_are_what_the_online_forecaster_builds(
     assert len(samples) == len(online_feats)
     np.testing.assert_allclose(samples.features, np.stack([x[2] for x in online_feats]), atol=1e-5)
     np.testing.assert_allclose(samples.context, np.stack([x[2] for x in online_ctx]), atol=1e-5)
-    without_context = build_samples([seq], ForecastTrainConfig(context=False))
+    without_context = build_samples(
+        [seq], ForecastTrainConfig(context=False, history_padding=padding)
+    )
     np.testing.assert_array_equal(without_context.features, samples.features)
 
 

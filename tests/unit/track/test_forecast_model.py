@@ -143,10 +143,37 @@ def test_history_before_the_first_observation_repeats_it_and_is_marked_unobserve
     assert feats[0, :, 3].tolist() == [1, 1, 0, 0, 0]
 
 
-def test_a_single_observation_gives_zero_history() -> None:
-    feats = history_features(*_buffer([2.0], [7.0]), DT, T)
+def test_extrapolated_history_goes_back_at_the_tracks_mean_velocity() -> None:
+    times = [0.0, 0.05, 0.1, 0.15]
+    xs = [0.0, 4.0, 11.0, 15.0]  # 100 px/s from first to latest, jittery in between
+    t, xy, h = _buffer(times, xs)
+    h[0, -1] = 60.0  # the height is held, not extrapolated
+    feats = history_features(t, xy, h, DT, 5, padding="extrapolate")
+    # grid 0.15, 0.05, -0.05, -0.15, -0.25: before 0.0 the centre goes back at 100 px/s
+    want = np.array([15.0, 4.0, -5.0, -15.0, -25.0]) - 15.0
+    np.testing.assert_allclose(feats[0, :, 0], want / 60.0, atol=1e-6)
+    np.testing.assert_allclose(feats[0, 2:, 2], np.log(50.0 / 60.0), atol=1e-6)
+    assert feats[0, :, 3].tolist() == [1, 1, 0, 0, 0]
+    # observed steps are the same either way
+    repeat = history_features(t, xy, h, DT, 5)
+    np.testing.assert_array_equal(feats[0, :2], repeat[0, :2])
+
+
+@pytest.mark.parametrize("padding", ["repeat", "extrapolate"])
+def test_a_single_observation_gives_zero_history(padding: str) -> None:
+    feats = history_features(*_buffer([2.0], [7.0]), DT, T, padding=padding)
     np.testing.assert_array_equal(feats[0, :, :3], 0.0)
     assert feats[0, :, 3].tolist() == [1] + [0] * (T - 1)
+
+
+def test_a_file_says_how_it_pads_and_older_files_repeat() -> None:
+    spec = ForecastModelSpec(history_padding="extrapolate")
+    assert ForecastModelSpec.from_json(spec.to_json()).history_padding == "extrapolate"
+    old = json.loads(spec.to_json())
+    del old["history_padding"]
+    assert ForecastModelSpec.from_json(json.dumps(old)).history_padding == "repeat"
+    with pytest.raises(ModelLoadError, match="history_padding"):
+        ForecastModelSpec(history_padding="mirror")
 
 
 def test_irregular_timestamps_are_resampled_onto_the_grid() -> None:
