@@ -822,7 +822,7 @@ class LearnedForecaster:
         blend = self.blend
         if blend is None:  # the members' mixture as it is
             cv = np.zeros((m, k, 2))
-            weights = np.full((k, e), 1.0 / e)
+            weights = np.full((k, e, 2), 1.0 / e)
             stream2 = np.ones(k)
         else:
             cv = self._cv_grid(rows)

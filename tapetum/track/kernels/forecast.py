@@ -275,7 +275,7 @@ def blend_members(  # noqa: PLR0917 - a compiled kernel takes flat arguments
         means: (M, E, K, 2) the members' mean offsets, box heights.
         covs: (M, E, K, 3) their ``var_x, var_y, cov_xy``.
         cv: (M, K, 2) constant velocity's offsets on the grid.
-        weights: (K, E) each member's weight per step.
+        weights: (K, E, 2) each member's weight per step and image axis.
         file_scale2, stream_scale2: (K,) variance multipliers per step.
         grid: (M, K, 5) written: the blended mean and the covariance with both scales.
         mixed_cov: (M, K, 3) written: the mixture's covariance, the file's scale only.
@@ -297,8 +297,8 @@ def blend_members(  # noqa: PLR0917 - a compiled kernel takes flat arguments
                 vxx += covs[m, e, k, 0] + dx * dx
                 vyy += covs[m, e, k, 1] + dy * dy
                 vxy += covs[m, e, k, 2] + dx * dy
-                bx += weights[k, e] * (means[m, e, k, 0] - cv[m, k, 0])
-                by += weights[k, e] * (means[m, e, k, 1] - cv[m, k, 1])
+                bx += weights[k, e, 0] * (means[m, e, k, 0] - cv[m, k, 0])
+                by += weights[k, e, 1] * (means[m, e, k, 1] - cv[m, k, 1])
             f2 = file_scale2[k]
             vxx, vyy, vxy = vxx * inv * f2, vyy * inv * f2, vxy * inv * f2
             mixed_cov[m, k, 0], mixed_cov[m, k, 1], mixed_cov[m, k, 2] = vxx, vyy, vxy
@@ -421,14 +421,15 @@ def blend_evidence(  # noqa: PLR0917 - a compiled kernel takes flat arguments
             constant velocity's and the blended offsets; cov: (R, S, 3) the covariances.
         slots: (n,) the ring slots scored; step: the checked step's column ``S``.
         target: (n, 2) where each track went, offsets from the origin in its box height.
-        gram: (E, E) written: ``Σ d dᵀ`` of the members' corrections over constant velocity.
-        cross: (E,) written: ``Σ d · (target - cv)``.
+        gram: (2, E, E) written: per image axis ``Σ d dᵀ`` of the members' corrections
+            over constant velocity.
+        cross: (2, E) written: per image axis ``Σ d · (target - cv)``.
         d2: (n,) written: squared Mahalanobis distance of the blended forecast's error
             (inf where the covariance is singular).
     """
     members = model.shape[2]
-    gram[:, :] = 0.0
-    cross[:] = 0.0
+    gram[:, :, :] = 0.0
+    cross[:, :] = 0.0
     for i in range(slots.shape[0]):
         r = slots[i]
         for c in range(2):
@@ -436,9 +437,9 @@ def blend_evidence(  # noqa: PLR0917 - a compiled kernel takes flat arguments
             rest = target[i, c] - base
             for e in range(members):
                 de = model[r, step, e, c] - base
-                cross[e] += de * rest
+                cross[c, e] += de * rest
                 for f in range(members):
-                    gram[e, f] += de * (model[r, step, f, c] - base)
+                    gram[c, e, f] += de * (model[r, step, f, c] - base)
         ex = target[i, 0] - blended[r, step, 0]
         ey = target[i, 1] - blended[r, step, 1]
         a, b, cxy = cov[r, step, 0], cov[r, step, 1], cov[r, step, 2]

@@ -60,17 +60,20 @@ def _feed(
 
 def test_the_blend_turns_to_constant_velocity_where_it_was_right() -> None:
     blend = OnlineBlend(OnlineBlendConfig(prior_samples=50.0), DT, K)
-    assert np.allclose(blend.weights(), 0.3)  # mostly CV, until evidence comes
+    assert np.allclose(blend.weights(), 0.1)  # mostly CV, until evidence comes
     _feed(blend, model_speed=0.5, truth_speed=1.5)
     assert blend.scored > 1000
-    assert blend.weights().max() < 0.1
+    weights = blend.weights()
+    assert weights[..., 0].max() < 0.02
+    # vertically the model and constant velocity agree: nothing to choose, the prior stays
+    np.testing.assert_allclose(weights[..., 1], 0.1)
 
 
 def test_the_blend_keeps_the_model_where_it_was_right() -> None:
     blend = OnlineBlend(OnlineBlendConfig(prior_samples=50.0), DT, K)
     _feed(blend, model_speed=1.0, truth_speed=1.0, cv_speed=2.0)  # CV overshoots
     assert blend.scored > 1000
-    assert blend.weights().min() > 0.9
+    assert blend.weights()[..., 0].min() > 0.9
 
 
 def test_nothing_is_scored_before_its_horizon_has_passed() -> None:
@@ -110,11 +113,12 @@ def test_the_scale_widens_ellipses_that_cover_too_little() -> None:
     assert fit_coverage_scale(d2) == pytest.approx(2.0, rel=0.05)
 
 
-def test_two_members_are_weighed_by_how_each_did() -> None:
-    # member 0 forecasts the truth, member 1 drifts down instead, constant velocity overshoots
+def test_two_members_are_weighed_by_how_each_did_along_each_axis() -> None:
+    # the truth walks diagonally; constant velocity overshoots x and misses y; member 0 is
+    # right in x and says what CV says in y, member 1 the other way round
     n, fps, speed = 20, 10.0, 1.0
     blend = OnlineBlend(OnlineBlendConfig(prior_samples=50.0), DT, K, members=2)
-    np.testing.assert_allclose(blend.weights(), 0.15)
+    np.testing.assert_allclose(blend.weights(), 0.05)
     ids = np.arange(n, dtype=np.int64)
     steps = DT * np.arange(1, K + 1)
     times = np.arange(0, 61) / fps
@@ -123,17 +127,20 @@ def test_two_members_are_weighed_by_how_each_did() -> None:
         pad = 48 - (f + 1 - lo)
         tt = np.concatenate((np.full(pad, -np.inf), times[lo : f + 1]))
         xy = np.zeros((n, 48, 2))
-        xy[:, pad:, 0] = 100.0 * speed * times[lo : f + 1, None].T
+        xy[:, pad:, :] = 100.0 * speed * times[lo : f + 1, None]
         blend.score(t, *_store(ids, tt, xy))
-        members = np.zeros((n, 2, K, 2))
-        members[:, 0, :, 0] = speed * steps
-        members[:, 1, :, 1] = speed * steps
         cv = np.zeros((n, K, 2))
         cv[..., 0] = 2.0 * speed * steps
-        origin = np.stack((np.full(n, 100.0 * speed * t), np.zeros(n), np.full(n, 100.0)), 1)
+        members = np.zeros((n, 2, K, 2))
+        members[:, 0, :, 0] = speed * steps
+        members[:, 1, :, 0] = cv[..., 0]
+        members[:, 1, :, 1] = speed * steps
+        origin = np.stack((np.full(n, 100.0 * speed * t), np.full(n, 100.0 * speed * t)), 1)
+        origin = np.concatenate((origin, np.full((n, 1), 100.0)), axis=1)
         blend.record(ids, t, origin, members, cv, blend.blend(members, cv), np.ones((n, K, 3)))
-    weights = blend.weights()
-    assert weights[:, 0].min() > 0.9 and weights[:, 1].max() < 0.1
+    weights = blend.weights()  # (K, member, axis)
+    assert weights[:, 0, 0].min() > 0.9 and weights[:, 1, 1].min() > 0.9
+    assert weights[:, 1, 0].max() < 0.05 and weights[:, 0, 1].max() < 0.05
     assert (weights.sum(axis=1) <= 1.0 + 1e-9).all()
 
 
