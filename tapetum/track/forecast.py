@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -294,12 +295,20 @@ def validate_update(
     t = float(timestamp_s)
     if z.shape[0] != n or h.shape[0] != n:
         raise ValueError(f"update got {n} ids, {z.shape[0]} centres and {h.shape[0]} heights")
-    if np.unique(ids).shape[0] != n:
-        raise ValueError("update got the same track id twice in one frame")
-    if not (np.isfinite(t) and np.isfinite(z).all() and np.isfinite(h).all()):
+    if n > 1:
+        ordered = np.sort(ids)
+        if (ordered[1:] == ordered[:-1]).any():
+            raise ValueError("update got the same track id twice in one frame")
+    # one reduction each: a NaN or inf centre makes the sum non-finite, and NaN heights
+    # fail ``h > 0`` as non-positive ones do
+    if not (math.isfinite(t) and math.isfinite(float(z.sum()))):
         raise ValueError("update got a non-finite timestamp, centre or height")
-    if np.any(h <= 0):
+    if not (h > 0).all():
+        if not np.isfinite(h).all():
+            raise ValueError("update got a non-finite timestamp, centre or height")
         raise ValueError("box heights must be positive")
+    if not math.isfinite(float(h.sum())):
+        raise ValueError("update got a non-finite timestamp, centre or height")
     return ids, z, h, t
 
 

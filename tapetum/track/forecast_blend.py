@@ -191,7 +191,7 @@ class OnlineBlend:
         self.scored = 0
         self._next_due_s = math.inf  # when the earliest unscored check comes due
         self._last_score_s = -math.inf
-        self._cached: tuple[Float64Array, Float64Array] | None = None
+        self._cached: tuple[Float64Array, Float64Array, float] | None = None
 
     # ------------------------------------------------------------------ what it says now
 
@@ -207,17 +207,18 @@ class OnlineBlend:
     def model_weight(self) -> float:
         """The members' total weight, averaged over the checked steps and the axes (0:
         constant velocity alone)."""
-        return float(self._weight.sum(axis=1).mean())
+        return self._per_grid()[2]
 
-    def _per_grid(self) -> tuple[Float64Array, Float64Array]:
-        """Weights (K, E, 2) and scales (K,) on the grid, recomputed only after they
-        change."""
+    def _per_grid(self) -> tuple[Float64Array, Float64Array, float]:
+        """Weights (K, E, 2) and scales (K,) on the grid, and the members' mean total
+        weight, recomputed only after they change."""
         if self._cached is None:
             weights = np.empty((self.horizon_steps, self.members, 2))
             for e in range(self.members):
                 for axis in range(2):
                     weights[:, e, axis] = self._per_step(self._weight[:, e, axis])
-            self._cached = (weights, self._per_step(self._scale))
+            total = float(self._weight.sum(axis=1).mean())
+            self._cached = (weights, self._per_step(self._scale), total)
         return self._cached
 
     def inner_sigma(self, steps: Float64Array) -> Float64Array:
@@ -366,8 +367,7 @@ class OnlineBlend:
         self._gram[s_i] = forget * self._gram[s_i] + gram
         self._cross[s_i] = forget * self._cross[s_i] + cross
         self._count[s_i] = forget * self._count[s_i] + n
-        for axis in range(2):
-            self._weight[s_i, :, axis] = self._solve(s_i, axis)
+        self._weight[s_i] = self._solve(s_i)
         if not cfg.calibrate:
             return
         window = cfg.calibration_window
@@ -405,23 +405,21 @@ class OnlineBlend:
             absolute = shrink * (self._inner_fit[s_i] * self._scale_fit[s_i]) ** 2 + (1.0 - shrink)
             self._inner[s_i] = math.sqrt(absolute / s2)
 
-    def _solve(self, s_i: int, axis: int) -> Float64Array:
-        """The members' weights at a checked step along one image axis: least squares
-        shrunk to the prior by the evidence count, each in [0, 1], summing to at most 1."""
-        cfg = self.config
-        gram, cross = self._gram[s_i, axis], self._cross[s_i, axis]
-        count = self._count[s_i]
-        size = float(np.trace(gram))
-        if size <= 1e-12 * count * self.members:
-            # where the members and constant velocity agree there is nothing to choose
-            return self._prior.copy()
-        # a small ridge keeps near-identical members from trading huge opposite weights
-        ridge = 1e-3 * size / self.members * np.eye(self.members)
-        fitted = np.linalg.solve(gram + ridge, cross)
-        weight = (count * fitted + cfg.prior_samples * self._prior) / (count + cfg.prior_samples)
-        weight = np.clip(weight, 0.0, 1.0)
-        total = float(weight.sum())
-        out: Float64Array = weight / total if total > 1.0 else weight
+    def _solve(self, s_i: int) -> Float64Array:
+        """The members' weights (E, 2) at a checked step, per image axis: least squares
+        shrunk to the prior by the evidence count, each in [0, 1], summing to at most 1
+        (:func:`~tapetum.track.kernels.forecast.blend_weights`)."""
+        from tapetum.track.kernels.forecast import blend_weights
+
+        out = np.empty((self.members, 2))
+        blend_weights(
+            self._gram[s_i],
+            self._cross[s_i],
+            float(self._count[s_i]),
+            self.config.prior_samples,
+            self._prior,
+            out,
+        )
         return out
 
 

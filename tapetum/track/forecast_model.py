@@ -373,14 +373,14 @@ def neighbour_context(  # noqa: PLR0917 - the columns of one frame's table
     from tapetum.track.kernels.forecast import motion_median
 
     width = CONTEXT_FEATURES + (LOCAL_CONTEXT_FEATURES if neighbours else 0)
-    out = np.zeros((h0_px.shape[0], population.shape[1], width), np.float32)
+    steps = population.shape[1]
+    out = np.zeros((h0_px.shape[0], steps, width), np.float32)
     if population.shape[0] == 0:
         return out
-    steps = population.shape[1]
     median, count = np.empty((steps, 2)), np.empty(steps)
-    motion_median(population, population_h0_px.astype(np.float64), median, count)
-    out[..., :2] = median[None] / h0_px[:, None, None]
-    out[..., 2] = np.log1p(count)[None]
+    motion_median(population, np.asarray(population_h0_px, np.float64), median, count)
+    np.divide(median[None], h0_px[:, None, None], out=out[..., :2], casting="unsafe")
+    out[..., 2] = np.log1p(count)
     if neighbours and population.shape[0] > 1:
         observed = population[..., 3] > 0.5  # (P, T)
         disp = population[..., :2].astype(np.float64) * population_h0_px[:, None, None]
@@ -607,6 +607,7 @@ class LearnedForecaster:
         self._max_age_s = self.fallback.max_age_s
         self._length = buffer_length
         self._min_gap_s = 0.5 * self.spec.dt_s
+        self._label = f"forecaster {model.path.name}"
         self.counts = ForecastCounts()
         self.reset()
 
@@ -703,7 +704,9 @@ class LearnedForecaster:
             kalman_new[:, 4] = np.square(cfg.measurement_std_per_height * h[new])
             kalman_new[:, 6] = np.square(cfg.initial_velocity_std_per_height * h[new])
             self._kalman = np.concatenate((self._kalman, kalman_new))[order]
-        if self.blend is not None:
+        # score on the frames that record too (every record_every_s), so the other frames
+        # carry neither
+        if self.blend is not None and self.blend.wants_record(t):
             self.blend.score(t, self._ids, self._t, self._obs)
 
     def predict(
@@ -716,7 +719,7 @@ class LearnedForecaster:
         horizons = np.asarray(horizons_s, np.float64).reshape(-1)
         if not (np.isfinite(horizons).all() and (horizons >= 0).all()):
             raise ValueError("horizons_s must be finite and non-negative")
-        self.spec.check_horizons(horizons, f"forecaster {self.model.path.name}")
+        self.spec.check_horizons(horizons, self._label)
         origin = timestamp_s if timestamp_s is not None else self._now_s
         n, nh = ids.shape[0], horizons.shape[0]
         mean_px = np.full((n, nh, 2), np.nan)
@@ -740,7 +743,14 @@ class LearnedForecaster:
             )
             self.counts.beyond_horizon += int(beyond.sum())
             ready &= ~beyond
-            if ready.any():
+            every = bool(ready.all())
+            if every:  # the usual frame: no fancy indexing
+                mean_px, cov_px2 = self._forecast(ids, rows, age, horizons)
+                if self.blend is not None:
+                    inner = self.blend.inner_sigma((age[:, None] + horizons) / self.spec.dt_s)
+                valid[:] = True
+                self.counts.model += n
+            elif ready.any():
                 mean_px[ready], cov_px2[ready] = self._forecast(
                     ids[ready], rows[ready], age[ready], horizons
                 )
@@ -789,21 +799,25 @@ class LearnedForecaster:
     def _inputs(self, rows: IntArray) -> tuple[Float32Array, Float32Array | None]:
         """The model's inputs for ``rows``: history (M, T, 4) and, if it reads one, the
         neighbour context (M, T, C) pooled over every track seen at the latest update."""
-        feats = self._features(rows)
         if not self.spec.context:
-            return feats, None
+            return self._features(rows), None
         current = np.flatnonzero(self._t[:, -1] == self._now_s)
-        own = np.searchsorted(current, rows)
-        own_ok = own < len(current)
-        own_ok[own_ok] = current[own[own_ok]] == rows[own_ok]
-        same = current.shape == rows.shape and bool((current == rows).all())
+        population = self._features(current)
+        own = np.minimum(np.searchsorted(current, rows), max(len(current) - 1, 0))
+        own_ok = current[own] == rows if len(current) else np.zeros(len(rows), np.bool_)
+        # rows observed now (all, unless some are lost) have their features in the population
+        feats = population[own] if own_ok.all() else self._features(rows)
+        latest = self._obs[:, -1]
+        neighbours = self.spec.context_neighbours
+        if not neighbours:  # the frame's median alone: no centres needed
+            return feats, neighbour_context(population, latest[current, 2], latest[rows, 2])
         context = neighbour_context(
-            feats if same else self._features(current),
-            self._obs[current, -1, 2],
-            self._obs[rows, -1, 2],
-            self.spec.context_neighbours,
-            self._obs[current, -1, :2],
-            self._obs[rows, -1, :2],
+            population,
+            latest[current, 2],
+            latest[rows, 2],
+            neighbours,
+            latest[current, :2],
+            latest[rows, :2],
             np.where(own_ok, own, -1),
         )
         return feats, context
@@ -855,10 +869,10 @@ class LearnedForecaster:
     def _cv_grid(self, rows: IntArray) -> Float64Array:
         """Constant velocity's forecasts on the model's grid (M, K, 2): offsets from each
         row's latest observation in its box height."""
-        steps = self.spec.dt_s * np.arange(1, self.spec.horizon_steps + 1, dtype=np.float64)
-        mean_px, _ = self._constant_velocity(rows, np.zeros(rows.shape[0]), steps)
-        origin = self._obs[rows, -1]
-        grid: Float64Array = (mean_px - origin[:, None, :2]) / origin[:, None, 2:3]
+        from tapetum.track.kernels.forecast import constant_velocity_grid
+
+        grid = np.empty((rows.shape[0], self.spec.horizon_steps, 2))
+        constant_velocity_grid(self._kalman, rows, self._obs[rows, -1], self.spec.dt_s, grid)
         return grid
 
 

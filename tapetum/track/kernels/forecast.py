@@ -345,6 +345,30 @@ def constant_velocity_ahead(  # noqa: PLR0917 - a compiled kernel takes flat arg
 
 
 @njit
+def constant_velocity_grid(
+    kalman: Float64Array, rows: IntArray, origin: Float64Array, dt_s: float, out: Float64Array
+) -> None:
+    """The rows' constant-velocity forecasts on the model's grid, as the model says them.
+
+    Args:
+        kalman: (C, 7) the filters (see :func:`push_observations`).
+        rows: (M,) rows to forecast.
+        origin: (M, 3) each row's latest observation ``x, y, h``, pixels.
+        dt_s: grid step, seconds.
+        out: (M, K, 2) written: the filter's mean at ``(k + 1)·dt`` after the latest
+            observation, as an offset from it in its box height.
+    """
+    for m in range(rows.shape[0]):
+        r = rows[m]
+        inv = 1.0 / origin[m, 2]
+        dx, dy = kalman[r, 0] - origin[m, 0], kalman[r, 1] - origin[m, 1]
+        for k in range(out.shape[1]):
+            tau = dt_s * (k + 1)
+            out[m, k, 0] = (dx + kalman[r, 2] * tau) * inv
+            out[m, k, 1] = (dy + kalman[r, 3] * tau) * inv
+
+
+@njit
 def observed_offsets(  # noqa: PLR0917 - a compiled kernel takes flat arguments
     store_ids: IntArray,
     times_s: Float64Array,
@@ -448,3 +472,70 @@ def blend_evidence(  # noqa: PLR0917 - a compiled kernel takes flat arguments
             d2[i] = (b * ex * ex - 2.0 * cxy * ex * ey + a * ey * ey) / det
         else:
             d2[i] = math.inf
+
+
+@njit
+def blend_weights(  # noqa: PLR0917 - a compiled kernel takes flat arguments
+    gram: Float64Array,
+    cross: Float64Array,
+    count: float,
+    prior_samples: float,
+    prior: Float64Array,
+    out: Float64Array,
+) -> None:
+    """The members' blend weights at one checked step, per image axis: the least-squares
+    solution of ``(gram + ridge) w = cross`` (a ridge of 1e-3 of the mean diagonal keeps
+    near-identical members from trading huge opposite weights), shrunk to ``prior`` by
+    ``count`` against ``prior_samples``, each within [0, 1] and summing to at most 1. Where
+    the members and constant velocity agree (a vanishing gram) the prior stands.
+
+    Args:
+        gram: (2, E, E) and cross: (2, E), per axis (see :func:`blend_evidence`).
+        count: the (forgotten) number of scored forecasts behind them.
+        prior_samples: pseudo-forecasts at the prior.
+        prior: (E,) the weights before evidence.
+        out: (E, 2) written.
+    """
+    e = prior.shape[0]
+    a = np.empty((e, e + 1))
+    for axis in range(2):
+        size = 0.0
+        for i in range(e):
+            size += gram[axis, i, i]
+        if size <= 1e-12 * count * e:
+            for i in range(e):
+                out[i, axis] = prior[i]
+            continue
+        for i in range(e):
+            for j in range(e):
+                a[i, j] = gram[axis, i, j]
+            a[i, i] += 1e-3 * size / e
+            a[i, e] = cross[axis, i]
+        # Gaussian elimination with partial pivoting (the matrix is symmetric positive
+        # definite with the ridge; pivoting guards rounding)
+        for c in range(e):
+            pivot = c
+            for i in range(c + 1, e):
+                if abs(a[i, c]) > abs(a[pivot, c]):
+                    pivot = i
+            if pivot != c:
+                for j in range(e + 1):
+                    a[c, j], a[pivot, j] = a[pivot, j], a[c, j]
+            for i in range(c + 1, e):
+                f = a[i, c] / a[c, c]
+                for j in range(c, e + 1):
+                    a[i, j] -= f * a[c, j]
+        total = 0.0
+        for i in range(e - 1, -1, -1):
+            v = a[i, e]
+            for j in range(i + 1, e):
+                v -= a[i, j] * out[j, axis]
+            out[i, axis] = v / a[i, i]
+        for i in range(e):
+            w = (count * out[i, axis] + prior_samples * prior[i]) / (count + prior_samples)
+            w = min(max(w, 0.0), 1.0)
+            out[i, axis] = w
+            total += w
+        if total > 1.0:
+            for i in range(e):
+                out[i, axis] /= total
