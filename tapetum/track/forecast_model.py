@@ -799,8 +799,20 @@ class LearnedForecaster:
     def _inputs(self, rows: IntArray) -> tuple[Float32Array, Float32Array | None]:
         """The model's inputs for ``rows``: history (M, T, 4) and, if it reads one, the
         neighbour context (M, T, C) pooled over every track seen at the latest update."""
-        if not self.spec.context:
+        spec = self.spec
+        if not spec.context:
             return self._features(rows), None
+        if not spec.context_neighbours and self._now_s is not None:
+            from tapetum.track.kernels.forecast import history_and_context
+
+            m, steps = rows.shape[0], spec.history_steps
+            feats = np.empty((m, steps, HISTORY_FEATURES), np.float32)
+            context = np.empty((m, steps, CONTEXT_FEATURES), np.float32)
+            extrapolate = spec.history_padding == "extrapolate"
+            history_and_context(
+                self._t, self._obs, rows, self._now_s, spec.dt_s, extrapolate, feats, context
+            )
+            return feats, context
         current = np.flatnonzero(self._t[:, -1] == self._now_s)
         population = self._features(current)
         own = np.minimum(np.searchsorted(current, rows), max(len(current) - 1, 0))
@@ -808,14 +820,11 @@ class LearnedForecaster:
         # rows observed now (all, unless some are lost) have their features in the population
         feats = population[own] if own_ok.all() else self._features(rows)
         latest = self._obs[:, -1]
-        neighbours = self.spec.context_neighbours
-        if not neighbours:  # the frame's median alone: no centres needed
-            return feats, neighbour_context(population, latest[current, 2], latest[rows, 2])
         context = neighbour_context(
             population,
             latest[current, 2],
             latest[rows, 2],
-            neighbours,
+            spec.context_neighbours,
             latest[current, :2],
             latest[rows, :2],
             np.where(own_ok, own, -1),

@@ -208,6 +208,56 @@ def _median(values: Float64Array, n: int) -> float:
 
 
 @njit
+def history_and_context(  # noqa: PLR0917 - a compiled kernel takes flat arguments
+    times_s: Float64Array,
+    obs: Float64Array,
+    rows: IntArray,
+    now_s: float,
+    dt_s: float,
+    extrapolate: bool,
+    features: Float32Array,
+    context: Float32Array,
+) -> None:
+    """The rows' history features and the frame's median-motion context in one pass: what
+    :func:`resample_history` and ``tapetum.track.forecast_model.neighbour_context`` (no
+    nearest tracks) give, without the intermediate arrays.
+
+    Args:
+        times_s, obs: the store (see :func:`resample_history`).
+        rows: (M,) rows to forecast.
+        now_s: the latest update; the tracks observed then are the population pooled.
+        dt_s: grid step, seconds.
+        extrapolate: the padding (see :func:`resample_history`).
+        features: (M, T, 4) float32, written.
+        context: (M, T, 3) float32, written: median ``dx, dy`` of the population in each
+            row's latest box height, ``log(1 + count)``.
+    """
+    last = times_s.shape[1] - 1
+    steps = features.shape[1]
+    population = np.empty(times_s.shape[0], np.int64)
+    n = 0
+    for r in range(times_s.shape[0]):
+        if times_s[r, last] == now_s:
+            population[n] = r
+            n += 1
+    pooled = np.empty((n, steps, features.shape[2]), np.float32)
+    resample_history(times_s, obs, population[:n], dt_s, pooled, extrapolate)
+    h0 = np.empty(n)
+    for p in range(n):
+        h0[p] = obs[population[p], last, 2]
+    median = np.empty((steps, 2))
+    count = np.empty(steps)
+    motion_median(pooled, h0, median, count)
+    resample_history(times_s, obs, rows, dt_s, features, extrapolate)
+    for m in range(rows.shape[0]):
+        h = obs[rows[m], last, 2]
+        for t in range(steps):
+            context[m, t, 0] = median[t, 0] / h
+            context[m, t, 1] = median[t, 1] / h
+            context[m, t, 2] = math.log1p(count[t])
+
+
+@njit
 def grid_to_pixels(  # noqa: PLR0917 - a compiled kernel takes flat arguments
     grid: Float64Array,
     times_s: Float64Array,
