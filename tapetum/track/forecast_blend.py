@@ -308,7 +308,7 @@ class OnlineBlend:
             store_t: (C, L) their observation times (``-inf`` padded on the left).
             store_obs: (C, L, 3) ``x, y, h`` in pixels.
         """
-        from tapetum.track.kernels.forecast import observed_offsets
+        from tapetum.track.kernels.forecast import score_step
 
         # Score in batches, at most every record_every_s: the per-frame cost stays small.
         if now_s < self._next_due_s - 1e-9 or now_s - self._last_score_s < (
@@ -316,34 +316,37 @@ class OnlineBlend:
         ):
             return
         self._last_score_s = now_s
-        cap = self.config.capacity
+        cap, e = self.config.capacity, self.members
+        gram, cross = np.empty((2, e, e)), np.empty((2, e))
         for s_i, step in enumerate(self.steps.tolist()):
             lo, hi = int(self._done[s_i]), self._head
             if hi <= lo:
                 continue
-            counters = np.arange(lo, hi)
-            slots = counters % cap
-            due = int(np.searchsorted(self._t[slots], now_s - step * self.dt_s + 1e-9, "right"))
-            if due == 0:
-                continue
-            self._done[s_i] = lo + due
-            slots = slots[:due]
-            target = np.empty((due, 2))
-            ok = np.empty(due, np.bool_)
-            observed_offsets(
+            d2 = np.empty(hi - lo)
+            due, scored = score_step(
+                self._id,
+                self._t,
+                self._origin,
+                self._model,
+                self._cv,
+                self._blend,
+                self._cov,
+                lo,
+                hi,
+                s_i,
+                step * self.dt_s,
+                now_s,
                 store_ids,
                 store_t,
                 store_obs,
-                self._id[slots],
-                self._t[slots] + step * self.dt_s,
-                self._origin[slots],
                 self.config.max_gap_s,
-                target,
-                ok,
+                gram,
+                cross,
+                d2,
             )
-            if not ok.any():
-                continue
-            self._learn(s_i, slots[ok], target[ok])
+            self._done[s_i] = lo + due
+            if scored:
+                self._learn(s_i, gram, cross, d2[:scored])
         self._cached = None
         pending = [
             float(self._t[int(done) % cap]) + step * self.dt_s
@@ -352,17 +355,12 @@ class OnlineBlend:
         ]
         self._next_due_s = min(pending, default=math.inf)
 
-    def _learn(self, s_i: int, slots: IntArray, target: Float64Array) -> None:
-        from tapetum.track.kernels.forecast import blend_evidence
-
+    def _learn(self, s_i: int, gram: Float64Array, cross: Float64Array, d2: Float64Array) -> None:
+        """Fold one batch of scored forecasts at a checked step into its blend (the batch's
+        ``gram`` (2, E, E) and ``cross`` (2, E)) and calibration (their squared distances)."""
         cfg = self.config
-        n = slots.shape[0]
+        n = d2.shape[0]
         self.scored += n
-        e = self.members
-        gram, cross, d2 = np.empty((2, e, e)), np.empty((2, e)), np.empty(n)
-        blend_evidence(
-            self._model, self._cv, self._blend, self._cov, slots, s_i, target, gram, cross, d2
-        )
         forget = (1.0 - 1.0 / cfg.memory) ** n
         self._gram[s_i] = forget * self._gram[s_i] + gram
         self._cross[s_i] = forget * self._cross[s_i] + cross

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from tapetum._types import BoolArray, Float32Array, Float64Array, IntArray
+from tapetum._types import Float32Array, Float64Array, IntArray
 from tapetum.track.kernels.jit import njit, njit_step
 
 
@@ -419,109 +419,111 @@ def constant_velocity_grid(
 
 
 @njit
-def observed_offsets(  # noqa: PLR0917 - a compiled kernel takes flat arguments
-    store_ids: IntArray,
-    times_s: Float64Array,
-    obs: Float64Array,
-    ids: IntArray,
-    query_s: Float64Array,
-    origin: Float64Array,
-    max_gap_s: float,
-    target: Float64Array,
-    ok: BoolArray,
-) -> None:
-    """Where recorded forecasts' tracks actually were: each track's centre at ``query_s``
-    from its buffered observations (an observation at that time, or linear interpolation
-    between two that bracket it at most ``max_gap_s`` apart), as an offset from the
-    forecast's origin in the origin's box heights.
-
-    Args:
-        store_ids: (C,) sorted track ids of the buffers.
-        times_s, obs: (C, L) times and (C, L, 3) ``x, y, h`` (see :func:`resample_history`).
-        ids: (n,) the recorded forecasts' tracks.
-        query_s: (n,) when each should be scored.
-        origin: (n, 3) each forecast's origin ``x, y, h``, pixels.
-        max_gap_s: see above.
-        target: (n, 2) written where ``ok``: ``(x - x0) / h0, (y - y0) / h0``.
-        ok: (n,) written: whether the track is still buffered and its centre known then.
-    """
-    count = store_ids.shape[0]
-    last = times_s.shape[1] - 1
-    for i in range(ids.shape[0]):
-        ok[i] = False
-        r = np.searchsorted(store_ids, ids[i])
-        if r >= count or store_ids[r] != ids[i]:
-            continue
-        q = query_s[i]
-        j = last
-        while j >= 0 and times_s[r, j] > q + 1e-9:
-            j -= 1
-        if j < 0 or not math.isfinite(times_s[r, j]):
-            continue
-        t_lo = times_s[r, j]
-        w = 0.0
-        if abs(t_lo - q) >= 1e-9:
-            if j == last:
-                continue
-            t_hi = times_s[r, j + 1]
-            if not (t_hi > q and t_hi - t_lo <= max_gap_s + 1e-9):
-                continue
-            w = min(max((q - t_lo) / (t_hi - t_lo), 0.0), 1.0)
-        hi = min(j + 1, last)
-        x = obs[r, j, 0] + w * (obs[r, hi, 0] - obs[r, j, 0])
-        y = obs[r, j, 1] + w * (obs[r, hi, 1] - obs[r, j, 1])
-        target[i, 0] = (x - origin[i, 0]) / origin[i, 2]
-        target[i, 1] = (y - origin[i, 1]) / origin[i, 2]
-        ok[i] = True
-
-
-@njit
-def blend_evidence(  # noqa: PLR0917 - a compiled kernel takes flat arguments
-    model: Float64Array,
-    cv: Float64Array,
-    blended: Float64Array,
-    cov: Float64Array,
-    slots: IntArray,
+def score_step(  # noqa: PLR0917 - a compiled kernel takes flat arguments
+    ring_id: IntArray,
+    ring_t: Float64Array,
+    ring_origin: Float64Array,
+    ring_model: Float64Array,
+    ring_cv: Float64Array,
+    ring_blend: Float64Array,
+    ring_cov: Float64Array,
+    lo: int,
+    hi: int,
     step: int,
-    target: Float64Array,
+    horizon_s: float,
+    now_s: float,
+    store_ids: IntArray,
+    store_t: Float64Array,
+    store_obs: Float64Array,
+    max_gap_s: float,
     gram: Float64Array,
     cross: Float64Array,
     d2: Float64Array,
-) -> None:
-    """What scored forecasts say about a stream's blend, at one checked step.
+) -> tuple[int, int]:
+    """Score a stream's recorded forecasts at one checked step, those whose horizon has
+    passed by ``now_s``, against where their tracks went.
+
+    Where a track went is its centre at the forecast's time plus ``horizon_s``, from its
+    buffered observations (an observation then, or linear interpolation between two that
+    bracket it at most ``max_gap_s`` apart; a track no longer buffered, or unseen then, is
+    not scored), as an offset from the forecast's origin in the origin's box height.
 
     Args:
-        model: (R, S, E, 2) the ring of recorded member offsets; cv, blended: (R, S, 2)
-            constant velocity's and the blended offsets; cov: (R, S, 3) the covariances.
-        slots: (n,) the ring slots scored; step: the checked step's column ``S``.
-        target: (n, 2) where each track went, offsets from the origin in its box height.
-        gram: (2, E, E) written: per image axis ``Σ d dᵀ`` of the members' corrections
-            over constant velocity.
-        cross: (2, E) written: per image axis ``Σ d · (target - cv)``.
-        d2: (n,) written: squared Mahalanobis distance of the blended forecast's error
-            (inf where the covariance is singular).
+        ring_id, ring_t, ring_origin: (R,), (R,), (R, 3) the records' tracks, times and
+            origins ``x, y, h``; ring_model: (R, S, E, 2) the members' offsets; ring_cv,
+            ring_blend: (R, S, 2) constant velocity's and the blended offsets; ring_cov:
+            (R, S, 3) the covariances.
+        lo, hi: the records not yet scored at this step, as counters (slot: counter % R),
+            in time order.
+        step: the checked step's column ``S``; horizon_s: its horizon, seconds.
+        now_s: the latest update.
+        store_ids: (C,) sorted track ids; store_t, store_obs: (C, L) times and (C, L, 3)
+            ``x, y, h`` of their buffers.
+        max_gap_s: see above.
+        gram: (2, E, E) written: per image axis ``Σ d dᵀ`` of the members' corrections over
+            constant velocity of the scored forecasts.
+        cross: (2, E) written: per image axis ``Σ d · (truth - cv)``.
+        d2: (≥ hi - lo,) written, first ``scored`` entries: squared Mahalanobis distance of
+            each scored blended forecast's error (inf where the covariance is singular).
+
+    Returns:
+        ``due``, the records whose horizon has passed (done with at this step, scored or
+        not), and ``scored``.
     """
-    members = model.shape[2]
+    cap = ring_id.shape[0]
+    members = ring_model.shape[2]
+    count = store_ids.shape[0]
+    last = store_t.shape[1] - 1
     gram[:, :, :] = 0.0
     cross[:, :] = 0.0
-    for i in range(slots.shape[0]):
-        r = slots[i]
-        for c in range(2):
-            base = cv[r, step, c]
-            rest = target[i, c] - base
+    due = 0
+    scored = 0
+    for c in range(lo, hi):
+        slot = c % cap
+        q = ring_t[slot] + horizon_s
+        if q > now_s + 1e-9:
+            break  # later records are later still
+        due += 1
+        r = np.searchsorted(store_ids, ring_id[slot])
+        if r >= count or store_ids[r] != ring_id[slot]:
+            continue
+        j = last
+        while j >= 0 and store_t[r, j] > q + 1e-9:
+            j -= 1
+        if j < 0 or not math.isfinite(store_t[r, j]):
+            continue
+        w = 0.0
+        if abs(store_t[r, j] - q) >= 1e-9:
+            if j == last:
+                continue
+            span = store_t[r, j + 1] - store_t[r, j]
+            if not (store_t[r, j + 1] > q and span <= max_gap_s + 1e-9):
+                continue
+            w = min(max((q - store_t[r, j]) / span, 0.0), 1.0)
+        hi_j = min(j + 1, last)
+        h0 = ring_origin[slot, 2]
+        x = store_obs[r, j, 0] + w * (store_obs[r, hi_j, 0] - store_obs[r, j, 0])
+        y = store_obs[r, j, 1] + w * (store_obs[r, hi_j, 1] - store_obs[r, j, 1])
+        tx = (x - ring_origin[slot, 0]) / h0
+        ty = (y - ring_origin[slot, 1]) / h0
+        for axis in range(2):
+            base = ring_cv[slot, step, axis]
+            rest = (tx if axis == 0 else ty) - base
             for e in range(members):
-                de = model[r, step, e, c] - base
-                cross[c, e] += de * rest
+                de = ring_model[slot, step, e, axis] - base
+                cross[axis, e] += de * rest
                 for f in range(members):
-                    gram[c, e, f] += de * (model[r, step, f, c] - base)
-        ex = target[i, 0] - blended[r, step, 0]
-        ey = target[i, 1] - blended[r, step, 1]
-        a, b, cxy = cov[r, step, 0], cov[r, step, 1], cov[r, step, 2]
+                    gram[axis, e, f] += de * (ring_model[slot, step, f, axis] - base)
+        ex = tx - ring_blend[slot, step, 0]
+        ey = ty - ring_blend[slot, step, 1]
+        a, b, cxy = ring_cov[slot, step, 0], ring_cov[slot, step, 1], ring_cov[slot, step, 2]
         det = a * b - cxy * cxy
         if math.isfinite(det) and det > 0:
-            d2[i] = (b * ex * ex - 2.0 * cxy * ex * ey + a * ey * ey) / det
+            d2[scored] = (b * ex * ex - 2.0 * cxy * ex * ey + a * ey * ey) / det
         else:
-            d2[i] = math.inf
+            d2[scored] = math.inf
+        scored += 1
+    return due, scored
 
 
 @njit
