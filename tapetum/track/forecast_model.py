@@ -692,18 +692,25 @@ class LearnedForecaster:
             obs_new = np.empty((m, length, 3))
             obs_new[..., :2] = z[new][:, None, :]
             obs_new[..., 2] = h[new][:, None]
-            all_ids = np.concatenate((self._ids, ids[new]))
-            order = np.argsort(all_ids, kind="stable")
-            self._ids = all_ids[order]
-            self._t = np.concatenate((self._t, t_new))[order]
-            self._obs = np.concatenate((self._obs, obs_new))[order]
-            self._start_s = np.concatenate((self._start_s, np.full(m, t)))[order]
             cfg = self.fallback
             kalman_new = np.zeros((m, 7))
             kalman_new[:, :2] = z[new]
             kalman_new[:, 4] = np.square(cfg.measurement_std_per_height * h[new])
             kalman_new[:, 6] = np.square(cfg.initial_velocity_std_per_height * h[new])
-            self._kalman = np.concatenate((self._kalman, kalman_new))[order]
+            new_ids = ids[new]
+            all_ids = np.concatenate((self._ids, new_ids))
+            arrays = [
+                all_ids,
+                np.concatenate((self._t, t_new)),
+                np.concatenate((self._obs, obs_new)),
+                np.concatenate((self._start_s, np.full(m, t))),
+                np.concatenate((self._kalman, kalman_new)),
+            ]
+            # trackers number new tracks upwards: then appending keeps the ids sorted
+            if not bool((all_ids[1:] > all_ids[:-1]).all()):
+                order = np.argsort(all_ids, kind="stable")
+                arrays = [a[order] for a in arrays]
+            self._ids, self._t, self._obs, self._start_s, self._kalman = arrays
         # score on the frames that record too (every record_every_s), so the other frames
         # carry neither
         if self.blend is not None and self.blend.wants_record(t):
@@ -715,6 +722,8 @@ class LearnedForecaster:
         horizons_s: npt.ArrayLike,
         timestamp_s: float | None = None,
     ) -> Forecast:
+        from tapetum.track.kernels.forecast import ROW_BEYOND, ROW_READY, ROW_YOUNG, classify_rows
+
         ids = np.asarray(track_ids, np.int64).reshape(-1)
         horizons = np.asarray(horizons_s, np.float64).reshape(-1)
         if not (np.isfinite(horizons).all() and (horizons >= 0).all()):
@@ -722,43 +731,51 @@ class LearnedForecaster:
         self.spec.check_horizons(horizons, self._label)
         origin = timestamp_s if timestamp_s is not None else self._now_s
         n, nh = ids.shape[0], horizons.shape[0]
-        mean_px = np.full((n, nh, 2), np.nan)
-        cov_px2 = np.full((n, nh, 2, 2), np.nan)
-        inner = np.ones((n, nh)) if self.blend is not None else None
-        valid = np.zeros(n, np.bool_)
-        rows, found = self._lookup(ids)
-        if origin is not None and found.any():
-            age = np.where(found, float(origin) - self._t[rows, -1], np.inf)
-            found &= age <= self._max_age_s
-            ready = found & (self._observed_s(rows) >= self.spec.min_history_s - 1e-9)
-            young = found & ~ready
+        rows, age = np.zeros(n, np.int64), np.full(n, np.inf)
+        kind = np.zeros(n, np.int64)
+        if origin is not None and len(self._ids):
+            classify_rows(
+                self._ids,
+                self._t,
+                self._start_s,
+                ids,
+                float(origin),
+                self._max_age_s,
+                self.spec.min_history_s,
+                self.spec.max_horizon_s - (float(horizons.max()) if nh else 0.0),
+                rows,
+                age,
+                kind,
+            )
+        ready = kind == ROW_READY
+        n_ready = int(np.count_nonzero(ready))
+        self.counts.model += n_ready
+        inner = None
+        if n_ready == n and n:  # the usual frame: no fancy indexing
+            mean_px, cov_px2 = self._forecast(ids, rows, age, horizons)
+            valid = np.ones(n, np.bool_)
+            if self.blend is not None:
+                inner = self.blend.inner_sigma((age[:, None] + horizons) / self.spec.dt_s)
+        else:
+            mean_px = np.full((n, nh, 2), np.nan)
+            cov_px2 = np.full((n, nh, 2, 2), np.nan)
+            young = kind == ROW_YOUNG
+            valid = ready | young
+            self.counts.beyond_horizon += int(np.count_nonzero(kind == ROW_BEYOND))
             if young.any():
                 mean_px[young], cov_px2[young] = self._constant_velocity(
                     rows[young], age[young], horizons
                 )
-                valid[young] = True
-                self.counts.fallback_short_history += int(young.sum())
-            beyond = ready & (
-                age + (horizons.max() if nh else 0.0) > self.spec.max_horizon_s + 1e-9
-            )
-            self.counts.beyond_horizon += int(beyond.sum())
-            ready &= ~beyond
-            every = bool(ready.all())
-            if every:  # the usual frame: no fancy indexing
-                mean_px, cov_px2 = self._forecast(ids, rows, age, horizons)
-                if self.blend is not None:
-                    inner = self.blend.inner_sigma((age[:, None] + horizons) / self.spec.dt_s)
-                valid[:] = True
-                self.counts.model += n
-            elif ready.any():
+                self.counts.fallback_short_history += int(np.count_nonzero(young))
+            if self.blend is not None:
+                inner = np.ones((n, nh))
+            if n_ready:
                 mean_px[ready], cov_px2[ready] = self._forecast(
                     ids[ready], rows[ready], age[ready], horizons
                 )
                 if inner is not None and self.blend is not None:
                     ahead = (age[ready, None] + horizons[None, :]) / self.spec.dt_s
                     inner[ready] = self.blend.inner_sigma(ahead)
-                valid[ready] = True
-                self.counts.model += int(ready.sum())
         return Forecast(
             track_ids=ids,
             horizons_s=horizons,

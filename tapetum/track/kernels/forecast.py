@@ -111,6 +111,59 @@ def _kalman_step(  # noqa: PLR0917 - a compiled kernel takes flat arguments
     kalman[r, 6] = n11 - k1 * k1 * s
 
 
+#: What :func:`classify_rows` found of a requested track.
+ROW_UNKNOWN, ROW_YOUNG, ROW_READY, ROW_BEYOND = 0, 1, 2, 3
+
+
+@njit
+def classify_rows(  # noqa: PLR0917 - a compiled kernel takes flat arguments
+    store_ids: IntArray,
+    times_s: Float64Array,
+    start_s: Float64Array,
+    ids: IntArray,
+    origin_s: float,
+    max_age_s: float,
+    min_history_s: float,
+    max_age_ahead_s: float,
+    rows: IntArray,
+    age: Float64Array,
+    kind: IntArray,
+) -> None:
+    """Find requested tracks in a forecaster's store and say how each is to be forecast.
+
+    Args:
+        store_ids: (C,) sorted track ids; times_s: (C, L) their observation times (latest
+            last); start_s: (C,) their first observation.
+        ids: (N,) requested tracks; origin_s: when the forecast is made.
+        max_age_s: a track unseen longer is unknown.
+        min_history_s: a track observed for less is young (constant velocity).
+        max_age_ahead_s: a track last seen longer ago than this cannot reach the longest
+            requested horizon on the model's grid (beyond).
+        rows: (N,) written: the store rows (any value where unknown).
+        age: (N,) written: seconds from each latest observation to ``origin_s``.
+        kind: (N,) written: ``ROW_UNKNOWN``, ``ROW_YOUNG``, ``ROW_READY`` or ``ROW_BEYOND``.
+    """
+    count = store_ids.shape[0]
+    last = times_s.shape[1] - 1
+    for i in range(ids.shape[0]):
+        kind[i] = ROW_UNKNOWN
+        r = np.searchsorted(store_ids, ids[i])
+        rows[i] = min(r, max(count - 1, 0))
+        if r >= count or store_ids[r] != ids[i]:
+            age[i] = math.inf
+            continue
+        a = origin_s - times_s[r, last]
+        age[i] = a
+        if not a <= max_age_s:
+            continue
+        if times_s[r, last] - start_s[r] < min_history_s - 1e-9:
+            kind[i] = ROW_YOUNG
+        elif a > max_age_ahead_s + 1e-9:
+            kind[i] = ROW_BEYOND
+        else:
+            kind[i] = ROW_READY
+
+
 @njit
 def resample_history(  # noqa: PLR0917 - a compiled kernel takes flat arguments
     times_s: Float64Array,
