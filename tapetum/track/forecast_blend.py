@@ -188,6 +188,12 @@ class OnlineBlend:
         self._inner = np.ones(s)
         self._weight = np.tile(self._prior[:, None], (s, 1, 2))  # (S, E, 2): per axis
         self._scale = np.ones(s)
+        self._horizons_s = steps.astype(np.float64) * dt_s
+        # (K, S): linear interpolation from the checked steps to every grid step (held
+        # before the first and after the last), as a matrix
+        grid = np.arange(1, horizon_steps + 1, dtype=np.float64)
+        checked = steps.astype(np.float64)
+        self._to_grid = np.stack([np.interp(grid, checked, unit) for unit in np.eye(s)], axis=1)
         self.scored = 0
         self._next_due_s = math.inf  # when the earliest unscored check comes due
         self._last_score_s = -math.inf
@@ -213,12 +219,10 @@ class OnlineBlend:
         """Weights (K, E, 2) and scales (K,) on the grid, and the members' mean total
         weight, recomputed only after they change."""
         if self._cached is None:
-            weights = np.empty((self.horizon_steps, self.members, 2))
-            for e in range(self.members):
-                for axis in range(2):
-                    weights[:, e, axis] = self._per_step(self._weight[:, e, axis])
+            s, k = len(self.steps), self.horizon_steps
+            weights = (self._to_grid @ self._weight.reshape(s, -1)).reshape(k, self.members, 2)
             total = float(self._weight.sum(axis=1).mean())
-            self._cached = (weights, self._per_step(self._scale), total)
+            self._cached = (weights, self._to_grid @ self._scale, total)
         return self._cached
 
     def inner_sigma(self, steps: Float64Array) -> Float64Array:
@@ -233,11 +237,6 @@ class OnlineBlend:
         velocity (M, K, 2), with the weights of now."""
         weights = self.weights().transpose(1, 0, 2)[None]  # (1, E, K, 2)
         out: Float64Array = cv + ((members - cv[:, None]) * weights).sum(axis=1)
-        return out
-
-    def _per_step(self, values: Float64Array) -> Float64Array:
-        grid = np.arange(1, self.horizon_steps + 1, dtype=np.float64)
-        out: Float64Array = np.interp(grid, self.steps.astype(np.float64), values)
         return out
 
     # ------------------------------------------------------------------------- recording
@@ -308,74 +307,56 @@ class OnlineBlend:
             store_t: (C, L) their observation times (``-inf`` padded on the left).
             store_obs: (C, L, 3) ``x, y, h`` in pixels.
         """
-        from tapetum.track.kernels.forecast import score_step
+        from tapetum.track.kernels.forecast import score_due
 
         # Score in batches, at most every record_every_s: the per-frame cost stays small.
+        cfg = self.config
         if now_s < self._next_due_s - 1e-9 or now_s - self._last_score_s < (
-            self.config.record_every_s - 1e-9
+            cfg.record_every_s - 1e-9
         ):
             return
         self._last_score_s = now_s
-        cap, e = self.config.capacity, self.members
-        gram, cross = np.empty((2, e, e)), np.empty((2, e))
-        for s_i, step in enumerate(self.steps.tolist()):
-            lo, hi = int(self._done[s_i]), self._head
-            if hi <= lo:
-                continue
-            d2 = np.empty(hi - lo)
-            due, scored = score_step(
-                self._id,
-                self._t,
-                self._origin,
-                self._model,
-                self._cv,
-                self._blend,
-                self._cov,
-                lo,
-                hi,
-                s_i,
-                step * self.dt_s,
-                now_s,
-                store_ids,
-                store_t,
-                store_obs,
-                self.config.max_gap_s,
-                gram,
-                cross,
-                d2,
-            )
-            self._done[s_i] = lo + due
-            if scored:
-                self._learn(s_i, gram, cross, d2[:scored])
+        refit = np.empty(len(self.steps), np.bool_)
+        self.scored += score_due(
+            self._id,
+            self._t,
+            self._origin,
+            self._model,
+            self._cv,
+            self._blend,
+            self._cov,
+            self._head,
+            self._horizons_s,
+            now_s,
+            store_ids,
+            store_t,
+            store_obs,
+            cfg.max_gap_s,
+            1.0 - 1.0 / cfg.memory,
+            cfg.prior_samples,
+            self._prior,
+            cfg.calibrate,
+            cfg.refit_every,
+            self._done,
+            self._gram,
+            self._cross,
+            self._count,
+            self._weight,
+            self._d2,
+            self._d2_next,
+            self._since_fit,
+            refit,
+        )
+        for s_i in np.flatnonzero(refit).tolist():
+            self._refit(s_i)
         self._cached = None
+        cap = cfg.capacity
         pending = [
             float(self._t[int(done) % cap]) + step * self.dt_s
             for done, step in zip(self._done.tolist(), self.steps.tolist(), strict=True)
             if done < self._head
         ]
         self._next_due_s = min(pending, default=math.inf)
-
-    def _learn(self, s_i: int, gram: Float64Array, cross: Float64Array, d2: Float64Array) -> None:
-        """Fold one batch of scored forecasts at a checked step into its blend (the batch's
-        ``gram`` (2, E, E) and ``cross`` (2, E)) and calibration (their squared distances)."""
-        cfg = self.config
-        n = d2.shape[0]
-        self.scored += n
-        forget = (1.0 - 1.0 / cfg.memory) ** n
-        self._gram[s_i] = forget * self._gram[s_i] + gram
-        self._cross[s_i] = forget * self._cross[s_i] + cross
-        self._count[s_i] = forget * self._count[s_i] + n
-        self._weight[s_i] = self._solve(s_i)
-        if not cfg.calibrate:
-            return
-        window = cfg.calibration_window
-        at = (self._d2_next[s_i] + np.arange(n)) % window
-        self._d2[s_i, at[-window:]] = d2[-window:]
-        self._d2_next[s_i] += n
-        self._since_fit[s_i] += n
-        if self._since_fit[s_i] >= cfg.refit_every:
-            self._since_fit[s_i] = 0
-            self._refit(s_i)
 
     def _refit(self, s_i: int) -> None:
         """The step's scale (and 39 % radius) from its window of squared distances."""
@@ -402,23 +383,6 @@ class OnlineBlend:
             # 1-sigma ellipse (radius 1 at scale 1) in absolute terms
             absolute = shrink * (self._inner_fit[s_i] * self._scale_fit[s_i]) ** 2 + (1.0 - shrink)
             self._inner[s_i] = math.sqrt(absolute / s2)
-
-    def _solve(self, s_i: int) -> Float64Array:
-        """The members' weights (E, 2) at a checked step, per image axis: least squares
-        shrunk to the prior by the evidence count, each in [0, 1], summing to at most 1
-        (:func:`~tapetum.track.kernels.forecast.blend_weights`)."""
-        from tapetum.track.kernels.forecast import blend_weights
-
-        out = np.empty((self.members, 2))
-        blend_weights(
-            self._gram[s_i],
-            self._cross[s_i],
-            float(self._count[s_i]),
-            self.config.prior_samples,
-            self._prior,
-            out,
-        )
-        return out
 
 
 def _lower_quantiles(values: Float64Array, levels: tuple[float, ...]) -> list[float]:

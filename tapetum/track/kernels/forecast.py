@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from tapetum._types import Float32Array, Float64Array, IntArray
+from tapetum._types import BoolArray, Float32Array, Float64Array, IntArray
 from tapetum.track.kernels.jit import njit, njit_step
 
 
@@ -644,3 +644,112 @@ def blend_weights(  # noqa: PLR0917 - a compiled kernel takes flat arguments
         if total > 1.0:
             for i in range(e):
                 out[i, axis] /= total
+
+
+@njit
+def score_due(  # noqa: PLR0917 - a compiled kernel takes flat arguments
+    ring_id: IntArray,
+    ring_t: Float64Array,
+    ring_origin: Float64Array,
+    ring_model: Float64Array,
+    ring_cv: Float64Array,
+    ring_blend: Float64Array,
+    ring_cov: Float64Array,
+    head: int,
+    horizons_s: Float64Array,
+    now_s: float,
+    store_ids: IntArray,
+    store_t: Float64Array,
+    store_obs: Float64Array,
+    max_gap_s: float,
+    keep_per_forecast: float,
+    prior_samples: float,
+    prior: Float64Array,
+    calibrate: bool,
+    refit_every: int,
+    done: IntArray,
+    gram: Float64Array,
+    cross: Float64Array,
+    count: Float64Array,
+    weight: Float64Array,
+    d2: Float64Array,
+    d2_next: IntArray,
+    since_fit: IntArray,
+    refit: BoolArray,
+) -> int:
+    """A stream's blend bookkeeping at one scoring: every checked step's due forecasts
+    scored (:func:`score_step`), folded into its normal equations with forgetting, its
+    weights solved (:func:`blend_weights`) and, with ``calibrate``, their squared distances
+    written to its window; the steps whose window is due a refit are flagged.
+
+    Args:
+        ring_*: the records (see :func:`score_step`); head: records written so far.
+        horizons_s: (S,) each checked step's horizon, seconds.
+        now_s, store_ids, store_t, store_obs, max_gap_s: see :func:`score_step`.
+        keep_per_forecast: the forgetting factor per scored forecast, ``1 - 1/memory``.
+        prior_samples, prior: see :func:`blend_weights`.
+        calibrate: keep the squared distances.
+        refit_every: flag a step after this many new distances.
+        done: (S,) records done with per step, updated.
+        gram, cross, count: (S, 2, E, E), (S, 2, E), (S,) the normal equations, updated.
+        weight: (S, E, 2) the weights, updated where a step scored something.
+        d2: (S, W) the windows of squared distances; d2_next: (S,) where each writes
+            next; since_fit: (S,) distances since the last refit; all updated.
+        refit: (S,) written: whether each step's window is due a refit.
+
+    Returns:
+        The forecasts scored, all steps together.
+    """
+    steps = horizons_s.shape[0]
+    members = prior.shape[0]
+    window = d2.shape[1]
+    g = np.empty((2, members, members))
+    c = np.empty((2, members))
+    total = 0
+    for s_i in range(steps):
+        refit[s_i] = False
+        lo = done[s_i]
+        if head <= lo:
+            continue
+        scratch = np.empty(head - lo)
+        due, scored = score_step(
+            ring_id,
+            ring_t,
+            ring_origin,
+            ring_model,
+            ring_cv,
+            ring_blend,
+            ring_cov,
+            lo,
+            head,
+            s_i,
+            horizons_s[s_i],
+            now_s,
+            store_ids,
+            store_t,
+            store_obs,
+            max_gap_s,
+            g,
+            c,
+            scratch,
+        )
+        done[s_i] = lo + due
+        if scored == 0:
+            continue
+        total += scored
+        forget = keep_per_forecast**scored
+        gram[s_i] = forget * gram[s_i] + g
+        cross[s_i] = forget * cross[s_i] + c
+        count[s_i] = forget * count[s_i] + scored
+        blend_weights(gram[s_i], cross[s_i], count[s_i], prior_samples, prior, weight[s_i])
+        if not calibrate:
+            continue
+        first = max(scored - window, 0)  # a batch longer than the window keeps its last
+        for k in range(first, scored):
+            d2[s_i, (d2_next[s_i] + k) % window] = scratch[k]
+        d2_next[s_i] += scored
+        since_fit[s_i] += scored
+        if since_fit[s_i] >= refit_every:
+            since_fit[s_i] = 0
+            refit[s_i] = True
+    return total
