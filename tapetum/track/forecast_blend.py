@@ -307,7 +307,7 @@ class OnlineBlend:
             store_t: (C, L) their observation times (``-inf`` padded on the left).
             store_obs: (C, L, 3) ``x, y, h`` in pixels.
         """
-        from tapetum.track.kernels.forecast import score_due
+        from tapetum.track.kernels.forecast_blend import score_due
 
         # Score in batches, at most every record_every_s: the per-frame cost stays small.
         cfg = self.config

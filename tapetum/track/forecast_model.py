@@ -97,6 +97,7 @@ LEANING_CV_WEIGHT = 0.25
 
 #: How a history is filled before a young track's first observation (``ForecastModelSpec``).
 HISTORY_PADDINGS = ("repeat", "extrapolate")
+
 #: Input and output names of the ONNX graph.
 INPUT_NAME, CONTEXT_NAME, MEAN_NAME, COV_NAME = "history", "context", "mean", "cov"
 
@@ -855,7 +856,8 @@ class LearnedForecaster:
         means (M, H, 2) px and covariances (M, H, 2, 2) px²; with a blend, the members are
         weighed against constant velocity as the stream's blend says now, and the forecasts
         made from an observation of this frame are recorded for it to score."""
-        from tapetum.track.kernels.forecast import blend_members, grid_to_pixels
+        from tapetum.track.kernels.forecast import grid_to_pixels
+        from tapetum.track.kernels.forecast_blend import blend_members
 
         means, covs = self.model.outputs(*self._inputs(rows))
         m, k, e = rows.shape[0], self.spec.horizon_steps, self.spec.members
