@@ -346,6 +346,34 @@ def test_young_tracks_fall_back_to_constant_velocity_and_are_counted(
     assert after["fallback_short_history"] - before["fallback_short_history"] == 1
 
 
+def test_the_blend_weighs_the_model_against_the_baseline_filter_itself(
+    cv_model_path: Path,
+) -> None:
+    """Each track's constant-velocity filter, kept as it is updated, says what the
+    constant-velocity forecaster says, long after the buffer has turned over."""
+    fc = LearnedForecaster(load_forecast_model(cv_model_path))
+    cv = ConstantVelocityForecaster()
+    rng = np.random.default_rng(4)
+    ids = np.array([3, 8, 21])
+    t = 0.0
+    for f in range(150):  # 5 s at 30 fps, jittery walkers turning, one missing a while
+        t = f / 30.0
+        seen = ids if not 40 <= f < 50 else ids[:2]
+        n = len(seen)
+        xs = 100.0 * seen + 60.0 * t + 20.0 * np.sin(t)
+        centres = np.stack((xs, np.full(n, 300.0 + 10.0 * t)), axis=1)
+        centres += rng.normal(0.0, 1.5, (n, 2))
+        heights = 90.0 + 5.0 * np.sin(t + seen)
+        for f_ in (fc, cv):
+            f_.update(seen, centres, t, heights)
+    rows = np.searchsorted(fc.track_ids, ids)
+    grid = fc._cv_grid(rows)  # offsets in the latest box height, at k·dt
+    steps = DT * np.arange(1, K + 1)
+    want = cv.predict(ids, steps).mean_px
+    latest = fc._obs[rows, -1]
+    np.testing.assert_allclose(grid * latest[:, None, 2:3] + latest[:, None, :2], want, rtol=1e-9)
+
+
 def test_unknown_and_long_gone_tracks_are_invalid(cv_model_path: Path) -> None:
     fc = LearnedForecaster(load_forecast_model(cv_model_path))
     walk(fc, [1], fps=30.0, seconds=0.5)
