@@ -641,11 +641,6 @@ class LearnedForecaster:
     def _lookup(self, ids: IntArray) -> tuple[IntArray, BoolArray]:
         return lookup_sorted(self._ids, ids)
 
-    def _observed_s(self, rows: IntArray) -> Float64Array:
-        """How long each row's track has been observed (latest minus first observation)."""
-        observed: Float64Array = self._t[rows, -1] - self._start_s[rows]
-        return observed
-
     def update(
         self,
         track_ids: npt.ArrayLike,

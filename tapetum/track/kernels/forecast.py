@@ -303,7 +303,23 @@ def history_and_context(  # noqa: PLR0917 - a compiled kernel takes flat argumen
     median = np.empty((steps, 2))
     count = np.empty(steps)
     motion_median(pooled, h0, median, count)
-    resample_history(times_s, obs, rows, dt_s, features, extrapolate)
+    # rows observed now have their features among the population's; the others (tracks
+    # not seen at the latest update) are resampled on their own
+    pop = population[:n]
+    others = np.empty(rows.shape[0], np.int64)
+    k = 0
+    for m in range(rows.shape[0]):
+        p = np.searchsorted(pop, rows[m])
+        if p < n and pop[p] == rows[m]:
+            features[m] = pooled[p]
+        else:
+            others[k] = m
+            k += 1
+    if k:
+        extra = np.empty((k, steps, features.shape[2]), np.float32)
+        resample_history(times_s, obs, rows[others[:k]], dt_s, extra, extrapolate)
+        for i in range(k):
+            features[others[i]] = extra[i]
     for m in range(rows.shape[0]):
         h = obs[rows[m], last, 2]
         for t in range(steps):

@@ -67,7 +67,8 @@ def test_training_features_are_what_the_online_forecaster_builds(
         all_rows = np.arange(len(fc))
         feats, ctx = fc._inputs(all_rows)
         assert ctx is not None
-        ready = fc._observed_s(all_rows) >= config.min_history_s - 1e-9
+        observed_s = fc._t[all_rows, -1] - fc._start_s[all_rows]
+        ready = observed_s >= config.min_history_s - 1e-9
         now = fc._t[:, -1] == (f - 1) / FPS  # not track 2 while it is missing
         has_future = (fc._t[:, -1] + config.dt_s) <= (seq.info.length_frames - 1) / FPS
         for r in np.flatnonzero(ready & now & has_future):
